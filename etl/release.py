@@ -1,0 +1,335 @@
+"""Release manifests: one TOML file per SDSS data release, loaded into frozen dataclasses.
+
+A manifest (``data_manifests/<release>.toml``) holds everything that changes between data
+releases: catalogue sources, the spec-lite URL template of each reduction (run2d), the selection
+cuts, the observed grid, the telluric mask, the normalisation window, split fractions and shard
+size. Code never names a release; it receives a :class:`Release`.
+
+Loading is strict: an unknown or a missing key is a :class:`ManifestError` naming the key and the
+file, so a typo in a manifest cannot silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import re
+import sys
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import numpy as np
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+#: Where the manifests shipped with specetl live (the repository's ``data_manifests/``).
+MANIFEST_DIR = Path(
+    os.environ.get("SPECETL_MANIFESTS", Path(__file__).resolve().parent.parent / "data_manifests")
+)
+
+_RUN2D_RE = re.compile(r"^[A-Za-z0-9_.]+$")
+
+
+class ManifestError(ValueError):
+    """A release manifest is missing, malformed, or names an unknown key."""
+
+
+class UnknownRun2d(KeyError):
+    """A catalogue row names a reduction (run2d) that the release manifest has no template for."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class CatalogSources:
+    """Where the catalogue of spectra comes from."""
+
+    data_release: int  #: SkyServer data release number for astroquery ``SDSS.query_sql``
+    specobj_url: str  #: template of the bulk specObj FITS; ``{sas}`` is the archive root
+
+
+@dataclass(frozen=True)
+class Archive:
+    """The Science Archive Server and its spec-lite path template per reduction."""
+
+    sas_url: str
+    spec_lite: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Catalogue cuts; bounds are documented as open/closed in the manifest."""
+
+    class_: str
+    z_min: float  #: exclusive
+    z_max: float  #: inclusive
+    z_err_min: float  #: exclusive
+    z_err_max: float  #: exclusive
+    zwarning: int
+    science_primary: bool
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Log-linear observed-frame grid: log10(λ/Å) = loglam0 + dloglam·k, k = 0 … npix-1."""
+
+    loglam0: float
+    dloglam: float
+    npix: int
+
+    @property
+    def loglam(self) -> np.ndarray:
+        """log10 of the observed wavelength of each pixel (float64, npix)."""
+        return self.loglam0 + self.dloglam * np.arange(self.npix, dtype=np.float64)
+
+    @property
+    def wave_obs(self) -> np.ndarray:
+        """Observed-frame vacuum wavelength of each pixel in Å (float64, npix)."""
+        return 10.0**self.loglam
+
+
+@dataclass(frozen=True)
+class Telluric:
+    """Night-sky line mask: ±half_width Å around the top_n brightest lines inside the grid."""
+
+    line_list: Path  #: absolute path, resolved against the manifest's folder
+    line_list_units: str  #: "nm" or "angstrom"
+    top_n: int
+    half_width: float  #: Å
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """Restframe window (Å) whose median flux normalises each spectrum."""
+
+    restframe_min: float
+    restframe_max: float
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Train/valid/test fractions and the salt of the keyed hash that assigns objects."""
+
+    train: float
+    valid: float
+    test: float
+    salt: str
+
+
+@dataclass(frozen=True)
+class Shards:
+    shard_size: int  #: spectra per output HDF5 shard
+
+
+@dataclass(frozen=True)
+class ReleaseInfo:
+    name: str
+    description: str
+
+
+@dataclass(frozen=True)
+class Release:
+    """Everything specetl knows about one data release, read from its manifest."""
+
+    release: ReleaseInfo
+    catalog: CatalogSources
+    archive: Archive
+    selection: Selection
+    grid: Grid
+    telluric: Telluric
+    normalisation: Normalisation
+    splits: Splits
+    shards: Shards
+    manifest_path: Path = dataclasses.field(compare=False)
+    manifest_sha256: str = dataclasses.field(compare=False)
+
+    @property
+    def name(self) -> str:
+        return self.release.name
+
+    @property
+    def run2ds(self) -> tuple[str, ...]:
+        return tuple(self.archive.spec_lite)
+
+    def _sas(self, base_url: str | None) -> str:
+        return (base_url or self.archive.sas_url).rstrip("/")
+
+    def specobj_url(self, base_url: str | None = None) -> str:
+        """URL of the bulk specObj catalogue; ``base_url`` replaces the archive root."""
+        return self.catalog.specobj_url.format(sas=self._sas(base_url))
+
+    def spec_lite_url(
+        self, run2d: str, plate: int, mjd: int, fiberid: int, base_url: str | None = None
+    ) -> str:
+        """URL of one spec-lite file. Raises :class:`UnknownRun2d` for a reduction not in the table."""
+        run2d, plate, mjd, fiberid = validate_object_id(run2d, plate, mjd, fiberid)
+        try:
+            template = self.archive.spec_lite[run2d]
+        except KeyError:
+            raise UnknownRun2d(
+                f"run2d {run2d!r} is not in the {self.name} manifest's spec_lite table "
+                f"(known: {', '.join(self.run2ds)})"
+            ) from None
+        return template.format(
+            sas=self._sas(base_url), run2d=run2d, plate=plate, mjd=mjd, fiberid=fiberid
+        )
+
+    @cached_property
+    def wave_obs(self) -> np.ndarray:
+        return self.grid.wave_obs
+
+
+def spec_lite_name(plate: int, mjd: int, fiberid: int) -> str:
+    """File name of a spec-lite file, e.g. ``spec-0266-51602-0001.fits``."""
+    return f"spec-{plate:04d}-{mjd:05d}-{fiberid:04d}.fits"
+
+
+def spec_lite_relpath(run2d: str, plate: int, mjd: int, fiberid: int) -> Path:
+    """Local path of a spec-lite file below a spectra folder: ``<run2d>/<plate:04d>/spec-….fits``.
+
+    Built only from validated integers and a run2d made of ``[A-Za-z0-9_.]``: nothing a server
+    sends can steer where a file lands.
+    """
+    run2d, plate, mjd, fiberid = validate_object_id(run2d, plate, mjd, fiberid)
+    return Path(run2d) / f"{plate:04d}" / spec_lite_name(plate, mjd, fiberid)
+
+
+def validate_object_id(run2d: Any, plate: Any, mjd: Any, fiberid: Any) -> tuple[str, int, int, int]:
+    """Check and normalise an object's (run2d, plate, mjd, fiberid); raise ValueError if invalid."""
+    run2d = str(run2d).strip()
+    if not _RUN2D_RE.match(run2d) or run2d in {".", ".."}:
+        raise ValueError(f"invalid run2d {run2d!r}")
+    out = []
+    for name, value in (("plate", plate), ("mjd", mjd), ("fiberid", fiberid)):
+        if isinstance(value, bool | float) and not float(value).is_integer():
+            raise ValueError(f"invalid {name} {value!r}")
+        try:
+            ivalue = int(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"invalid {name} {value!r}") from None
+        if not 0 < ivalue < 10**6:
+            raise ValueError(f"invalid {name} {value!r}")
+        out.append(ivalue)
+    return (run2d, *out)
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+_SECTIONS: dict[str, type] = {
+    "release": ReleaseInfo,
+    "catalog": CatalogSources,
+    "archive": Archive,
+    "selection": Selection,
+    "grid": Grid,
+    "telluric": Telluric,
+    "normalisation": Normalisation,
+    "splits": Splits,
+    "shards": Shards,
+}
+# TOML keys that are Python keywords
+_KEY_ALIASES = {"class": "class_"}
+
+
+def _build(cls: type, table: Any, where: str, path: Path) -> Any:
+    if not isinstance(table, dict):
+        raise ManifestError(f"{path}: [{where}] must be a table")
+    hints = get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    given = {_KEY_ALIASES.get(k, k): v for k, v in table.items()}
+    unknown = sorted(set(given) - fields)
+    if unknown:
+        raise ManifestError(f"{path}: unknown key {where}.{unknown[0]}")
+    missing = sorted(fields - set(given))
+    if missing:
+        key = {v: k for k, v in _KEY_ALIASES.items()}.get(missing[0], missing[0])
+        raise ManifestError(f"{path}: missing key {where}.{key}")
+    kwargs = {}
+    for name, value in given.items():
+        kwargs[name] = _coerce(hints[name], value, f"{where}.{name}", path)
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, where: str, path: Path) -> Any:
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if hint is Path:
+        if not isinstance(value, str):
+            raise ManifestError(f"{path}: {where} must be a path string")
+        return (path.parent / value).resolve()
+    if hint in (int, str, bool):
+        if type(value) is not hint:
+            raise ManifestError(f"{path}: {where} must be {hint.__name__}, got {value!r}")
+        return value
+    if getattr(hint, "__origin__", None) is Mapping:
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise ManifestError(f"{path}: {where} must be a table of strings")
+        for run2d in value:
+            if not _RUN2D_RE.match(run2d):
+                raise ManifestError(f"{path}: {where} has an invalid run2d key {run2d!r}")
+        return types.MappingProxyType(dict(value))
+    raise ManifestError(f"{path}: {where}: unsupported type {hint}")  # pragma: no cover
+
+
+def manifest_path(name_or_path: str | os.PathLike) -> Path:
+    """Resolve a release name (``dr16``) or a path to a manifest file."""
+    candidate = Path(name_or_path)
+    if candidate.suffix == ".toml" or candidate.exists():
+        return candidate
+    return MANIFEST_DIR / f"{name_or_path}.toml"
+
+
+def load_release(name_or_path: str | os.PathLike) -> Release:
+    """Load and validate a release manifest by name (``"dr16"``) or path."""
+    path = manifest_path(name_or_path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        known = sorted(p.stem for p in MANIFEST_DIR.glob("*.toml"))
+        raise ManifestError(
+            f"no manifest for release {str(name_or_path)!r} ({path}); known: {', '.join(known)}"
+        ) from None
+    try:
+        doc = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ManifestError(f"{path}: not valid TOML: {err}") from None
+    unknown = sorted(set(doc) - set(_SECTIONS))
+    if unknown:
+        raise ManifestError(f"{path}: unknown key {unknown[0]}")
+    missing = sorted(set(_SECTIONS) - set(doc))
+    if missing:
+        raise ManifestError(f"{path}: missing key {missing[0]}")
+    parts = {name: _build(cls, doc[name], name, path) for name, cls in _SECTIONS.items()}
+    release = Release(
+        **parts, manifest_path=path.resolve(), manifest_sha256=hashlib.sha256(raw).hexdigest()
+    )
+    _check(release, path)
+    return release
+
+
+def _check(r: Release, path: Path) -> None:
+    s = r.splits
+    if min(s.train, s.valid, s.test) < 0 or abs(s.train + s.valid + s.test - 1.0) > 1e-9:
+        raise ManifestError(f"{path}: splits must be non-negative and sum to 1")
+    if r.grid.npix <= 0 or r.grid.dloglam <= 0:
+        raise ManifestError(f"{path}: grid.npix and grid.dloglam must be positive")
+    if r.telluric.line_list_units not in ("nm", "angstrom"):
+        raise ManifestError(f"{path}: telluric.line_list_units must be 'nm' or 'angstrom'")
+    if not r.telluric.line_list.is_file():
+        raise ManifestError(f"{path}: telluric.line_list {r.telluric.line_list} does not exist")
+    if r.normalisation.restframe_min >= r.normalisation.restframe_max:
+        raise ManifestError(f"{path}: normalisation window is empty")
+    if r.shards.shard_size <= 0:
+        raise ManifestError(f"{path}: shards.shard_size must be positive")
+    for run2d, template in r.archive.spec_lite.items():
+        for field in ("{sas}", "{plate", "{mjd", "{fiberid"):
+            if field not in template:
+                raise ManifestError(f"{path}: archive.spec_lite.{run2d} lacks {field}}}")

@@ -1,0 +1,155 @@
+"""Shard files: write and read one HDF5 shard; assign objects to splits by a keyed hash.
+
+The format is documented in ``docs/shard-format.md``; the model's loader depends on it and
+nothing else. Every write goes to a temporary name in the same folder and is renamed when the
+file is complete and flushed, so a crash never leaves a half-written shard under a final name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from etl.release import Release
+
+FORMAT = "specetl-shard"
+FORMAT_VERSION = 1
+SPLITS = ("train", "valid", "test")
+CHUNK_ROWS = 256
+
+#: per-object datasets and their dtypes; flux/ivar are (N, npix), the rest (N,)
+ROW_DATASETS: Mapping[str, str] = {
+    "flux": "float32",
+    "ivar": "float32",
+    "z": "float32",
+    "zerr": "float32",
+    "norm": "float32",
+    "specobjid": "uint64",
+    "plate": "int32",
+    "mjd": "int32",
+    "fiberid": "int32",
+}
+
+
+class ShardError(ValueError):
+    """A shard file is missing, unreadable or does not match its index entry."""
+
+
+def split_of(specobjid: np.ndarray, salt: str, fractions: tuple[float, float, float]) -> np.ndarray:
+    """Split name ("train"/"valid"/"test") of each specobjid, from a keyed BLAKE2b hash.
+
+    Depends only on the id and the salt: not on row order, on which other objects exist, or on
+    the data release, so an object keeps its split across releases.
+    """
+    ids = np.asarray(specobjid, dtype=np.uint64)
+    key = salt.encode("utf-8")[:64]
+    u = np.empty(len(ids), dtype=np.float64)
+    for i, sid in enumerate(ids.tolist()):
+        digest = hashlib.blake2b(int(sid).to_bytes(8, "little"), digest_size=8, key=key).digest()
+        u[i] = int.from_bytes(digest, "little") / 2.0**64
+    edges = np.cumsum(fractions)[:-1]
+    return np.asarray(SPLITS)[np.searchsorted(edges, u, side="right")]
+
+
+def shard_attrs(release: Release, split: str) -> dict[str, object]:
+    """File attributes of a shard of ``release`` (provenance and preprocessing settings)."""
+    from etl import __version__
+
+    g, t, n = release.grid, release.telluric, release.normalisation
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "release": release.name,
+        "split": split,
+        "loglam0": g.loglam0,
+        "dloglam": g.dloglam,
+        "npix": g.npix,
+        "telluric_top_n": t.top_n,
+        "telluric_half_width": t.half_width,
+        "telluric_line_list": t.line_list.name,
+        "norm_restframe_min": n.restframe_min,
+        "norm_restframe_max": n.restframe_max,
+        "specetl_version": __version__,
+        "manifest_sha256": release.manifest_sha256,
+    }
+
+
+def write_shard(
+    path: str | Path,
+    columns: Mapping[str, np.ndarray],
+    wave_obs: np.ndarray,
+    attrs: Mapping[str, object],
+    compression: str | None = None,
+) -> str:
+    """Write one shard atomically (temp file, fsync, rename); return its sha256.
+
+    ``columns`` holds every dataset of :data:`ROW_DATASETS`, rows in the order to store them.
+    ``compression`` is None, "lzf" or "gzip".
+    """
+    path = Path(path)
+    missing = sorted(set(ROW_DATASETS) - set(columns))
+    if missing:
+        raise ValueError(f"write_shard: missing column(s) {', '.join(missing)}")
+    n = len(columns["specobjid"])
+    npix = len(wave_obs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with h5py.File(tmp, "w") as h5:
+            for name, dtype in ROW_DATASETS.items():
+                data = np.asarray(columns[name], dtype=dtype)
+                if name in ("flux", "ivar"):
+                    if data.shape != (n, npix):
+                        raise ValueError(
+                            f"write_shard: {name} has shape {data.shape}, expected {(n, npix)}"
+                        )
+                    h5.create_dataset(
+                        name,
+                        data=data,
+                        chunks=(max(1, min(n, CHUNK_ROWS)), npix) if n else None,
+                        compression=compression,
+                    )
+                else:
+                    if data.shape != (n,):
+                        raise ValueError(
+                            f"write_shard: {name} has shape {data.shape}, expected {(n,)}"
+                        )
+                    h5.create_dataset(name, data=data)
+            h5.create_dataset("wave_obs", data=np.asarray(wave_obs, dtype=np.float64))
+            h5.attrs.update(dict(attrs))
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        digest = sha256_file(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return digest
+
+
+def read_shard(path: str | Path, rows: slice | None = None) -> dict[str, np.ndarray]:
+    """Read a shard's datasets (optionally a row slice) and attributes (under key ``attrs``)."""
+    path = Path(path)
+    sel = rows if rows is not None else slice(None)
+    try:
+        with h5py.File(path, "r") as h5:
+            out: dict[str, np.ndarray] = {name: h5[name][sel] for name in ROW_DATASETS}
+            out["wave_obs"] = h5["wave_obs"][:]
+            out["attrs"] = dict(h5.attrs)  # type: ignore[assignment]
+    except FileNotFoundError:
+        raise ShardError(f"{path}: shard is missing") from None
+    except (OSError, KeyError) as err:
+        raise ShardError(f"{path}: unreadable shard ({err})") from None
+    return out
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,1 @@
+"""specetl's model: the redshift-aware spectrum autoencoder, its losses, data loading and training."""
