@@ -1,0 +1,52 @@
+"""The Dask client every pipeline runs on: a local cluster by default, or an existing one.
+
+``--scheduler tcp://host:8786`` connects to a running distributed scheduler, so the same task
+graph that runs on a laptop runs on many machines. Without it we start a LocalCluster with one
+single-threaded worker process per core (the work is Python + I/O bound per task; processes
+sidestep the GIL, and each task owns its files so nothing is shared between workers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def dask_client(scheduler: str | None = None, workers: int | None = None) -> Iterator[object]:
+    """Yield a ``distributed.Client``; closes what it started on exit.
+
+    ``scheduler``: address of an existing scheduler (``tcp://…``) or None for a local cluster
+    with ``workers`` processes (default: the number of usable cores).
+    """
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        log.info("connecting to Dask scheduler %s", scheduler)
+        with Client(scheduler) as client:
+            yield client
+        return
+    n = max(1, workers or usable_cores())
+    log.info("starting a local Dask cluster with %d worker process(es)", n)
+    with (
+        LocalCluster(
+            n_workers=n,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.WARNING,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (respects CPU affinity / container limits)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
