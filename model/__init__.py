@@ -1,1 +1,6 @@
-"""specetl's model: the redshift-aware spectrum autoencoder, its losses, data loading and training."""
+"""The redshift-aware spectrum autoencoder, its losses, data loading and trainer.
+
+Public entry points: `model.autoencoder.SpectrumAutoencoder`, `model.losses` (fidelity_loss,
+similarity_loss, consistency_loss), `model.train.train` / `TrainConfig`, and
+`model.evaluation.evaluate` / `model.train.load_model` for evaluating a run.
+"""

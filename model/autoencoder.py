@@ -1,0 +1,172 @@
+"""The redshift-aware spectrum autoencoder (Liang, Melchior & Lu): encoder, decoder, redshifting.
+
+The decoder emits a *restframe* spectrum on a fixed grid (Å); the observed model is that spectrum
+evaluated at λ_obs/(1+z), so the latents never need to encode redshift.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from model.interp import interp1d
+
+#: SDSS observed grid: log10 λ = LOGLAM0 + DLOGLAM·k, k = 0…NPIX-1 (vacuum Å).
+LOGLAM0, DLOGLAM, NPIX = 3.578, 1e-4, 3921
+
+
+def default_wave_obs() -> np.ndarray:
+    """The SDSS observed-frame grid in Å, (3921,) float64; training reads it from the shards."""
+    return 10.0 ** (LOGLAM0 + DLOGLAM * np.arange(NPIX))
+
+
+@dataclass
+class ModelConfig:
+    """Sizes of the autoencoder; presets are just instances of this (see `PRESETS`)."""
+
+    n_latent: int = 2
+    conv_channels: tuple[int, int, int] = (128, 256, 512)
+    conv_kernels: tuple[int, int, int] = (5, 11, 21)
+    pool_sizes: tuple[int, int] = (5, 11)
+    encoder_mlp: tuple[int, ...] = (128, 64, 32)
+    decoder_mlp: tuple[int, ...] = (256, 512, 1024)
+    dropout: float = 0.0
+    n_rest: int = 7000
+    wave_rest_min: float = 2359.0  # Å
+    wave_rest_max: float = 9332.0  # Å
+    npix: int = NPIX
+
+    def to_dict(self) -> dict:
+        """Plain-python dict (lists, not tuples) for JSON and weights_only checkpoints."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        fields = cls.__dataclass_fields__
+        return cls(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in fields}
+        )
+
+
+PRESETS: dict[str, ModelConfig] = {
+    # the reference architecture: ~3.2M parameters
+    "paper": ModelConfig(),
+    # narrower convolutions (the expensive part) so CI and laptops train in minutes; same grids
+    "cpu-small": ModelConfig(conv_channels=(32, 64, 128), encoder_mlp=(64, 32, 16)),
+}
+
+#: default batch size per preset
+PRESET_BATCH: dict[str, int] = {"paper": 512, "cpu-small": 64}
+
+
+def _mlp(sizes: list[int], dropout: float, act: type[nn.Module]) -> nn.Sequential:
+    """Linear layers with `act` between them; no activation after the last layer."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(act())
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers)
+
+
+class Encoder(nn.Module):
+    """Observed spectrum (B, M) → latents (B, S): conv blocks, attention pooling, MLP."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        blocks: list[nn.Module] = []
+        c_in = 1
+        for i, (c, k) in enumerate(zip(cfg.conv_channels, cfg.conv_kernels, strict=True)):
+            block: list[nn.Module] = [
+                nn.Conv1d(c_in, c, k, padding=k // 2),
+                nn.InstanceNorm1d(c, affine=True),
+                nn.PReLU(c),
+                nn.Dropout(cfg.dropout),
+            ]
+            if i < len(cfg.pool_sizes):
+                block.append(nn.MaxPool1d(cfg.pool_sizes[i]))
+            blocks.append(nn.Sequential(*block))
+            c_in = c
+        self.conv = nn.Sequential(*blocks)
+        self.n_values = c_in // 2
+        self.mlp = _mlp([self.n_values, *cfg.encoder_mlp, cfg.n_latent], cfg.dropout, nn.LeakyReLU)
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Encode normalised flux `x` (B, M); pixels with weight `w` == 0 are fed as 0 because
+        the shards keep the (possibly garbage) flux of masked pixels."""
+        h = self.conv((x * (w > 0))[:, None, :])
+        values, logits = h[:, : self.n_values], h[:, self.n_values :]
+        # attention: softmax over position picks where each feature is read from
+        feats = (values * torch.softmax(logits, dim=-1)).sum(-1)
+        return self.mlp(feats)
+
+
+class Decoder(nn.Module):
+    """Latents (B, S) → restframe spectrum (B, n_rest) on `wave_rest`."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.mlp = _mlp([cfg.n_latent, *cfg.decoder_mlp, cfg.n_rest], 0.0, nn.LeakyReLU)
+
+    def forward(self, s: torch.Tensor) -> torch.Tensor:
+        return self.mlp(s)
+
+
+def redshift(
+    x_rest: torch.Tensor, wave_rest: torch.Tensor, wave_obs: torch.Tensor, z: torch.Tensor
+) -> torch.Tensor:
+    """Observe a restframe spectrum at redshift z: x''(λ_obs) = x'(λ_obs/(1+z)).
+
+    Args:
+        x_rest: (B, L) restframe spectra sampled at `wave_rest` (Å, increasing).
+        wave_rest: (L,) restframe grid, Å.
+        wave_obs: (M,) observed grid, Å.
+        z: (B,) redshifts.
+
+    Returns:
+        (B, M) spectra on the observed grid; 0 where λ_obs/(1+z) is outside `wave_rest`.
+    """
+    return interp1d(wave_obs[None, :] / (1 + z[:, None]), wave_rest, x_rest)
+
+
+class SpectrumAutoencoder(nn.Module):
+    """Encoder + decoder + redshift transform. `wave_obs` / `wave_rest` are buffers (saved)."""
+
+    def __init__(self, cfg: ModelConfig, wave_obs: np.ndarray | torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+        wo = default_wave_obs() if wave_obs is None else wave_obs
+        self.register_buffer("wave_obs", torch.as_tensor(np.asarray(wo), dtype=torch.float32))
+        wr = torch.linspace(cfg.wave_rest_min, cfg.wave_rest_max, cfg.n_rest, dtype=torch.float64)
+        self.register_buffer("wave_rest", wr.float())
+
+    def forward(
+        self, x: torch.Tensor, w: torch.Tensor, z: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns latents s (B, S), restframe model x' (B, L), observed model x'' (B, M)."""
+        s = self.encoder(x, w)
+        x_rest = self.decoder(s)
+        x_obs = redshift(x_rest.float(), self.wave_rest, self.wave_obs, z.float())
+        return s, x_rest, x_obs
+
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+__all__ = [
+    "ModelConfig",
+    "PRESETS",
+    "PRESET_BATCH",
+    "Encoder",
+    "Decoder",
+    "SpectrumAutoencoder",
+    "redshift",
+    "default_wave_obs",
+]

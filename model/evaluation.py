@@ -1,0 +1,125 @@
+"""Loss evaluation over a split, reusable by the trainer (validation) and `specetl evaluate`.
+
+`step_losses` is the single place where a batch becomes the paper's loss terms, so training and
+evaluation cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from model.augment import redshift_augment
+from model.autoencoder import SpectrumAutoencoder
+from model.data import Batch, to_device
+from model.losses import consistency_loss, fidelity_loss, restframe_weights, similarity_loss
+
+OBJECTIVES = ("fidelity", "similarity", "consistency")
+
+
+def step_losses(
+    model: torch.nn.Module,
+    core: SpectrumAutoencoder,
+    batch: Batch,
+    terms: tuple[str, ...],
+    k0: float = 2.5,
+    k1: float = 1.0,
+    sigma_s: float = 0.1,
+    generator: torch.Generator | None = None,
+    z_aug_max: float = 0.5,
+    autocast: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Loss terms of one batch. `terms` ⊆ {"fidelity", "similarity", "consistency"}.
+
+    `model` is what is called (maybe DDP-wrapped or compiled); `core` is the bare
+    `SpectrumAutoencoder` (for its grids). With "consistency", the batch and its redshift-
+    augmented copy go through ONE forward pass (so DDP sees every parameter used once), and the
+    copy's reconstruction is trained too ("fidelity_aug"). Returns a dict with "fidelity"
+    (originals only), optionally "similarity", "fidelity_aug", "consistency", "latent_shift"
+    (mean |s − s_aug|, latent units), and "total" (the sum of the loss terms).
+    Losses are computed in float32 outside autocast (the Gram matrices need the precision).
+    """
+    x, w, z = batch["flux"], batch["ivar"], batch["z"]
+    n = x.shape[0]
+    if "consistency" in terms:
+        xa, wa, za = redshift_augment(x, w, z, core.wave_obs, generator, z_aug_max)
+        x, w, z = torch.cat([x, xa]), torch.cat([w, wa]), torch.cat([z, za])
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+        s_all, x_rest_all, x_obs_all = model(x, w, z)
+    s_all = s_all.float()
+    x_obs_all = x_obs_all.float()
+    out = {"fidelity": fidelity_loss(x[:n], x_obs_all[:n], w[:n])}
+    s, x_rest = s_all[:n], x_rest_all[:n].float()
+    if "similarity" in terms:
+        w_rest = restframe_weights(w[:n], z[:n], core.wave_obs, core.wave_rest)
+        out["similarity"] = similarity_loss(s, x_rest, w_rest, k0, k1)
+    if "consistency" in terms:
+        s_aug = s_all[n:]
+        out["fidelity_aug"] = fidelity_loss(x[n:], x_obs_all[n:], w[n:])
+        out["consistency"] = consistency_loss(s, s_aug, sigma_s)
+        out["latent_shift"] = (s - s_aug).norm(dim=-1).mean().detach()
+    keys = ("fidelity", "fidelity_aug", "similarity", "consistency")
+    out["total"] = sum(out[t] for t in keys if t in out)
+    return out
+
+
+def terms_for(objective: str) -> tuple[str, ...]:
+    """Loss terms trained by an objective: fidelity ⊂ similarity ⊂ consistency."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; choose from {OBJECTIVES}")
+    return OBJECTIVES[: OBJECTIVES.index(objective) + 1]
+
+
+@torch.no_grad()
+def evaluate(
+    model: SpectrumAutoencoder,
+    batches: Iterable[Batch],
+    device: torch.device,
+    terms: tuple[str, ...] = OBJECTIVES,
+    k0: float = 2.5,
+    k1: float = 1.0,
+    sigma_s: float = 0.1,
+    seed: int = 0,
+    z_aug_max: float = 0.5,
+) -> dict[str, float]:
+    """Row-weighted mean of each loss term over `batches` (model in eval mode).
+
+    The augmentation redshifts are drawn from a generator seeded with `seed`, so repeated
+    evaluations of the same model give the same numbers. L_sim is evaluated at fixed (k0, k1)
+    (the paper's Table 1 uses k0 = 2.5, k1 = 1). Returns {"fidelity", ["similarity",
+    "consistency", "latent_shift"], "total", "n"}.
+    """
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator(device=device).manual_seed(seed)
+    sums: dict[str, float] = {}
+    n = 0
+    for batch in batches:
+        batch = to_device(batch, device)
+        b = batch["z"].shape[0]
+        parts = step_losses(model, model, batch, terms, k0, k1, sigma_s, gen, z_aug_max)
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0.0) + float(v) * b
+        n += b
+    model.train(was_training)
+    out = {k: v / max(n, 1) for k, v in sums.items()}
+    out["n"] = n
+    return out
+
+
+@torch.no_grad()
+def collect_latents(
+    model: SpectrumAutoencoder, batches: Iterable[Batch], device: torch.device, max_n: int = 10_000
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latents (n, S) and redshifts (n,) of up to `max_n` spectra, on the CPU."""
+    model.eval()
+    ss, zs, n = [], [], 0
+    for batch in batches:
+        batch = to_device(batch, device)
+        ss.append(model.encoder(batch["flux"], batch["ivar"]).float().cpu())
+        zs.append(batch["z"].cpu())
+        n += len(zs[-1])
+        if n >= max_n:
+            break
+    return torch.cat(ss)[:max_n], torch.cat(zs)[:max_n]

@@ -1,0 +1,401 @@
+"""`specetl train`: the trainer (single process, or DDP under torchrun).
+
+Run layout (RUN/):
+  config.json     the TrainConfig and ModelConfig of the run
+  metrics.jsonl   one JSON line per epoch (train and validation losses, lr, k1, spectra/s)
+  last.pt         latest checkpoint (every `checkpoint_every` epochs and at the end)
+  best.pt         checkpoint with the lowest validation total loss
+Checkpoints hold only tensors and plain python values, so `torch.load(p, weights_only=True)`
+reads them. Every epoch reseeds dropout and augmentation from (seed, epoch) and draws its data
+order from (seed, epoch), so `--resume` from an epoch boundary reproduces an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from model.autoencoder import PRESET_BATCH, PRESETS, ModelConfig, SpectrumAutoencoder
+from model.data import (
+    DeviceCache,
+    ShardStream,
+    index_sha256,
+    list_shards,
+    make_loader,
+    read_wave_obs,
+    to_device,
+)
+from model.evaluation import OBJECTIVES, evaluate, step_losses, terms_for
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "specetl-checkpoint"
+
+
+class TrainError(RuntimeError):
+    """A user-facing training error (bad run dir, incompatible resume/init); one-line message."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (stored in config.json and every checkpoint)."""
+
+    shards: str
+    run: str
+    objective: str = "fidelity"
+    preset: str = "cpu-small"
+    epochs: int = 10
+    batch_size: int | None = None  # None: the preset's (paper 512, cpu-small 64)
+    lr: float = 1e-3  # OneCycle peak learning rate
+    init: str | None = None  # run dir whose best model initialises this one
+    resume: bool = False
+    cache_on_device: bool = False
+    compile: bool = False
+    workers: int = 0
+    seed: int = 0
+    checkpoint_every: int = 1
+    grad_clip: float = 1.0
+    k0: float = 2.5
+    k1_max: float = 1.0
+    k1_cycles: int = 3
+    sigma_s: float = 0.1
+    z_aug_max: float = 0.5
+    verify_shards: bool = True
+    device: str = "auto"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise TrainError(f"--objective must be one of {OBJECTIVES}, not {self.objective!r}")
+        if self.preset not in PRESETS:
+            raise TrainError(f"--preset must be one of {sorted(PRESETS)}, not {self.preset!r}")
+        if self.batch_size is None:
+            self.batch_size = PRESET_BATCH[self.preset]
+        if self.epochs < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
+            raise TrainError("--epochs, --batch-size and --checkpoint-every must be >= 1")
+
+
+def k1_schedule(step: int, total_steps: int, k1_max: float, cycles: int) -> float:
+    """Inverse annealing of the similarity sharpness: a sawtooth 0 → k1_max, `cycles` times.
+
+    Small k1 first lets the latent distances find the scale of the spectral distances before
+    the sigmoid sharpens; restarting the ramp lets the latents reorganise repeatedly.
+    """
+    if cycles <= 0 or total_steps <= 0:
+        return k1_max
+    period = total_steps / cycles
+    return k1_max * min(1.0, ((step % period) + 1) / period)
+
+
+def _epoch_seed(seed: int, epoch: int, stream: int) -> int:
+    return (seed * 1_000_003 + epoch * 101 + stream) % (2**63)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """`auto`: cuda:LOCAL_RANK if a GPU is visible, else cpu."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def _dist_setup(device: torch.device) -> tuple[int, int]:
+    """(rank, world_size); joins the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _atomic_save(obj: dict, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)  # a crash mid-write never leaves a truncated checkpoint
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint with `weights_only=True` (no pickled code); raises TrainError."""
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except (OSError, RuntimeError) as e:
+        raise TrainError(f"cannot load checkpoint {path}: {e}") from e
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise TrainError(f"{path} is not a specetl checkpoint")
+    return ckpt
+
+
+def load_model(
+    run: str | Path, which: str = "best", device: str | torch.device = "cpu"
+) -> tuple[SpectrumAutoencoder, dict]:
+    """The trained model of a run dir (`best.pt`, falling back to `last.pt`) and its checkpoint."""
+    run = Path(run)
+    path = run / f"{which}.pt"
+    if not path.exists():
+        path = run / "last.pt"
+    if not path.exists():
+        raise TrainError(f"no checkpoint in {run} (expected best.pt or last.pt)")
+    ckpt = load_checkpoint(path, device)
+    model = SpectrumAutoencoder(ModelConfig.from_dict(ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    return model.to(device), ckpt
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
+    """Train per `cfg`; returns the last epoch's metrics (rank 0; others get {}).
+
+    `stop_after_epoch` ends the run early after that epoch (checkpointing it), as an
+    interruption would; the LR schedule still spans `cfg.epochs` (used by the resume test).
+    """
+    device = pick_device(cfg.device)
+    rank, world = _dist_setup(device)
+    main = rank == 0
+    run = Path(cfg.run)
+    terms = terms_for(cfg.objective)
+    if main:
+        run.mkdir(parents=True, exist_ok=True)
+        if (run / "last.pt").exists() and not cfg.resume:
+            raise TrainError(f"{run} already holds a run; pass --resume or choose a new --run")
+    if cfg.resume and not (run / "last.pt").exists():
+        raise TrainError(f"--resume: no {run / 'last.pt'} to resume from")
+
+    train_shards = list_shards(cfg.shards, "train", verify=cfg.verify_shards and main)
+    valid_shards = list_shards(cfg.shards, "valid", verify=cfg.verify_shards and main)
+    wave_obs = read_wave_obs(train_shards[0])
+    mcfg = PRESETS[cfg.preset]
+    mcfg = ModelConfig.from_dict({**mcfg.to_dict(), "npix": len(wave_obs)})
+
+    torch.manual_seed(cfg.seed)  # parameter init, identical on every rank
+    core = SpectrumAutoencoder(mcfg, wave_obs).to(device)
+    if cfg.init:
+        init_model, init_ckpt = load_model(cfg.init)
+        if init_ckpt["model_config"] != mcfg.to_dict():
+            raise TrainError(f"--init {cfg.init}: model config differs from preset {cfg.preset}")
+        core.load_state_dict(init_model.state_dict())
+        if main:
+            log.info(
+                "initialised from %s (objective %s)", cfg.init, init_ckpt["config"]["objective"]
+            )
+
+    if cfg.cache_on_device:
+        train_data = DeviceCache(train_shards, cfg.batch_size, device, cfg.seed, rank, world)
+        valid_data = DeviceCache(valid_shards, cfg.batch_size, device, shuffle=False)
+        train_iter = valid_iter = None
+    else:
+        train_data = ShardStream(
+            train_shards, cfg.batch_size, cfg.seed, rank, world, cfg.workers, shuffle=True
+        )
+        valid_data = ShardStream(valid_shards, cfg.batch_size, shuffle=False)
+        train_iter = make_loader(train_data, pin_memory=device.type == "cuda")
+        valid_iter = make_loader(valid_data, pin_memory=device.type == "cuda")
+    steps_per_epoch = len(train_data)
+    if steps_per_epoch == 0:
+        raise TrainError(
+            f"too few training spectra for batch size {cfg.batch_size} × {world} ranks "
+            f"× {max(cfg.workers, 1)} workers"
+        )
+    total_steps = steps_per_epoch * cfg.epochs
+
+    opt = torch.optim.Adam(core.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps)
+    start_epoch, best = 0, math.inf
+    if cfg.resume:
+        ckpt = load_checkpoint(run / "last.pt", device)
+        _check_resume(ckpt["config"], cfg)
+        core.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        _set_rng_state(ckpt["rng"])
+        start_epoch, best = ckpt["epoch"], ckpt["best_valid"]
+        if ckpt["index_sha256"] != index_sha256(cfg.shards) and main:
+            log.warning("resuming on different shards than the checkpoint was trained on")
+        if main:
+            _truncate_metrics(run / "metrics.jsonl", start_epoch)
+            log.info("resumed %s at epoch %d", run, start_epoch)
+    if main:
+        (run / "config.json").write_text(
+            json.dumps({"train": asdict(cfg), "model": mcfg.to_dict()}, indent=2) + "\n"
+        )
+        log.info(
+            "training %s (%s, %.2fM params) on %s, %d rank(s), %d steps/epoch of %d spectra",
+            cfg.objective,
+            cfg.preset,
+            core.n_params() / 1e6,
+            device,
+            world,
+            steps_per_epoch,
+            cfg.batch_size,
+        )
+
+    model: torch.nn.Module = core
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            core, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if cfg.compile:
+        model = torch.compile(model)
+    autocast = device.type == "cuda"  # bf16 on GPU only; CPU autocast is slower than fp32
+
+    metrics: dict = {}
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        train_data.set_epoch(epoch)
+        torch.manual_seed(_epoch_seed(cfg.seed, epoch, rank))  # dropout
+        gen = torch.Generator(device=device).manual_seed(_epoch_seed(cfg.seed, epoch, 1000 + rank))
+        model.train()
+        sums = torch.zeros(6, dtype=torch.float64)
+        step = epoch * steps_per_epoch
+        k1 = 0.0
+        batches = train_iter if train_iter is not None else train_data
+        bar = tqdm(
+            batches,
+            total=steps_per_epoch,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            disable=not (main and cfg.progress),
+            leave=False,
+            unit="batch",
+        )
+        for batch in bar:
+            batch = to_device(batch, device)
+            k1 = k1_schedule(step, total_steps, cfg.k1_max, cfg.k1_cycles)
+            parts = step_losses(
+                model, core, batch, terms, cfg.k0, k1, cfg.sigma_s, gen, cfg.z_aug_max, autocast
+            )
+            opt.zero_grad(set_to_none=True)
+            parts["total"].backward()
+            torch.nn.utils.clip_grad_norm_(core.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            step += 1
+            b = batch["z"].shape[0]
+            sums += torch.tensor(
+                [
+                    b,
+                    float(parts["total"].detach()) * b,
+                    float(parts["fidelity"].detach()) * b,
+                    float(parts.get("similarity", torch.zeros(())).detach()) * b,
+                    float(parts.get("consistency", torch.zeros(())).detach()) * b,
+                    0.0,
+                ],
+                dtype=torch.float64,
+            )
+            bar.set_postfix(loss=f"{float(parts['total'].detach()):.4f}")
+        if world > 1:
+            sums_d = sums.to(device)
+            dist.all_reduce(sums_d)
+            sums = sums_d.cpu()
+        wall = time.perf_counter() - t0
+        if main:
+            vbatches = valid_iter if valid_iter is not None else valid_data
+            valid = evaluate(
+                core, vbatches, device, terms, cfg.k0, 1.0, cfg.sigma_s, cfg.seed, cfg.z_aug_max
+            )
+            n = max(float(sums[0]), 1.0)
+            metrics = {
+                "epoch": epoch + 1,
+                "train_total": float(sums[1]) / n,
+                "train_fidelity": float(sums[2]) / n,
+                **({"train_similarity": float(sums[3]) / n} if "similarity" in terms else {}),
+                **({"train_consistency": float(sums[4]) / n} if "consistency" in terms else {}),
+                **{f"valid_{k}": v for k, v in valid.items() if k != "n"},
+                "lr": sched.get_last_lr()[0],
+                "k1": k1,
+                "spectra_per_s": n / wall,
+                "epoch_s": wall,
+            }
+            with open(run / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(metrics) + "\n")
+            log.info(
+                "epoch %d/%d: train %.4f valid %.4f (fidelity %.4f), %.0f spectra/s",
+                epoch + 1,
+                cfg.epochs,
+                metrics["train_total"],
+                valid["total"],
+                valid["fidelity"],
+                metrics["spectra_per_s"],
+            )
+            ckpt = {
+                "format": CHECKPOINT_FORMAT,
+                "version": 1,
+                "model": core.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "epoch": epoch + 1,
+                "rng": _rng_state(),
+                "config": asdict(cfg),
+                "model_config": mcfg.to_dict(),
+                "index_sha256": index_sha256(cfg.shards),
+                "best_valid": min(best, valid["total"]),
+                "metrics": metrics,
+            }
+            if valid["total"] < best:
+                best = valid["total"]
+                _atomic_save(ckpt, run / "best.pt")
+            last = epoch + 1 == cfg.epochs or epoch + 1 == stop_after_epoch
+            if (epoch + 1) % cfg.checkpoint_every == 0 or last:
+                _atomic_save(ckpt, run / "last.pt")
+        if world > 1:
+            dist.barrier()
+        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
+            break
+    return metrics
+
+
+_RESUME_KEYS = (
+    "objective",
+    "preset",
+    "epochs",
+    "batch_size",
+    "lr",
+    "seed",
+    "workers",
+    "k0",
+    "k1_max",
+    "k1_cycles",
+    "sigma_s",
+    "z_aug_max",
+    "cache_on_device",
+)
+
+
+def _check_resume(saved: dict, cfg: TrainConfig) -> None:
+    diff = [k for k in _RESUME_KEYS if saved.get(k) != getattr(cfg, k)]
+    if diff:
+        pairs = ", ".join(f"{k}: {saved.get(k)!r} → {getattr(cfg, k)!r}" for k in diff)
+        raise TrainError(f"--resume with settings that differ from the checkpoint ({pairs})")
+
+
+def _truncate_metrics(path: Path, epoch: int) -> None:
+    """Drop metric lines of epochs after the checkpoint (they will be rerun)."""
+    if not path.exists():
+        return
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    keep = [ln for ln in lines if json.loads(ln)["epoch"] <= epoch]
+    path.write_text("".join(ln + "\n" for ln in keep))
