@@ -197,8 +197,11 @@ class FitsFile:
             i = ttype_index.get(col.lower())
             scale = header.get(f"TSCAL{i}")
             zero = header.get(f"TZERO{i}")
+            tform = _str(header, f"TFORM{i}").upper() if i else ""
             if values.dtype.kind == "S":
-                values = np.char.rstrip(values.astype(values.dtype))
+                values = np.char.decode(np.char.rstrip(values), "ascii", "replace")
+            elif tform.endswith("L"):
+                values = values == ord("T")
             elif zero is not None and values.dtype == np.dtype(">i8") and float(zero) == 2**63:
                 values = values.astype(np.int64).view(np.uint64) ^ np.uint64(2**63)
             elif scale is not None or zero is not None:

@@ -34,6 +34,10 @@ COADD_COLUMNS = ("loglam", "flux", "ivar", "and_mask")
 SPECOBJ_ID_COLUMNS = ("PLATE", "MJD", "FIBERID")
 
 
+class GridMisaligned(ValueError):
+    """A file's wavelengths are not on the grid's log-lambda lattice."""
+
+
 class SpectrumRejected(ValueError):
     """A spectrum that cannot enter the training set. ``reason`` is a short category."""
 
@@ -133,7 +137,7 @@ def read_spec_lite_astropy(path: str | Path) -> RawSpectrum:
 
 
 def grid_indices(loglam: np.ndarray, grid: Grid) -> np.ndarray:
-    """Index on ``grid`` of each of a file's pixels; ValueError if they are off the lattice.
+    """Index on ``grid`` of each of a file's pixels; :class:`GridMisaligned` if off the lattice.
 
     A pixel more than ``MAX_GRID_OFFSET`` pixels from a lattice point, or pixels that are not
     consecutive lattice points, mean the file is not on the grid and cannot be placed by offset.
@@ -142,11 +146,9 @@ def grid_indices(loglam: np.ndarray, grid: Grid) -> np.ndarray:
     index = np.rint(exact)
     worst = float(np.max(np.abs(exact - index))) if len(exact) else 0.0
     if not worst <= MAX_GRID_OFFSET:
-        raise ValueError(
-            f"grid misaligned: pixels lie up to {worst:.3f} px off the 1e-4 dex lattice"
-        )
+        raise GridMisaligned(f"pixels lie up to {worst:.3f} px off the 1e-4 dex lattice")
     if len(index) > 1 and np.any(np.diff(index) != 1):
-        raise ValueError("grid misaligned: pixels are not consecutive on the lattice")
+        raise GridMisaligned("pixels are not consecutive on the lattice")
     return index.astype(np.int64)
 
 
@@ -156,7 +158,7 @@ def place_on_grid(
     """Copy a spectrum onto ``grid`` by integer offset; clip both ends; uncovered → flux 0, ivar 0.
 
     Returns (flux, ivar, and_mask) of length grid.npix (float64, float64, int64). Raises
-    ValueError ("grid misaligned …") if the file's pixels are not on the grid's lattice.
+    GridMisaligned if the file's pixels are not on the grid's lattice.
     """
     n = len(loglam)
     if not (len(flux) == len(ivar) == len(and_mask) == n) or n == 0:
@@ -231,9 +233,10 @@ class Preprocessor:
             flux, ivar, and_mask = place_on_grid(
                 raw.loglam, raw.flux, raw.ivar, raw.and_mask, self.grid
             )
+        except GridMisaligned as err:
+            raise SpectrumRejected(obj, "grid misaligned", str(err)) from None
         except ValueError as err:
-            reason = "grid misaligned" if "misaligned" in str(err) else "unreadable"
-            raise SpectrumRejected(obj, reason, str(err)) from None
+            raise SpectrumRejected(obj, "unreadable", str(err)) from None
         flux, ivar = apply_masks(flux, ivar, and_mask, self.telluric)
         if not (ivar > 0).any():
             raise SpectrumRejected(obj, "empty mask", "no unmasked pixel on the grid")
