@@ -1,0 +1,108 @@
+"""Training on shards built from the bundled real sample: learning, resume, init, DDP, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from test_model_fixtures import REPO, build_sample_shards
+
+from model.train import TrainConfig, TrainError, load_checkpoint, load_model, train
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    return build_sample_shards(tmp_path_factory.mktemp("model_train"))
+
+
+def _cfg(shards: Path, run: Path, **kw) -> TrainConfig:
+    base = dict(
+        shards=str(shards), run=str(run), preset="cpu-small", batch_size=8, seed=1, progress=False
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_short_training_lowers_validation_fidelity(shards, tmp_path):
+    run = tmp_path / "fid"
+    train(_cfg(shards, run, objective="fidelity", epochs=4, lr=2e-3))
+    m = _metrics(run)
+    assert [r["epoch"] for r in m] == [1, 2, 3, 4]
+    assert m[-1]["valid_fidelity"] < 0.7 * m[0]["valid_fidelity"]
+    ckpt = load_checkpoint(run / "last.pt")  # weights_only=True inside
+    assert ckpt["epoch"] == 4 and ckpt["config"]["objective"] == "fidelity"
+    assert len(ckpt["index_sha256"]) == 64
+    torch.load(run / "best.pt", weights_only=True)
+    model, _ = load_model(run)
+    assert model.wave_obs.shape == (3921,)
+
+
+def test_resume_2_plus_2_equals_4(shards, tmp_path):
+    full, part = tmp_path / "full", tmp_path / "part"
+    kw = dict(objective="consistency", epochs=4, checkpoint_every=2)
+    train(_cfg(shards, full, **kw))
+    train(_cfg(shards, part, **kw), stop_after_epoch=2)
+    assert load_checkpoint(part / "last.pt")["epoch"] == 2
+    with pytest.raises(TrainError, match="already holds a run"):
+        train(_cfg(shards, part, **kw))
+    with pytest.raises(TrainError, match="differ"):
+        train(_cfg(shards, part, **{**kw, "lr": 5e-3}, resume=True))
+    train(_cfg(shards, part, **kw, resume=True))
+    a = load_checkpoint(full / "last.pt")["model"]
+    b = load_checkpoint(part / "last.pt")["model"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert _metrics(full) == [
+        {**r, "spectra_per_s": m["spectra_per_s"], "epoch_s": m["epoch_s"]}
+        for r, m in zip(_metrics(part), _metrics(full), strict=True)
+    ]
+
+
+def test_similarity_then_consistency_from_init(shards, tmp_path):
+    sim = tmp_path / "sim"
+    train(_cfg(shards, sim, objective="similarity", epochs=1))
+    assert "valid_similarity" in _metrics(sim)[0]
+    con = tmp_path / "con"
+    train(_cfg(shards, con, objective="consistency", epochs=1, init=str(sim)))
+    m = _metrics(con)[0]
+    assert 0 <= m["valid_consistency"] < 0.5 and m["valid_latent_shift"] >= 0
+    with pytest.raises(TrainError, match="model config differs"):
+        train(_cfg(shards, tmp_path / "x", preset="paper", epochs=1, init=str(sim)))
+
+
+def test_ddp_two_cpu_processes(shards, tmp_path):
+    script = tmp_path / "ddp_train.py"
+    run = tmp_path / "ddp"
+    script.write_text(
+        textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(REPO)!r})
+        from model.train import TrainConfig, train
+        train(TrainConfig(shards={str(shards)!r}, run={str(run)!r}, objective="similarity",
+                          preset="cpu-small", epochs=2, batch_size=4, progress=False))
+    """)
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(script),
+    ]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    m = _metrics(run)
+    assert [r["epoch"] for r in m] == [1, 2]  # rank 0 alone writes
+    # 28 rows over 2 ranks (one 14-row shard each) → 3 batches of 4 per rank, 24 spectra/epoch
+    assert load_checkpoint(run / "last.pt")["epoch"] == 2
