@@ -41,5 +41,67 @@ def main(verbose: int) -> None:
     _setup_logging(verbose)
 
 
+
+@main.command("train")
+@click.option("--shards", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Shards folder with index.json (e.g. DATA/dr16/shards).")
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False),
+              help="Run folder: config.json, metrics.jsonl, last.pt, best.pt land here.")
+@click.option("--objective", type=click.Choice(["fidelity", "similarity", "consistency"]),
+              default="fidelity", show_default=True,
+              help="fidelity: reconstruction only; similarity: + similarity loss (k1 annealed); "
+              "consistency: + redshift-augmentation consistency (start it with --init SIM_RUN).")
+@click.option("--preset", type=click.Choice(["paper", "cpu-small"]), default="cpu-small",
+              show_default=True,
+              help="paper: full-size encoder (~3.2M params, batch 512); cpu-small: narrower "
+              "encoder, batch 64, same grids.")
+@click.option("--epochs", type=int, default=10, show_default=True, help="Epochs over the train split.")
+@click.option("--batch-size", type=int, default=None,
+              help="Spectra per step and rank (default: the preset's).")
+@click.option("--lr", type=float, default=1e-3, show_default=True,
+              help="Peak learning rate of the OneCycle schedule (Adam).")
+@click.option("--init", "init_run", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Start from the best model of this run (same preset), e.g. a similarity run.")
+@click.option("--resume", is_flag=True,
+              help="Continue RUN from its last.pt exactly (same settings required).")
+@click.option("--cache-on-device", is_flag=True,
+              help="Load the whole train/valid split onto the device instead of streaming.")
+@click.option("--compile", "compile_", is_flag=True, help="Wrap the model in torch.compile.")
+@click.option("--workers", type=int, default=0, show_default=True,
+              help="DataLoader worker processes reading shards (0: the training process).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seeds initialisation, data order, dropout and augmentation.")
+@click.option("--checkpoint-every", type=int, default=1, show_default=True,
+              help="Write RUN/last.pt every N epochs (and at the end); best.pt follows validation.")
+@click.option("--skip-verify", is_flag=True,
+              help="Do not check shard sha256 against index.json before training.")
+def train_cmd(shards: str, run_dir: str, objective: str, preset: str, epochs: int,
+              batch_size: int | None, lr: float, init_run: str | None, resume: bool,
+              cache_on_device: bool, compile_: bool, workers: int, seed: int,
+              checkpoint_every: int, skip_verify: bool) -> None:
+    """Train the redshift-aware autoencoder on shards (CPU or GPU, picked automatically).
+
+    \b
+    Example (CPU, minutes):
+      specetl train --shards DATA/dr16/shards --run runs/sim --objective similarity --epochs 20
+      specetl train --shards DATA/dr16/shards --run runs/con --objective consistency \\
+          --init runs/sim --epochs 10
+    Several GPUs/processes: torchrun --nproc_per_node 4 -m cli train ... (DDP; rank 0 writes).
+    """
+    from model.data import ShardError
+    from model.train import TrainConfig, TrainError, train
+
+    try:
+        cfg = TrainConfig(
+            shards=shards, run=run_dir, objective=objective, preset=preset, epochs=epochs,
+            batch_size=batch_size, lr=lr, init=init_run, resume=resume,
+            cache_on_device=cache_on_device, compile=compile_, workers=workers, seed=seed,
+            checkpoint_every=checkpoint_every, verify_shards=not skip_verify,
+        )
+        train(cfg)
+    except (TrainError, ShardError) as e:
+        raise click.ClickException(str(e)) from None
+
+
 if __name__ == "__main__":
     main()

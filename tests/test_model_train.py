@@ -106,3 +106,29 @@ def test_ddp_two_cpu_processes(shards, tmp_path):
     assert [r["epoch"] for r in m] == [1, 2]  # rank 0 alone writes
     # 28 rows over 2 ranks (one 14-row shard each) → 3 batches of 4 per rank, 24 spectra/epoch
     assert load_checkpoint(run / "last.pt")["epoch"] == 2
+
+
+def test_cli_train_and_one_line_errors(shards, tmp_path):
+    from click.testing import CliRunner
+
+    from cli import main
+
+    run = tmp_path / "cli"
+    args = [
+        "train",
+        "--shards",
+        str(shards),
+        "--run",
+        str(run),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--preset",
+        "cpu-small",
+    ]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    assert (run / "best.pt").exists() and (run / "config.json").exists()
+    res = CliRunner().invoke(main, args)  # the run exists and --resume was not given
+    assert res.exit_code != 0 and "already holds a run" in res.output
