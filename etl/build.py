@@ -1,0 +1,648 @@
+"""Build sharded HDF5 training data from a release's catalogue and fetched spec-lite files.
+
+The plan is made on the driver from the catalogue alone (a few dozen bytes per object); the
+work runs as a Dask graph with one task per output shard. A task receives only its own rows of
+the catalogue, reads and preprocesses those spectra, and writes one shard file (temporary name,
+then a no-clobber link to its final name). h5py objects never leave the task; the task returns
+a small dict of metadata. ``index.json`` is written last, atomically: it is the only list of
+valid shards.
+
+Incremental builds: every shard carries ``inputs_sha256``, a fingerprint of its objects'
+catalogue rows, their input files (size and mtime) and the preprocessing settings. A planned
+shard whose fingerprint matches a shard of the previous index (or of the journal of a build that
+was killed) whose file is present with the recorded size is kept; only the others are written.
+Changed shards go to *new* file names, so the previous index stays valid until the new one
+replaces it: a SIGKILL at any moment leaves either the old or the new index, each consistent.
+
+Shard boundaries are stable across catalogue growth: each split's objects are sorted by
+specobjid and assigned to the id ranges of the previous index's shards; a range that grew past
+``shard_size`` is cut into equal pieces. New objects therefore touch only the shards whose range
+they fall into (for SDSS, new plates have larger ids and land at the end).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from etl.catalog import read_catalog
+from etl.release import Release, spec_lite_relpath
+from etl.shards import SPLITS, ShardError, shard_attrs, split_of, write_shard
+from etl.spectrum import Preprocessor, SpectrumRejected
+
+log = logging.getLogger(__name__)
+
+INDEX_NAME = "index.json"
+REPORT_NAME = "build-report.json"
+JOURNAL_NAME = ".journal.jsonl"
+LOCK_NAME = ".lock"
+INDEX_FORMAT = "specetl-shard-index"
+INDEX_FORMAT_VERSION = 1
+COMPRESSIONS = ("none", "lzf", "gzip")
+_SHARD_RE = re.compile(r"^shard-(\d{5,})\.h5$")
+#: catalogue columns a task needs (and nothing else: memory per task is bounded by its rows)
+_TASK_COLUMNS = ("SPECOBJID", "PLATE", "MJD", "FIBERID", "RUN2D", "Z", "Z_ERR")
+
+
+class BuildError(RuntimeError):
+    """The build cannot run (missing catalogue, locked folder, a failed task)."""
+
+
+@dataclass
+class ShardTask:
+    """One planned output shard: its rows of the catalogue and where it goes.
+
+    ``rows`` holds only this shard's candidates (catalogue columns of :data:`_TASK_COLUMNS` plus
+    ``FILE``, the absolute input path), sorted by specobjid.
+    """
+
+    split: str
+    rows: dict[str, np.ndarray]
+    inputs_sha256: str
+    path: str = ""  #: relative to the shards folder; set when the shard is (re)written
+
+    @property
+    def candidate_min(self) -> int:
+        return int(self.rows["SPECOBJID"][0])
+
+    def __len__(self) -> int:
+        return len(self.rows["SPECOBJID"])
+
+
+@dataclass
+class BuildResult:
+    """What a build did (also written, in more detail, to build-report.json)."""
+
+    shards_dir: Path
+    shards: list[dict] = field(default_factory=list)
+    written: int = 0
+    kept: int = 0
+    accepted: int = 0
+    rejected: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def rejected_by_reason(self) -> dict[str, int]:
+        return dict(Counter(r["reason"] for r in self.rejected).most_common())
+
+
+# --- paths, fingerprints ------------------------------------------------------------------------
+
+
+def release_dir(data_dir: str | Path, release: Release) -> Path:
+    return Path(data_dir) / release.name
+
+
+def settings_fingerprint(release: Release, compression: str | None) -> str:
+    """sha256 of everything besides the objects that decides a shard's bytes."""
+    from etl import __version__
+
+    settings = {
+        "manifest_sha256": release.manifest_sha256,
+        "specetl_version": __version__,
+        "format_version": INDEX_FORMAT_VERSION,
+        "compression": compression or "none",
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def _stat_files(paths: np.ndarray, threads: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """(size in bytes, mtime in ns) of each path; -1 for a missing file. Threads hide latency."""
+
+    def one(p: str) -> tuple[int, int]:
+        try:
+            st = os.stat(p)
+        except OSError:
+            return -1, -1
+        return st.st_size, st.st_mtime_ns
+
+    with ThreadPoolExecutor(threads) as pool:
+        out = list(pool.map(one, paths.tolist(), chunksize=256))
+    arr = np.array(out, dtype=np.int64).reshape(-1, 2)
+    return arr[:, 0], arr[:, 1]
+
+
+def _inputs_fingerprint(split: str, rows: Mapping[str, np.ndarray], settings: str) -> str:
+    """sha256 over the split, settings and, per object, its ids, z, z_err and file size/mtime."""
+    h = hashlib.sha256(f"{split}\0{settings}\0".encode())
+    for name in ("SPECOBJID", "PLATE", "MJD", "FIBERID", "Z", "Z_ERR", "SIZE", "MTIME"):
+        h.update(np.ascontiguousarray(rows[name]).tobytes())
+    h.update("\0".join(rows["RUN2D"].tolist()).encode())
+    return h.hexdigest()
+
+
+# --- planning -----------------------------------------------------------------------------------
+
+
+def _cut(ids: np.ndarray, lower_bounds: list[int], shard_size: int) -> list[np.ndarray]:
+    """Row-index groups: bucket sorted ``ids`` by ``lower_bounds``, then cut big buckets evenly.
+
+    Bucket i holds ids in [lower_bounds[i], lower_bounds[i+1]); the first bucket also takes
+    everything below. A bucket of n > shard_size ids becomes ceil(n / shard_size) equal pieces,
+    so no shard exceeds shard_size and none is tiny after a split.
+    """
+    bounds = np.asarray(sorted(lower_bounds)[1:], dtype=np.uint64)
+    bucket = np.searchsorted(bounds, ids, side="right")
+    groups: list[np.ndarray] = []
+    starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]]) if len(ids) else []
+    ends = list(starts[1:]) + [len(ids)] if len(ids) else []
+    for start, end in zip(starts, ends, strict=True):
+        n = end - start
+        pieces = -(-n // shard_size)
+        groups.extend(np.array_split(np.arange(start, end), pieces))
+    return groups
+
+
+def plan_shards(
+    catalog: Mapping[str, np.ndarray],
+    release: Release,
+    spectra_dir: Path,
+    shard_size: int,
+    compression: str | None,
+    previous: list[dict] | None = None,
+) -> tuple[list[ShardTask], list[dict]]:
+    """Split, order and cut the catalogue into shard tasks; return (tasks, early rejections).
+
+    Objects are ordered by split, then specobjid. ``previous`` (index entries of an earlier
+    build) supplies the shard boundaries, so growth changes only the shards it lands in.
+    Rows with an invalid id or a duplicate specobjid are rejected here, before any work.
+    """
+    n = len(catalog["SPECOBJID"])
+    rejected: list[dict] = []
+    files = np.empty(n, dtype=object)
+    ok = np.ones(n, dtype=bool)
+    for i in range(n):
+        try:
+            rel = spec_lite_relpath(
+                catalog["RUN2D"][i],
+                int(catalog["PLATE"][i]),
+                int(catalog["MJD"][i]),
+                int(catalog["FIBERID"][i]),
+            )
+        except ValueError as err:
+            ok[i] = False
+            rejected.append(_rejection(catalog, i, "", "invalid id", str(err)))
+            continue
+        files[i] = str(spectra_dir / rel)
+    ids = np.asarray(catalog["SPECOBJID"], dtype=np.uint64)
+    order = np.argsort(ids, kind="stable")
+    dup = np.zeros(n, dtype=bool)
+    dup[order[1:]] = ids[order[1:]] == ids[order[:-1]]
+    for i in np.flatnonzero(dup & ok):
+        ok[i] = False
+        rejected.append(_rejection(catalog, i, files[i], "duplicate id", "specobjid seen before"))
+
+    keep = np.flatnonzero(ok)
+    rows = {name: np.asarray(catalog[name])[keep] for name in _TASK_COLUMNS}
+    rows["FILE"] = files[keep].astype(str)
+    rows["SIZE"], rows["MTIME"] = _stat_files(rows["FILE"])
+    s = release.splits
+    split = split_of(rows["SPECOBJID"], s.salt, (s.train, s.valid, s.test))
+    settings = settings_fingerprint(release, compression)
+
+    tasks: list[ShardTask] = []
+    for name in SPLITS:
+        sel = np.flatnonzero(split == name)
+        sel = sel[np.argsort(rows["SPECOBJID"][sel], kind="stable")]
+        bounds = [0] + [int(e["candidate_min"]) for e in previous or () if e["split"] == name]
+        for group in _cut(rows["SPECOBJID"][sel], bounds, shard_size):
+            part = {k: v[sel[group]] for k, v in rows.items()}
+            tasks.append(ShardTask(name, part, _inputs_fingerprint(name, part, settings)))
+    return tasks, rejected
+
+
+def _rejection(
+    catalog: Mapping[str, np.ndarray], i: int, file: str, reason: str, detail: str
+) -> dict:
+    return {
+        "specobjid": int(catalog["SPECOBJID"][i]),
+        "plate": int(catalog["PLATE"][i]),
+        "mjd": int(catalog["MJD"][i]),
+        "fiberid": int(catalog["FIBERID"][i]),
+        "file": str(file),
+        "reason": reason,
+        "detail": detail,
+    }
+
+
+# --- the task (runs on a worker) ----------------------------------------------------------------
+
+
+def build_one_shard(
+    task: ShardTask,
+    preprocessor: Preprocessor,
+    attrs: Mapping[str, object],
+    shards_dir: str,
+    compression: str | None,
+) -> dict:
+    """Preprocess ``task``'s spectra and write its shard; return the index entry + rejections.
+
+    Runs in a worker process. Writes ``<shards_dir>/<task.path>`` through a temporary file and a
+    hard link that refuses to overwrite (two runs can never clobber each other's shard).
+    """
+    rows = task.rows
+    n = len(task)
+    npix = len(preprocessor.wave_obs)
+    flux = np.zeros((n, npix), dtype=np.float32)
+    ivar = np.zeros((n, npix), dtype=np.float32)
+    norm = np.zeros(n, dtype=np.float32)
+    good = np.zeros(n, dtype=bool)
+    rejected = []
+    for i in range(n):
+        expect = (int(rows["PLATE"][i]), int(rows["MJD"][i]), int(rows["FIBERID"][i]))
+        try:
+            pre = preprocessor.preprocess_file(rows["FILE"][i], float(rows["Z"][i]), expect)
+        except SpectrumRejected as err:
+            rejected.append(_rejection(rows, i, rows["FILE"][i], err.reason, err.detail))
+            continue
+        flux[i], ivar[i], norm[i] = pre.flux, pre.ivar, pre.norm
+        good[i] = True
+    keep = np.flatnonzero(good)
+    if len(keep) < n:  # compact in place-order; rows stay sorted by specobjid
+        flux, ivar, norm = flux[keep], ivar[keep], norm[keep]
+    columns = {
+        "flux": flux,
+        "ivar": ivar,
+        "norm": norm,
+        "z": rows["Z"][keep],
+        "zerr": rows["Z_ERR"][keep],
+        "specobjid": rows["SPECOBJID"][keep],
+        "plate": rows["PLATE"][keep],
+        "mjd": rows["MJD"][keep],
+        "fiberid": rows["FIBERID"][keep],
+    }
+    final = Path(shards_dir) / task.path
+    staging = final.with_name(f".{final.name}.{os.getpid()}.part")
+    attrs = dict(attrs, split=task.split, inputs_sha256=task.inputs_sha256)
+    comp = None if compression in (None, "none") else compression
+    digest = write_shard(staging, columns, preprocessor.wave_obs, attrs, comp)
+    try:
+        _link_no_clobber(staging, final)
+    finally:
+        staging.unlink(missing_ok=True)
+    ids = columns["specobjid"]
+    entry = {
+        "path": task.path,
+        "split": task.split,
+        "rows": int(len(keep)),
+        "sha256": digest,
+        "bytes": final.stat().st_size,
+        "specobjid_min": int(ids.min()) if len(ids) else None,
+        "specobjid_max": int(ids.max()) if len(ids) else None,
+        "candidate_min": task.candidate_min,
+        "candidates": n,
+        "inputs_sha256": task.inputs_sha256,
+    }
+    return {"entry": entry, "rejected": rejected}
+
+
+def _link_no_clobber(src: Path, dst: Path) -> None:
+    """Give ``src`` the name ``dst`` unless ``dst`` exists (then BuildError): no silent overwrite."""
+    try:
+        os.link(src, dst)
+    except FileExistsError:
+        raise BuildError(f"{dst}: exists already (is another build running?)") from None
+    except OSError as err:
+        if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+        # file systems without hard links: check-then-rename (the folder lock covers the race)
+        if dst.exists():
+            raise BuildError(f"{dst}: exists already (is another build running?)") from None
+        os.replace(src, dst)
+    _fsync_dir(dst.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+# --- index, journal, report ---------------------------------------------------------------------
+
+
+def _write_json_atomic(path: Path, doc: object) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w") as fh:
+            json.dump(doc, fh, indent=1)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_index(shards_dir: str | Path) -> dict:
+    """Load ``index.json`` of a shards folder (ShardError if missing or not an index)."""
+    path = Path(shards_dir) / INDEX_NAME
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ShardError(f"{path}: no index (run `specetl build-shards`)") from None
+    except (OSError, ValueError) as err:
+        raise ShardError(f"{path}: unreadable index ({err})") from None
+    if doc.get("format") != INDEX_FORMAT:
+        raise ShardError(f"{path}: not a specetl shard index")
+    return doc
+
+
+def _read_journal(path: Path) -> list[dict]:
+    """Results of a killed build's finished tasks; a torn last line is ignored."""
+    out = []
+    with contextlib.suppress(FileNotFoundError), open(path) as fh:
+        for line in fh:
+            with contextlib.suppress(ValueError):
+                out.append(json.loads(line))
+    return out
+
+
+def _usable(shards_dir: Path, entry: dict) -> bool:
+    """A previous shard is reusable if its file exists with the recorded size.
+
+    (Re-hashing every shard would make a no-op rerun read the whole dataset; the size check
+    catches truncation, and ``verify_shards`` does the full sha256 check on demand.)
+    """
+    try:
+        return (shards_dir / entry["path"]).stat().st_size == entry["bytes"]
+    except (OSError, KeyError):
+        return False
+
+
+def verify_shards(shards_dir: str | Path) -> list[str]:
+    """sha256 every shard listed in the index; return the problems (empty list: all good)."""
+    from etl.shards import sha256_file
+
+    shards_dir = Path(shards_dir)
+    problems = []
+    for e in read_index(shards_dir)["shards"]:
+        path = shards_dir / e["path"]
+        if not path.is_file():
+            problems.append(f"{path}: missing")
+        elif sha256_file(path) != e["sha256"]:
+            problems.append(f"{path}: sha256 differs from index.json")
+    return problems
+
+
+@contextlib.contextmanager
+def _locked(shards_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the shards folder for the whole build."""
+    import fcntl
+
+    shards_dir.mkdir(parents=True, exist_ok=True)
+    with open(shards_dir / LOCK_NAME, "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BuildError(f"{shards_dir}: another build-shards holds the lock") from None
+        yield
+
+
+def _next_numbers(shards_dir: Path, known: list[dict]) -> dict[str, int]:
+    """First unused shard number per split (above every file on disk and every known entry)."""
+    nxt = dict.fromkeys(SPLITS, 0)
+    names = [Path(e["path"]) for e in known]
+    for split in SPLITS:
+        d = shards_dir / split
+        if d.is_dir():
+            names += [Path(split) / p.name for p in d.iterdir()]
+    for p in names:
+        m = _SHARD_RE.match(p.name.lstrip(".").split(".h5")[0] + ".h5")
+        if m and p.parent.name in nxt:
+            nxt[p.parent.name] = max(nxt[p.parent.name], int(m.group(1)) + 1)
+    return nxt
+
+
+def _sweep(shards_dir: Path, listed: set[str]) -> int:
+    """Delete shard files and leftovers that the (new, committed) index does not list."""
+    removed = 0
+    for split in SPLITS:
+        d = shards_dir / split
+        if not d.is_dir():
+            continue
+        for p in d.iterdir():
+            rel = f"{split}/{p.name}"
+            if rel not in listed and p.is_file() and (".h5" in p.name):
+                p.unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
+# --- the build ----------------------------------------------------------------------------------
+
+
+def build_shards(
+    release: Release,
+    data_dir: str | Path,
+    shard_size: int | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    compression: str = "none",
+    rebuild: bool = False,
+    progress: bool = True,
+) -> BuildResult:
+    """Build ``DATA/<release>/shards/`` from ``catalog.fits`` and ``spectra/``; see module doc.
+
+    ``shard_size``: candidate objects per shard (default: the manifest's). ``workers``/
+    ``scheduler``: a local cluster of that many processes, or an existing scheduler address.
+    ``compression``: "none", "lzf" or "gzip". ``rebuild``: ignore previous shards.
+    """
+    if compression not in COMPRESSIONS:
+        raise BuildError(f"compression {compression!r} is not one of {', '.join(COMPRESSIONS)}")
+    t0 = time.perf_counter()
+    root = release_dir(data_dir, release)
+    shards_dir = root / "shards"
+    shard_size = shard_size or release.shards.shard_size
+    if shard_size <= 0:
+        raise BuildError(f"shard size must be positive, got {shard_size}")
+    catalog = read_catalog(root / "catalog.fits")
+    log.info("%s: %d objects in the catalogue", release.name, len(catalog["SPECOBJID"]))
+
+    with _locked(shards_dir):
+        previous: list[dict] = []
+        old_report: dict = {}
+        if not rebuild:
+            with contextlib.suppress(ShardError):
+                previous = read_index(shards_dir)["shards"]
+            with contextlib.suppress(OSError, ValueError):
+                old_report = json.loads((shards_dir / REPORT_NAME).read_text())
+        journal_path = shards_dir / JOURNAL_NAME
+        journal = [] if rebuild else _read_journal(journal_path)
+        tasks, rejected = plan_shards(
+            catalog, release, root / "spectra", shard_size, compression, previous
+        )
+        del catalog  # the tasks hold what is still needed
+
+        # reuse: previous index first, then shards a killed run finished (journal)
+        reusable: dict[str, tuple[dict, list[dict]]] = {}
+        old_rejects: dict[str, list[dict]] = {}
+        for r in old_report.get("rejected", []):
+            old_rejects.setdefault(r.get("shard", ""), []).append(r)
+        for e in previous:
+            reusable.setdefault(e["inputs_sha256"], (e, old_rejects.get(e["path"], [])))
+        for j in journal:
+            e = j["entry"]
+            reusable.setdefault(e["inputs_sha256"], (e, j["rejected"]))
+
+        result = BuildResult(shards_dir)
+        todo: list[ShardTask] = []
+        done: list[tuple[ShardTask, dict, list[dict]]] = []
+        for task in tasks:
+            hit = reusable.get(task.inputs_sha256)
+            if hit and not rebuild and _usable(shards_dir, hit[0]):
+                task.path = hit[0]["path"]
+                done.append((task, hit[0], hit[1]))
+            else:
+                todo.append(task)
+        result.kept = len(done)
+        nxt = _next_numbers(shards_dir, previous + [j["entry"] for j in journal])
+        for task in todo:
+            task.path = f"{task.split}/shard-{nxt[task.split]:05d}.h5"
+            nxt[task.split] += 1
+            (shards_dir / task.split).mkdir(parents=True, exist_ok=True)
+        log.info("%d shard(s) planned: %d unchanged, %d to write", len(tasks), len(done), len(todo))
+        if todo:
+            with open(journal_path, "a") as jfh:
+                for task, out in _run_tasks(
+                    todo, release, shards_dir, compression, workers, scheduler, progress
+                ):
+                    jfh.write(json.dumps(out) + "\n")
+                    jfh.flush()
+                    os.fsync(jfh.fileno())
+                    done.append((task, out["entry"], out["rejected"]))
+        result.written = len(todo)
+
+        # index: one entry per shard, in split then id order; empty shards are left out
+        order = {name: i for i, name in enumerate(SPLITS)}
+        done.sort(key=lambda d: (order[d[0].split], d[0].candidate_min))
+        for task, entry, rejects in done:
+            for r in rejects:
+                result.rejected.append(dict(r, shard=task.path))
+            if entry["rows"]:
+                result.shards.append(entry)
+        result.rejected = rejected + result.rejected
+        result.accepted = sum(e["rows"] for e in result.shards)
+        index = {
+            "format": INDEX_FORMAT,
+            "format_version": INDEX_FORMAT_VERSION,
+            "release": release.name,
+            "manifest_sha256": release.manifest_sha256,
+            "npix": release.grid.npix,
+            "shard_size": shard_size,
+            "compression": compression,
+            "shards": result.shards,
+        }
+        result.seconds = time.perf_counter() - t0
+        report = {
+            "release": release.name,
+            "catalogue_rows": sum(len(d[0]) for d in done) + len(rejected),
+            "accepted": result.accepted,
+            "rejected_count": len(result.rejected),
+            "rejected_by_reason": result.rejected_by_reason,
+            "shards": len(result.shards),
+            "shards_written": result.written,
+            "shards_kept": result.kept,
+            "seconds": round(result.seconds, 3),
+            "rejected": result.rejected,
+        }
+        # the report first, then the index (the commit point), then clean up what it replaced
+        _write_json_atomic(shards_dir / REPORT_NAME, report)
+        _write_json_atomic(shards_dir / INDEX_NAME, index)
+        removed = _sweep(shards_dir, {e["path"] for e in result.shards})
+        journal_path.unlink(missing_ok=True)
+        if removed:
+            log.info("removed %d superseded or unfinished shard file(s)", removed)
+    log.info(
+        "%s: %d accepted in %d shard(s) (%d written, %d unchanged), %d rejected, %.1f s",
+        release.name,
+        result.accepted,
+        len(result.shards),
+        result.written,
+        result.kept,
+        len(result.rejected),
+        result.seconds,
+    )
+    for reason, count in result.rejected_by_reason.items():
+        log.info("  rejected, %s: %d", reason, count)
+    return result
+
+
+def _run_tasks(
+    todo: list[ShardTask],
+    release: Release,
+    shards_dir: Path,
+    compression: str,
+    workers: int | None,
+    scheduler: str | None,
+    progress: bool,
+) -> Iterator[tuple[ShardTask, dict]]:
+    """Run the shard tasks on Dask; yield (task, result) as each finishes.
+
+    At most two tasks per worker are in flight, so the scheduler never holds more than a few
+    shards' worth of catalogue rows however large the catalogue (memory stays flat).
+    """
+    from distributed import as_completed
+    from tqdm import tqdm
+
+    from etl.cluster import dask_client
+
+    pre = Preprocessor(release)
+    with dask_client(scheduler, workers) as client:
+        n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+        pre_f = client.scatter(pre, broadcast=True)
+        # the Release itself holds mapping proxies (not picklable): ship the attrs it implies
+        attrs = shard_attrs(release, "")
+        queue = list(reversed(todo))
+        futures = {}
+
+        def submit() -> object:
+            task = queue.pop()
+            fut = client.submit(
+                build_one_shard,
+                task,
+                pre_f,
+                attrs,
+                str(shards_dir),
+                compression,
+                key=f"shard-{task.path}-{task.inputs_sha256[:12]}",
+                pure=False,
+            )
+            futures[fut.key] = task
+            return fut
+
+        pending = as_completed([submit() for _ in range(min(len(queue), 2 * n_workers))])
+        bar = tqdm(total=len(todo), unit="shard", disable=not progress, desc="build-shards")
+        try:
+            for fut in pending:
+                task = futures.pop(fut.key)
+                try:
+                    out = fut.result()
+                except BuildError:
+                    raise
+                except Exception as err:
+                    raise BuildError(f"shard {task.path}: task failed ({err})") from err
+                fut.release()
+                if queue:
+                    pending.add(submit())
+                bar.update(1)
+                yield task, out
+        finally:
+            bar.close()
