@@ -41,6 +41,52 @@ def main(verbose: int) -> None:
     _setup_logging(verbose)
 
 
+@main.command("fetch")
+@click.option("--release", default="dr16", show_default=True,
+              help="Release manifest name (data_manifests/<name>.toml) or path.")
+@click.option("--data-dir", required=True, type=click.Path(file_okay=False),
+              help="Data root; files land in DATA/<release>/ (catalog.fits, spectra/, report).")
+@click.option("--catalog", "catalog_source", default="sql", show_default=True,
+              help="sql: SkyServer via astroquery; specobj: the bulk specObj FITS (resumable "
+              "download, bounded memory); or PATH to a local FITS/CSV/ECSV table.")
+@click.option("--base-url", default=None,
+              help="Replaces https://data.sdss.org/sas in every URL (a mirror, http(s):// or file://).")
+@click.option("--limit", type=click.IntRange(min=0), default=None,
+              help="Keep only the first N selected objects (by specObjID).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Local Dask worker processes (default: usable cores).")
+@click.option("--connections", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Concurrent HTTP connections per worker process (SDSS asks for few).")
+@click.option("--scheduler", default=None,
+              help="Address of a running Dask scheduler (tcp://host:8786) instead of a local cluster.")
+@click.option("--dry-run", is_flag=True,
+              help="Select and write the catalogue, report what would be downloaded, download nothing.")
+def fetch_cmd(release: str, data_dir: str, catalog_source: str, base_url: str | None,
+              limit: int | None, workers: int | None, connections: int, scheduler: str | None,
+              dry_run: bool) -> None:
+    """Select the release's galaxies and download their spec-lite files, verified and resumable.
+
+    A rerun skips files already verified (ledger with size + sha256) and retries only failures.
+    Writes DATA/<release>/fetch-report.json; exits 1 if any object failed.
+
+    \b
+    Example:
+      specetl fetch --release dr16 --data-dir DATA --catalog sample/catalog.csv --limit 1000
+    """
+    from etl.catalog import CatalogError
+    from etl.fetch import fetch
+    from etl.release import ManifestError, load_release
+
+    try:
+        report = fetch(load_release(release), data_dir, catalog_source, base_url, limit, workers,
+                       connections, scheduler, dry_run)
+    except (ManifestError, CatalogError, OSError) as err:
+        raise click.ClickException(str(err)) from None
+    if not report.ok:
+        click.echo(f"fetch: {report.n_failed} object(s) failed; see "
+                   f"{data_dir}/{report.release}/fetch-report.json", err=True)
+        sys.exit(1)
+
 
 @main.command("train")
 @click.option("--shards", required=True, type=click.Path(exists=True, file_okay=False),

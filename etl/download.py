@@ -1,0 +1,442 @@
+"""Download spec-lite files: pooled keep-alive HTTP, bounded concurrency, retries, verification.
+
+One call of :func:`download_jobs` downloads a batch of files with ``connections`` threads sharing
+one pooled ``requests`` session (keep-alive: no TCP/TLS handshake per file). Each file:
+
+1. is skipped when the ledger already lists it with the size it has on disk;
+2. otherwise is streamed to a temporary name in its destination folder, hashed on the way;
+3. is verified: size == Content-Length, the FITS parses, HDU1 has the COADD columns, HDU2's
+   PLATE/MJD/FIBERID are the object asked for;
+4. is fsynced and renamed into place (``os.replace``: atomic), then appended to the ledger.
+
+So a crash at any moment leaves either no file or a verified one, never a partial file under the
+final name. Retries: 5xx, 429 (Retry-After honoured), timeouts and connection resets/truncations
+back off exponentially with jitter; content that fails verification is retried too (proxies
+serve HTML error pages with status 200). 404/410 mean "missing upstream": recorded, not retried.
+
+The ledger is a folder of append-only JSONL files, one per writer (one per Dask task), so
+concurrent processes never share a file and a torn last line (SIGKILL mid-write) is just ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import NamedTuple
+
+from etl.spectrum import SpectrumRejected, read_spec_lite
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 1 << 16  # bytes per read from the socket
+
+
+class Job(NamedTuple):
+    """One file to fetch. ``relpath`` is built from validated ids (see spec_lite_relpath)."""
+
+    specobjid: int
+    run2d: str
+    plate: int
+    mjd: int
+    fiberid: int
+    url: str
+    relpath: str
+
+    @property
+    def label(self) -> str:
+        return f"spec-{self.plate:04d}-{self.mjd:05d}-{self.fiberid:04d} (run2d {self.run2d})"
+
+
+@dataclass(frozen=True)
+class DownloadConfig:
+    """Politeness and patience. Times in seconds."""
+
+    connections: int = 8  #: concurrent downloads per process (SDSS asks for few streams)
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0  #: max silence between bytes, not total transfer time
+    attempts: int = 6  #: tries per file for retryable failures
+    backoff: float = 1.0  #: first retry delay; doubles per attempt, with jitter
+    backoff_max: float = 120.0
+    retry_after_max: float = 600.0  #: cap on a server's Retry-After
+
+
+class DownloadFailed(Exception):
+    """A file could not be fetched. ``reason`` is a short category used in the report."""
+
+    def __init__(
+        self,
+        reason: str,
+        detail: str = "",
+        retryable: bool = True,
+        retry_after: float | None = None,
+    ):
+        self.reason = reason
+        self.detail = detail
+        self.retryable = retryable
+        self.retry_after = retry_after
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+@dataclass
+class Outcome:
+    """What happened to one job: ``status`` is downloaded / present / failed."""
+
+    job: Job
+    status: str
+    reason: str = ""
+    detail: str = ""
+    size: int = 0
+    attempts: int = 0
+
+    def line(self) -> str:
+        """One log line naming the object and the cause."""
+        return f"{self.job.label} specobjid {self.job.specobjid}: {self.reason} ({self.detail})"
+
+
+@dataclass
+class BatchResult:
+    """Summary of one batch (one Dask task): counts, bytes and the failures in full."""
+
+    downloaded: int = 0
+    present: int = 0
+    bytes: int = 0
+    failed: list[Outcome] = field(default_factory=list)
+
+    def add(self, o: Outcome) -> None:
+        if o.status == "downloaded":
+            self.downloaded += 1
+            self.bytes += o.size
+        elif o.status == "present":
+            self.present += 1
+        else:
+            self.failed.append(o)
+
+    @property
+    def total(self) -> int:
+        return self.downloaded + self.present + len(self.failed)
+
+
+# --- ledger ------------------------------------------------------------------------------------
+
+
+def load_ledger(folder: str | Path) -> dict[str, tuple[int, str]]:
+    """Union of all ledger files: relpath -> (size in bytes, sha256 hex). Torn lines ignored."""
+    out: dict[str, tuple[int, str]] = {}
+    for path in sorted(Path(folder).glob("*.jsonl")):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                    out[rec["path"]] = (int(rec["size"]), str(rec["sha256"]))
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line torn by a crash: the file will simply be re-verified
+    return out
+
+
+class LedgerWriter:
+    """Append verified files to this writer's own JSONL file; each line fsynced before return."""
+
+    def __init__(self, folder: str | Path, name: str | None = None):
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / f"{name or uuid.uuid4().hex}.jsonl"
+        self._lock = threading.Lock()
+        self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+
+    def add(self, job: Job, size: int, sha256: str) -> None:
+        line = json.dumps(
+            {"path": job.relpath, "size": size, "sha256": sha256, "specobjid": str(job.specobjid)}
+        )
+        with self._lock:
+            self._f.write(line + "\n")
+            self._f.flush()
+            os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        self._f.close()
+
+
+# --- one file ----------------------------------------------------------------------------------
+
+
+def verify_spec_lite(path: Path, job: Job) -> None:
+    """Raise :class:`DownloadFailed` unless ``path`` is a spec-lite file of ``job``'s object."""
+    with open(path, "rb") as f:
+        head = f.read(80)
+    if not head.startswith(b"SIMPLE  ="):
+        kind = "an HTML page" if head.lstrip()[:1] == b"<" else "not FITS"
+        raise DownloadFailed("not FITS", f"server sent {kind}: {head[:40]!r}")
+    try:
+        raw = read_spec_lite(path, with_ids=True, name=job.label)
+    except SpectrumRejected as err:
+        raise DownloadFailed("invalid FITS", err.detail or err.reason) from None
+    got = (raw.plate, raw.mjd, raw.fiberid)
+    if got != (job.plate, job.mjd, job.fiberid):
+        raise DownloadFailed("wrong object", f"HDU2 holds plate/mjd/fiberid {got}")
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or HTTP date); None if absent/invalid."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def _fsync_dir(folder: Path) -> None:
+    # The rename itself must reach the disk too, or a power cut can forget it.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fetch_once(session: object, job: Job, dest: Path, cfg: DownloadConfig) -> tuple[int, str]:
+    """One attempt: stream, check length, verify, fsync, rename. Returns (size, sha256)."""
+    import requests
+
+    tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:8]}.part"
+    try:
+        with _get(session, job.url, cfg) as r:
+            if r.status_code in (404, 410):
+                raise DownloadFailed("missing upstream", f"HTTP {r.status_code}", retryable=False)
+            if r.status_code == 429 or r.status_code >= 500:
+                raise DownloadFailed(
+                    "server error",
+                    f"HTTP {r.status_code}",
+                    retry_after=_retry_after(r.headers.get("Retry-After")),
+                )
+            if r.status_code != 200:
+                raise DownloadFailed("http error", f"HTTP {r.status_code}", retryable=False)
+            expected = r.headers.get("Content-Length")
+            digest = hashlib.sha256()
+            size = 0
+            with open(tmp, "wb") as f:
+                for chunk in r.iter_content(_CHUNK):
+                    f.write(chunk)
+                    digest.update(chunk)
+                    size += len(chunk)
+                if expected is not None and size != int(expected):
+                    raise DownloadFailed("truncated", f"{size} of {expected} bytes")
+                f.flush()
+                os.fsync(f.fileno())
+        verify_spec_lite(tmp, job)
+        os.replace(tmp, dest)
+        _fsync_dir(dest.parent)
+        return size, digest.hexdigest()
+    except requests.Timeout as err:
+        raise DownloadFailed("timeout", type(err).__name__) from None
+    except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as err:
+        raise DownloadFailed("connection error", _short(err)) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class _FileResponse:
+    """Just enough of a ``requests.Response`` for a ``file://`` archive (a local mirror)."""
+
+    def __init__(self, url: str):
+        from urllib.parse import unquote, urlsplit
+
+        self.path = Path(unquote(urlsplit(url).path))
+        self.status_code = 200 if self.path.is_file() else 404
+        size = self.path.stat().st_size if self.status_code == 200 else 0
+        self.headers = {"Content-Length": str(size)}
+
+    def iter_content(self, n: int):
+        with open(self.path, "rb") as f:
+            while data := f.read(n):
+                yield data
+
+    def __enter__(self) -> _FileResponse:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def _get(session: object, url: str, cfg: DownloadConfig):
+    if url.startswith("file://"):
+        return _FileResponse(url)
+    return session.get(  # type: ignore[attr-defined]
+        url, stream=True, timeout=(cfg.connect_timeout, cfg.read_timeout)
+    )
+
+
+def _short(err: BaseException) -> str:
+    text = str(err)
+    return text if len(text) < 160 else text[:157] + "..."
+
+
+def _backoff(attempt: int, err: DownloadFailed, cfg: DownloadConfig) -> float:
+    """Delay before retry number ``attempt`` (1-based): Retry-After if given, else exp + jitter."""
+    if err.retry_after is not None:
+        return min(err.retry_after, cfg.retry_after_max) + random.uniform(0, 0.1 * cfg.backoff)
+    delay = min(cfg.backoff_max, cfg.backoff * 2 ** (attempt - 1))
+    return delay * random.uniform(0.5, 1.0)  # jitter: retries of many files don't synchronise
+
+
+def fetch_one(
+    session: object, job: Job, spectra_dir: Path, cfg: DownloadConfig, ledger: LedgerWriter
+) -> Outcome:
+    """Download and verify one file with retries; never raises for a per-file problem."""
+    dest = spectra_dir / job.relpath
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists():
+        # On disk but not in the ledger: renamed into place just before a crash, or placed by
+        # hand. Verify it locally rather than downloading it again.
+        try:
+            verify_spec_lite(dest, job)
+            data = dest.read_bytes()
+            ledger.add(job, len(data), hashlib.sha256(data).hexdigest())
+            return Outcome(job, "present", size=len(data))
+        except DownloadFailed as err:
+            log.info("%s: local copy fails verification (%s); downloading again", job.label, err)
+    last = DownloadFailed("not attempted")
+    for attempt in range(1, cfg.attempts + 1):
+        try:
+            size, sha = _fetch_once(session, job, dest, cfg)
+        except DownloadFailed as err:
+            last = err
+            if not err.retryable or attempt == cfg.attempts:
+                return Outcome(job, "failed", err.reason, err.detail, attempts=attempt)
+            delay = _backoff(attempt, err, cfg)
+            log.debug("%s: %s; retry %d in %.2f s", job.label, err, attempt, delay)
+            time.sleep(delay)
+        except OSError as err:  # local disk trouble: not the server's fault, do not hammer it
+            return Outcome(job, "failed", "local I/O error", _short(err), attempts=attempt)
+        else:
+            ledger.add(job, size, sha)
+            return Outcome(job, "downloaded", size=size, attempts=attempt)
+    return Outcome(job, "failed", last.reason, last.detail, attempts=cfg.attempts)
+
+
+def make_session(connections: int) -> object:
+    """A ``requests`` session whose pool keeps ``connections`` keep-alive connections per host."""
+    import requests
+    from requests.adapters import HTTPAdapter
+
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=connections, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    session.headers["User-Agent"] = "specetl (+https://github.com/specetl)"
+    return session
+
+
+def download_jobs(
+    jobs: Iterable[Job],
+    spectra_dir: str | Path,
+    ledger_dir: str | Path,
+    cfg: DownloadConfig | None = None,
+    on_outcome: Callable[[Outcome], None] | None = None,
+) -> BatchResult:
+    """Download a batch with ``cfg.connections`` threads; one ledger file for the batch."""
+    cfg = cfg or DownloadConfig()
+    spectra_dir = Path(spectra_dir)
+    result = BatchResult()
+    ledger = LedgerWriter(ledger_dir)
+    session = make_session(cfg.connections)
+    try:
+        with ThreadPoolExecutor(max_workers=cfg.connections) as pool:
+            for outcome in pool.map(
+                lambda j: fetch_one(session, j, spectra_dir, cfg, ledger), list(jobs)
+            ):
+                result.add(outcome)
+                if on_outcome is not None:
+                    on_outcome(outcome)
+    finally:
+        session.close()  # type: ignore[attr-defined]
+        ledger.close()
+    return result
+
+
+def download_resumable(
+    url: str, dest: str | Path, cfg: DownloadConfig | None = None, chunk: int = 1 << 20
+) -> Path:
+    """Download one large file (the bulk specObj catalogue) resumably with HTTP Range.
+
+    Bytes accumulate in ``<dest>.part``; an interrupted run continues where it stopped. The
+    part file is renamed to ``dest`` only when its size equals the server's total size.
+    """
+    import requests
+
+    cfg = cfg or DownloadConfig()
+    dest = Path(dest)
+    if dest.exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    session = make_session(1)
+    try:
+        for attempt in range(1, cfg.attempts + 1):
+            have = part.stat().st_size if part.exists() else 0
+            headers = {"Range": f"bytes={have}-"} if have else {}
+            try:
+                with session.get(  # type: ignore[attr-defined]
+                    url,
+                    headers=headers,
+                    stream=True,
+                    timeout=(cfg.connect_timeout, cfg.read_timeout),
+                ) as r:
+                    if r.status_code in (404, 410):
+                        raise DownloadFailed(
+                            "missing upstream", f"HTTP {r.status_code} {url}", False
+                        )
+                    if r.status_code == 416:  # already complete
+                        total = have
+                    elif r.status_code in (200, 206):
+                        if r.status_code == 200:
+                            have = 0  # server ignored Range: start over
+                        total = have + int(r.headers.get("Content-Length", "-1"))
+                        with open(part, "r+b" if have else "wb") as f:
+                            f.seek(have)
+                            f.truncate()
+                            for data in r.iter_content(chunk):
+                                f.write(data)
+                            f.flush()
+                            os.fsync(f.fileno())
+                    else:
+                        raise DownloadFailed(
+                            "server error",
+                            f"HTTP {r.status_code} {url}",
+                            r.status_code == 429 or r.status_code >= 500,
+                            _retry_after(r.headers.get("Retry-After")),
+                        )
+                if part.stat().st_size == total and total >= 0:
+                    os.replace(part, dest)
+                    return dest
+                raise DownloadFailed("truncated", f"{part.stat().st_size} of {total} bytes")
+            except requests.RequestException as err:
+                failure = DownloadFailed("connection error", _short(err))
+            except DownloadFailed as err:
+                failure = err
+            if not failure.retryable or attempt == cfg.attempts:
+                raise failure
+            time.sleep(_backoff(attempt, failure, cfg))
+    finally:
+        session.close()  # type: ignore[attr-defined]
+    raise DownloadFailed("not attempted", url)  # pragma: no cover
