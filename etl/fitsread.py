@@ -12,6 +12,7 @@ with a message that says what is wrong; the caller adds the file name.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -23,7 +24,6 @@ CARD = 80
 
 # TFORM letter -> (numpy big-endian dtype, bytes per element)
 _TFORM = {
-    "L": ("i1", 1),
     "B": ("u1", 1),
     "I": (">i2", 2),
     "J": (">i4", 4),
@@ -41,37 +41,40 @@ class FitsError(ValueError):
 
 
 def _parse_header(buf: memoryview, offset: int) -> tuple[dict[str, str], int]:
-    """Parse the header starting at ``offset``; return (keyword -> raw value, data offset)."""
+    """Parse the header starting at ``offset``; return (keyword -> raw value text, data offset).
+
+    Values stay raw text (comments included) and are interpreted only when asked for: a spec-lite
+    HDU2 header has ~260 cards of which we need a handful.
+    """
     header: dict[str, str] = {}
     pos = offset
-    n = len(buf)
     while True:
-        if pos + BLOCK > n:
+        if pos + BLOCK > len(buf):
             raise FitsError("truncated header")
-        block = bytes(buf[pos : pos + BLOCK])
+        text = bytes(buf[pos : pos + BLOCK]).decode("latin-1")
         pos += BLOCK
         for i in range(0, BLOCK, CARD):
-            card = block[i : i + CARD]
-            key = card[:8].rstrip().decode("ascii", "replace")
-            if key == "END":
+            key = text[i : i + 8]
+            if key == "END     ":
                 return header, pos
-            if card[8:10] == b"= ":
-                value = card[10:].decode("ascii", "replace")
-                # strip an inline comment outside a quoted string
-                if value.lstrip().startswith("'"):
-                    value = value.strip()
-                    end = value.find("'", 1)
-                    while end != -1 and end + 1 < len(value) and value[end + 1] == "'":
-                        end = value.find("'", end + 2)
-                    value = value[: end + 1] if end != -1 else value
-                else:
-                    value = value.split("/", 1)[0].strip()
-                header[key] = value
+            if text[i + 8 : i + 10] == "= ":
+                header[key.rstrip()] = text[i + 10 : i + CARD]
+
+
+_QUOTED_RE = re.compile(r"\s*'((?:[^']|'')*)'")
+
+
+def _value(raw: str) -> str:
+    """The value of a raw card value text: a quoted string unquoted, else text before a comment."""
+    m = _QUOTED_RE.match(raw)
+    if m:
+        return m.group(1).replace("''", "'").rstrip()
+    return raw.split("/", 1)[0].strip()
 
 
 def _int(header: dict[str, str], key: str) -> int:
     try:
-        return int(header[key])
+        return int(_value(header[key]))
     except KeyError:
         raise FitsError(f"header lacks {key}") from None
     except ValueError:
@@ -79,7 +82,7 @@ def _int(header: dict[str, str], key: str) -> int:
 
 
 def _str(header: dict[str, str], key: str) -> str:
-    return header.get(key, "").strip().strip("'").strip()
+    return _value(header.get(key, ""))
 
 
 def _data_size(header: dict[str, str]) -> int:
@@ -90,8 +93,8 @@ def _data_size(header: dict[str, str]) -> int:
     count = 1
     for axis in range(1, naxis + 1):
         count *= _int(header, f"NAXIS{axis}")
-    count += int(header.get("PCOUNT", "0"))
-    count *= int(header.get("GCOUNT", "1"))
+    count += int(_value(header.get("PCOUNT", "0")))
+    count *= int(_value(header.get("GCOUNT", "1")))
     return count * bitpix // 8
 
 
@@ -99,12 +102,28 @@ def _padded(size: int) -> int:
     return -(-size // BLOCK) * BLOCK
 
 
-def _row_dtype(header: dict[str, str]) -> np.dtype:
+def _row_layout(header: dict[str, str]) -> tuple[np.dtype, dict[str, tuple[int, str]]]:
+    """Row dtype of a binary table, and each lower-cased column name's (TTYPE index, field name).
+
+    Cached on the raw column cards: millions of spec-lite files share a handful of layouts.
+    """
+    nfields = _int(header, "TFIELDS")
+    cards = tuple(
+        (header.get(f"TTYPE{i}", ""), header.get(f"TFORM{i}", "")) for i in range(1, nfields + 1)
+    )
+    return _layout_from_cards(cards, _int(header, "NAXIS1"))
+
+
+@functools.lru_cache(maxsize=64)
+def _layout_from_cards(
+    cards: tuple[tuple[str, str], ...], width: int
+) -> tuple[np.dtype, dict[str, tuple[int, str]]]:
     names, formats, offsets = [], [], []
+    index: dict[str, tuple[int, str]] = {}
     offset = 0
-    for i in range(1, _int(header, "TFIELDS") + 1):
-        name = _str(header, f"TTYPE{i}") or f"col{i}"
-        tform = _str(header, f"TFORM{i}")
+    for i, (ttype_raw, tform_raw) in enumerate(cards, start=1):
+        name = _value(ttype_raw) or f"col{i}"
+        tform = _value(tform_raw)
         m = _TFORM_RE.match(tform)
         if not m:
             raise FitsError(f"unsupported TFORM{i} {tform!r}")
@@ -116,51 +135,54 @@ def _row_dtype(header: dict[str, str]) -> np.dtype:
             fmt, size = f"V{-(-repeat // 8)}", -(-repeat // 8)
         elif code in "PQ":
             fmt, size = ("V8" if code == "P" else "V16"), (8 if code == "P" else 16)
+        elif code == "L":
+            fmt, size = (("i1", (repeat,)) if repeat != 1 else "i1"), repeat
         else:
-            base, width = _TFORM[code]
-            fmt, size = ((base, (repeat,)) if repeat != 1 else base), width * repeat
+            base, itemsize = _TFORM[code]
+            fmt, size = ((base, (repeat,)) if repeat != 1 else base), itemsize * repeat
         if size:
             names.append(name)
             formats.append(fmt)
             offsets.append(offset)
+            index[name.lower()] = (i, name)
         offset += size
-    width = _int(header, "NAXIS1")
     if offset != width:
         raise FitsError(f"columns add up to {offset} bytes but NAXIS1 is {width}")
-    return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": width})
+    dtype = np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": width})
+    return dtype, index
 
 
 class FitsFile:
-    """The HDUs of one FITS file held in memory: headers parsed, data located, nothing copied."""
+    """One FITS file held in memory; HDU headers are parsed on first use, data never copied."""
 
     def __init__(self, data: bytes):
         self._buf = memoryview(data)
-        self.hdus: list[tuple[dict[str, str], int, int]] = []  # header, data offset, data size
-        pos = 0
         n = len(data)
         if n < BLOCK or bytes(self._buf[:9]) != b"SIMPLE  =":
             raise FitsError(
                 "not a FITS file (no SIMPLE card)" if n >= BLOCK else f"not a FITS file ({n} bytes)"
             )
-        while pos < n:
-            if not bytes(self._buf[pos : pos + 8]).strip(b" \0"):
-                break  # trailing padding
-            header, data_pos = _parse_header(self._buf, pos)
-            size = _data_size(header)
-            self.hdus.append((header, data_pos, size))
-            pos = data_pos + _padded(size)
+        self._hdus: list[tuple[dict[str, str], int, int]] = []  # header, data offset, data size
+        self._next = 0  # where the next unparsed HDU starts; headers are parsed on demand
 
     @classmethod
     def read(cls, path: str | Path) -> FitsFile:
         return cls(Path(path).read_bytes())
 
     def header(self, hdu: int) -> dict[str, str]:
+        """Raw header of HDU ``hdu``: keyword -> unparsed value text."""
         return self._hdu(hdu)[0]
 
     def _hdu(self, hdu: int) -> tuple[dict[str, str], int, int]:
-        if hdu >= len(self.hdus):
-            raise FitsError(f"HDU{hdu} is missing (file has {len(self.hdus)} HDUs)")
-        return self.hdus[hdu]
+        while len(self._hdus) <= hdu:
+            pos = self._next
+            if pos >= len(self._buf) or not bytes(self._buf[pos : pos + 8]).strip(b" \0"):
+                raise FitsError(f"HDU{hdu} is missing (file has {len(self._hdus)} HDUs)")
+            header, data_pos = _parse_header(self._buf, pos)
+            size = _data_size(header)
+            self._hdus.append((header, data_pos, size))
+            self._next = data_pos + _padded(size)
+        return self._hdus[hdu]
 
     def table(
         self, hdu: int, columns: Iterable[str], rows: int | None = None
@@ -172,7 +194,7 @@ class FitsFile:
         header, pos, size = self._hdu(hdu)
         if _str(header, "XTENSION") != "BINTABLE":
             raise FitsError(f"HDU{hdu} is not a binary table")
-        dtype = _row_dtype(header)
+        dtype, index = _row_layout(header)
         nrows = _int(header, "NAXIS2")
         if rows is not None:
             nrows = min(nrows, rows)
@@ -182,22 +204,16 @@ class FitsFile:
                 f"truncated: HDU{hdu} data needs {pos + need} bytes, file has {len(self._buf)}"
             )
         table = np.frombuffer(self._buf, dtype=dtype, count=nrows, offset=pos)
-        by_lower = {name.lower(): (i + 1, name) for i, name in enumerate(dtype.names)}
-        # TTYPE index of each named column (names skip zero-width columns, so look them up)
-        ttype_index = {
-            _str(header, f"TTYPE{i}").lower(): i for i in range(1, _int(header, "TFIELDS") + 1)
-        }
         out: dict[str, np.ndarray] = {}
-        missing = [c for c in columns if c.lower() not in by_lower]
+        missing = [c for c in columns if c.lower() not in index]
         if missing:
             raise FitsError(f"HDU{hdu} lacks column(s) {', '.join(missing)}")
         for col in columns:
-            _, name = by_lower[col.lower()]
+            i, name = index[col.lower()]
             values = table[name]
-            i = ttype_index.get(col.lower())
-            scale = header.get(f"TSCAL{i}")
-            zero = header.get(f"TZERO{i}")
-            tform = _str(header, f"TFORM{i}").upper() if i else ""
+            scale = _value(header[f"TSCAL{i}"]) if f"TSCAL{i}" in header else None
+            zero = _value(header[f"TZERO{i}"]) if f"TZERO{i}" in header else None
+            tform = _str(header, f"TFORM{i}").upper()
             if values.dtype.kind == "S":
                 values = np.char.decode(np.char.rstrip(values), "ascii", "replace")
             elif tform.endswith("L"):
