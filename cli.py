@@ -88,6 +88,55 @@ def fetch_cmd(release: str, data_dir: str, catalog_source: str, base_url: str | 
         sys.exit(1)
 
 
+@main.command("build-shards")
+@click.option("--release", default="dr16", show_default=True,
+              help="Release manifest name (data_manifests/<name>.toml) or path.")
+@click.option("--data-dir", required=True, type=click.Path(file_okay=False),
+              help="Data root: reads DATA/<release>/catalog.fits and spectra/, writes shards/.")
+@click.option("--shard-size", type=click.IntRange(min=1), default=None,
+              help="Spectra per shard (default: the manifest's, 4096).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Local Dask worker processes (default: usable cores).")
+@click.option("--scheduler", default=None,
+              help="Address of a running Dask scheduler (tcp://host:8786) instead of a local cluster.")
+@click.option("--compression", type=click.Choice(["none", "lzf", "gzip"]), default="none",
+              show_default=True, help="HDF5 compression of flux/ivar (saves little on floats).")
+@click.option("--rebuild", is_flag=True,
+              help="Rewrite every shard, even those whose inputs did not change.")
+def build_shards_cmd(release: str, data_dir: str, shard_size: int | None, workers: int | None,
+                     scheduler: str | None, compression: str, rebuild: bool) -> None:
+    """Grid, mask and normalise the fetched spectra into HDF5 shards with 70/15/15 splits.
+
+    Writes DATA/<release>/shards/{train,valid,test}/shard-NNNNN.h5, index.json (last) and
+    build-report.json (rejections with reasons). A rerun rewrites only shards whose inputs
+    changed. Format: docs/shard-format.md.
+
+    \b
+    Example:
+      specetl build-shards --release dr16 --data-dir DATA --workers 4
+    """
+    import distributed  # noqa: F401  (importing configures its loggers; quiet them afterwards)
+
+    from etl.build import BuildError, build_shards
+    from etl.catalog import CatalogError
+    from etl.release import ManifestError, load_release
+    from etl.shards import ShardError
+
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("distributed"):
+            logging.getLogger(name).setLevel(logging.WARNING)  # keep the console readable
+    try:
+        result = build_shards(load_release(release), data_dir, shard_size, workers, scheduler,
+                              compression, rebuild, progress=sys.stderr.isatty())
+    except (ManifestError, CatalogError, BuildError, ShardError, OSError) as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(f"{result.accepted} spectra in {len(result.shards)} shard(s) "
+               f"({result.written} written, {result.kept} unchanged), "
+               f"{len(result.rejected)} rejected -> {result.shards_dir}")
+    for reason, count in result.rejected_by_reason.items():
+        click.echo(f"  rejected, {reason}: {count}")
+
+
 @main.command("train")
 @click.option("--shards", required=True, type=click.Path(exists=True, file_okay=False),
               help="Shards folder with index.json (e.g. DATA/dr16/shards).")
