@@ -1,0 +1,158 @@
+"""The downloader against a real HTTP server on 127.0.0.1: happy path and each fault alone."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import pytest
+from fetch_support import FAST, SAMPLE_SDSS, job_named, leftovers, sample_jobs
+
+from etl.download import download_jobs, load_ledger
+from etl.mirror import ArchiveMirror, Fault, FaultPlan
+from etl.release import load_release
+
+ONE = "spec-0266-51602-0001.fits"
+
+
+@pytest.fixture(scope="module")
+def release():
+    return load_release("dr16")
+
+
+@pytest.fixture
+def archive_server(release):
+    with ArchiveMirror(SAMPLE_SDSS, release) as mirror:
+        yield mirror
+
+
+def _run(jobs, tmp_path, cfg=FAST):
+    return download_jobs(jobs, tmp_path / "spectra", tmp_path / "ledger", cfg)
+
+
+def test_happy_path_every_file_byte_identical(archive_server, release, tmp_path):
+    jobs = sample_jobs(release, archive_server)
+    assert len(jobs) >= 40
+    result = _run(jobs, tmp_path)
+    assert (result.downloaded, result.present, result.failed) == (len(jobs), 0, [])
+    ledger = load_ledger(tmp_path / "ledger")
+    for job in jobs:
+        got = (tmp_path / "spectra" / job.relpath).read_bytes()
+        assert got == (SAMPLE_SDSS / job.relpath).read_bytes()
+        assert ledger[job.relpath] == (len(got), hashlib.sha256(got).hexdigest())
+    assert leftovers(tmp_path) == []
+    # keep-alive: far fewer TCP connections than files would show in the server; at least the
+    # second pass must not touch the network for files that are on disk and verify.
+    before = sum(archive_server.hits.values())
+    again = _run(jobs, tmp_path)
+    assert again.present == len(jobs) and sum(archive_server.hits.values()) == before
+
+
+def _one(archive_server, release, tmp_path, faults, always=False, cfg=FAST):
+    archive_server.faults = FaultPlan({ONE: faults}, always=always)
+    job = job_named(sample_jobs(release, archive_server), ONE)
+    t0 = time.perf_counter()
+    result = _run([job], tmp_path, cfg)
+    dest = tmp_path / "spectra" / job.relpath
+    assert leftovers(tmp_path) == []
+    return (
+        result,
+        dest,
+        time.perf_counter() - t0,
+        archive_server.hits[archive_server.url_path(job.run2d, job.plate, job.mjd, job.fiberid)],
+    )
+
+
+def _recovered(result, dest):
+    assert result.downloaded == 1 and not result.failed
+    assert dest.read_bytes() == (SAMPLE_SDSS / "26/0266" / ONE).read_bytes()
+
+
+def _reported(result, dest, reason):
+    assert result.downloaded == 0 and [o.reason for o in result.failed] == [reason]
+    assert not dest.exists()
+
+
+def test_503_with_retry_after_is_honoured(archive_server, release, tmp_path):
+    f = Fault("status", 503, {"Retry-After": "1"}, b"busy")
+    result, dest, seconds, hits = _one(archive_server, release, tmp_path, [f])
+    _recovered(result, dest)
+    assert hits == 2 and seconds >= 1.0  # waited as told, not the 0.05 s backoff
+
+
+def test_503_forever_is_reported(archive_server, release, tmp_path):
+    f = Fault("status", 503, {}, b"busy")
+    result, dest, _, hits = _one(archive_server, release, tmp_path, [f], always=True)
+    _reported(result, dest, "server error")
+    assert hits == FAST.attempts
+
+
+def test_connection_reset_mid_body_recovers(archive_server, release, tmp_path):
+    result, dest, _, hits = _one(
+        archive_server, release, tmp_path, [Fault("reset", at_bytes=20000)]
+    )
+    _recovered(result, dest)
+    assert hits == 2
+
+
+def test_body_shorter_than_content_length_recovers(archive_server, release, tmp_path):
+    result, dest, _, hits = _one(archive_server, release, tmp_path, [Fault("short", at_bytes=8640)])
+    _recovered(result, dest)
+    assert hits == 2
+
+
+def test_short_body_forever_leaves_no_partial_file(archive_server, release, tmp_path):
+    f = Fault("short", at_bytes=8640)
+    result, dest, _, _ = _one(archive_server, release, tmp_path, [f], always=True)
+    assert result.failed[0].reason in ("truncated", "connection error")
+    assert not dest.exists()
+
+
+def test_wrong_object_is_rejected_then_recovered(archive_server, release, tmp_path):
+    other = archive_server.url_path("26", 266, 51602, 13)
+    result, dest, _, _ = _one(archive_server, release, tmp_path, [Fault("substitute", other=other)])
+    _recovered(result, dest)
+
+
+def test_wrong_object_forever_is_reported(archive_server, release, tmp_path):
+    other = archive_server.url_path("26", 266, 51602, 13)
+    f = Fault("substitute", other=other)
+    result, dest, _, _ = _one(archive_server, release, tmp_path, [f], always=True)
+    _reported(result, dest, "wrong object")
+    assert "266, 51602, 13" in result.failed[0].detail
+
+
+def test_html_error_page_with_status_200_is_not_a_spectrum(archive_server, release, tmp_path):
+    page = b"<html><body><h1>Service temporarily unavailable</h1></body></html>"
+    f = Fault("status", 200, {"Content-Type": "text/html"}, page)
+    result, dest, _, _ = _one(archive_server, release, tmp_path, [f], always=True)
+    _reported(result, dest, "not FITS")
+    assert "HTML" in result.failed[0].detail
+    result, dest, _, _ = _one(archive_server, release, tmp_path / "again", [f])
+    _recovered(result, dest)
+
+
+def test_404_is_missing_upstream_and_not_retried(archive_server, release, tmp_path):
+    f = Fault("status", 404, {}, b"no such file")
+    result, dest, _, hits = _one(archive_server, release, tmp_path, [f], always=True)
+    _reported(result, dest, "missing upstream")
+    assert hits == 1
+    assert "specobjid" in result.failed[0].line() and ONE[:-5] in result.failed[0].line()
+
+
+def test_slow_response_beyond_timeout(archive_server, release, tmp_path):
+    f = Fault("delay", seconds=1.5)
+    result, dest, _, hits = _one(archive_server, release, tmp_path, [f])
+    _recovered(result, dest)
+    assert hits == 2
+    result, dest, _, _ = _one(archive_server, release, tmp_path / "b", [f], always=True)
+    _reported(result, dest, "timeout")
+
+
+def test_corrupt_local_file_is_replaced_not_trusted(archive_server, release, tmp_path):
+    job = job_named(sample_jobs(release, archive_server), ONE)
+    dest = tmp_path / "spectra" / job.relpath
+    dest.parent.mkdir(parents=True)
+    dest.write_bytes(b"SIMPLE  =                    T" + b" " * 100)
+    result = _run([job], tmp_path)
+    _recovered(result, dest)
