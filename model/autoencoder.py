@@ -84,10 +84,11 @@ class Encoder(nn.Module):
         for i, (c, k) in enumerate(zip(cfg.conv_channels, cfg.conv_kernels, strict=True)):
             block: list[nn.Module] = [
                 nn.Conv1d(c_in, c, k, padding=k // 2),
-                nn.InstanceNorm1d(c, affine=True),
+                nn.InstanceNorm1d(c),  # no affine: PReLU and the next conv rescale anyway
                 nn.PReLU(c),
-                nn.Dropout(cfg.dropout),
             ]
+            if cfg.dropout > 0:  # a p=0 Dropout still costs a pass over the activations
+                block.append(nn.Dropout(cfg.dropout))
             if i < len(cfg.pool_sizes):
                 block.append(nn.MaxPool1d(cfg.pool_sizes[i]))
             blocks.append(nn.Sequential(*block))
