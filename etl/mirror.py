@@ -179,10 +179,18 @@ def _make_handler(mirror: ArchiveMirror) -> type[BaseHTTPRequestHandler]:
             log.debug("mirror: " + fmt, *args)
 
         def do_HEAD(self) -> None:
-            self._serve(head=True)
+            self._guarded(head=True)
 
         def do_GET(self) -> None:
-            self._serve(head=False)
+            self._guarded(head=False)
+
+        def _guarded(self, head: bool) -> None:
+            try:
+                self._serve(head)
+            except (BrokenPipeError, ConnectionResetError) as err:
+                # the client gave up (its timeout, or a killed fetch): normal for an archive
+                log.debug("mirror: client went away during %s (%s)", self.path, err)
+                self.close_connection = True
 
         def _send(self, status: int, body: bytes, headers: Mapping[str, str] = {}) -> None:  # noqa: B006
             self.send_response(status)
