@@ -259,8 +259,8 @@ def fetch(
     if jobs:
         n_workers = workers or usable_cores()
         parts = partition(jobs, n_workers, config.connections)
-        t0 = time.perf_counter()
         with dask_client(scheduler, n_workers) as client:
+            t0 = time.perf_counter()  # download phase only: cluster start-up is not download
             for result in _run_partitions(client, parts, spectra_dir, ledger_dir, config, progress):
                 report.downloaded += result.downloaded
                 report.already_present += result.present
