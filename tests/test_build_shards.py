@@ -1,0 +1,335 @@
+"""build-shards on the bundled real files and on the synthetic corpus generator.
+
+Every build here runs on a real distributed LocalCluster (2 worker processes unless noted).
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from etl.build import build_shards, read_index, verify_shards
+from etl.catalog import as_catalog, read_catalog, write_catalog
+from etl.release import load_release, spec_lite_relpath
+from etl.shards import ROW_DATASETS, read_shard, split_of
+from etl.spectrum import Preprocessor, SpectrumRejected
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE = REPO / "sample"
+
+
+def _load_make_corpus():
+    # benchmarks/ is not a package; its folder on sys.path also lets spawned pool workers import it
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    return importlib.import_module("make_corpus")
+
+
+make_corpus_mod = _load_make_corpus()
+
+
+def layout_sample(data_dir: Path, release: str = "dr16") -> dict[str, np.ndarray]:
+    """Lay the bundled sample out like a fetch would: DATA/<release>/{catalog.fits,spectra/}."""
+    with open(SAMPLE / "catalog.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    cat = as_catalog({c: np.array([r[c] for r in rows]) for c in rows[0]}, "sample")
+    for run2d, plate, mjd, fib in zip(
+        cat["RUN2D"], cat["PLATE"], cat["MJD"], cat["FIBERID"], strict=True
+    ):
+        rel = spec_lite_relpath(run2d, plate, mjd, fib)
+        dst = data_dir / release / "spectra" / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(SAMPLE / "sdss" / rel, dst)
+    write_catalog(cat, data_dir / release / "catalog.fits")
+    return cat
+
+
+def shard_rows(shards_dir: Path) -> dict[int, tuple[str, dict]]:
+    """specobjid -> (shard path, that object's row) over every shard listed in the index."""
+    out: dict[int, tuple[str, dict]] = {}
+    for e in read_index(shards_dir)["shards"]:
+        data = read_shard(shards_dir / e["path"])
+        assert data["attrs"]["split"] == e["split"]
+        for i, sid in enumerate(data["specobjid"].tolist()):
+            assert sid not in out, f"{sid} in two shards"
+            out[sid] = (e["path"], {k: data[k][i] for k in ROW_DATASETS})
+    return out
+
+
+def mtimes(shards_dir: Path) -> dict[str, int]:
+    return {p.name + p.parent.name: p.stat().st_mtime_ns for p in shards_dir.glob("*/*.h5")}
+
+
+@pytest.fixture(scope="module")
+def sample_build(tmp_path_factory):
+    data = tmp_path_factory.mktemp("data")
+    cat = layout_sample(data)
+    release = load_release("dr16")
+    result = build_shards(release, data, shard_size=8, workers=2, progress=False)
+    return data, cat, release, result
+
+
+def test_shards_equal_preprocessor_output(sample_build):
+    data, cat, release, result = sample_build
+    shards_dir = data / "dr16" / "shards"
+    rows = shard_rows(shards_dir)
+    pre = Preprocessor(release)
+    rejected = {r["specobjid"]: r for r in result.rejected}
+    s = release.splits
+    split = dict(
+        zip(
+            cat["SPECOBJID"].tolist(),
+            split_of(cat["SPECOBJID"], s.salt, (s.train, s.valid, s.test)),
+            strict=True,
+        )
+    )
+    index = {e["path"]: e for e in read_index(shards_dir)["shards"]}
+    for i, sid in enumerate(cat["SPECOBJID"].tolist()):
+        ids = (int(cat["PLATE"][i]), int(cat["MJD"][i]), int(cat["FIBERID"][i]))
+        path = data / "dr16/spectra" / spec_lite_relpath(cat["RUN2D"][i], *ids)
+        try:
+            want = pre.preprocess_file(path, float(cat["Z"][i]), ids)
+        except SpectrumRejected as err:
+            assert sid not in rows
+            assert rejected[sid]["reason"] == err.reason
+            continue
+        assert sid not in rejected
+        shard, got = rows[sid]
+        assert index[shard]["split"] == split[sid]
+        np.testing.assert_array_equal(got["flux"], want.flux)
+        np.testing.assert_array_equal(got["ivar"], want.ivar)
+        assert got["norm"] == np.float32(want.norm)
+        assert got["z"] == np.float32(cat["Z"][i])
+        assert got["zerr"] == np.float32(cat["Z_ERR"][i])
+        assert (got["plate"], got["mjd"], got["fiberid"]) == ids
+    assert len(rows) + len(rejected) == len(cat["SPECOBJID"])
+    assert len(rows) >= 33  # at least the galaxies that pass the cuts
+    assert result.accepted == len(rows)
+
+
+def test_shard_files_format_and_index(sample_build):
+    data, _, release, result = sample_build
+    shards_dir = data / "dr16" / "shards"
+    assert verify_shards(shards_dir) == []
+    index = read_index(shards_dir)
+    assert index["release"] == "dr16" and index["manifest_sha256"] == release.manifest_sha256
+    report = json.loads((shards_dir / "build-report.json").read_text())
+    assert report["accepted"] == result.accepted
+    assert sum(report["rejected_by_reason"].values()) == report["rejected_count"]
+    for e in index["shards"]:
+        with h5py.File(shards_dir / e["path"], "r") as h5:
+            assert h5["flux"].dtype == np.float32 and h5["flux"].shape == (e["rows"], 3921)
+            assert h5["flux"].chunks[1] == 3921  # whole rows per chunk
+            assert h5["specobjid"].dtype == np.uint64
+            assert h5["plate"].dtype == np.int32
+            np.testing.assert_allclose(h5["wave_obs"][:], release.grid.wave_obs)
+            attrs = dict(h5.attrs)
+            assert attrs["split"] == e["split"] and attrs["inputs_sha256"] == e["inputs_sha256"]
+            ids = h5["specobjid"][:]
+            assert (np.diff(ids.astype(np.float64)) > 0).all()
+            assert (e["specobjid_min"], e["specobjid_max"]) == (int(ids[0]), int(ids[-1]))
+        assert e["rows"] <= 8
+    # ordered by split, then ids
+    keys = [
+        (("train", "valid", "test").index(e["split"]), e["specobjid_min"]) for e in index["shards"]
+    ]
+    assert keys == sorted(keys)
+
+
+def test_rerun_is_a_noop(sample_build):
+    data, _, release, first = sample_build
+    shards_dir = data / "dr16" / "shards"
+    before, index_before = mtimes(shards_dir), read_index(shards_dir)
+    t0 = time.perf_counter()
+    result = build_shards(release, data, shard_size=8, workers=2, progress=False)
+    assert time.perf_counter() - t0 < 5
+    assert result.written == 0 and result.kept == len(first.shards)
+    assert mtimes(shards_dir) == before
+    assert read_index(shards_dir)["shards"] == index_before["shards"]
+    # the rejections of kept shards are carried over into the new report
+    assert len(result.rejected) == len(first.rejected)
+
+
+def test_shuffled_catalogue_changes_nothing(tmp_path):
+    cat = layout_sample(tmp_path)
+    release = load_release("dr16")
+    build_shards(release, tmp_path, shard_size=8, workers=1, progress=False)
+    shards_dir = tmp_path / "dr16" / "shards"
+    before = mtimes(shards_dir)
+    perm = np.random.default_rng(0).permutation(len(cat["SPECOBJID"]))
+    write_catalog({k: v[perm] for k, v in cat.items()}, tmp_path / "dr16" / "catalog.fits")
+    result = build_shards(release, tmp_path, shard_size=8, workers=1, progress=False)
+    assert result.written == 0 and mtimes(shards_dir) == before
+
+
+def test_corrupt_and_missing_files_are_rejected_rest_built(tmp_path):
+    cat = layout_sample(tmp_path)
+    release = load_release("dr16")
+    build_shards(release, tmp_path, shard_size=8, workers=2, progress=False)
+    shards_dir = tmp_path / "dr16" / "shards"
+    good_before = shard_rows(shards_dir)
+    victims = list(good_before)[:3]
+    where = {sid: i for i, sid in enumerate(cat["SPECOBJID"].tolist())}
+    paths = []
+    for sid in victims:
+        i = where[sid]
+        ids = (cat["PLATE"][i], cat["MJD"][i], cat["FIBERID"][i])
+        paths.append(tmp_path / "dr16/spectra" / spec_lite_relpath(cat["RUN2D"][i], *ids))
+    raw = paths[0].read_bytes()
+    paths[0].write_bytes(raw[: len(raw) // 2])  # truncated download
+    paths[1].write_bytes(b"<html>503 Service Unavailable</html>")  # an error page
+    paths[2].unlink()
+    touched = {good_before[sid][0] for sid in victims}
+    result = build_shards(release, tmp_path, shard_size=8, workers=2, progress=False)
+    reasons = {r["specobjid"]: r["reason"] for r in result.rejected}
+    assert reasons[victims[0]] == "unreadable"
+    assert reasons[victims[1]] == "unreadable"
+    assert reasons[victims[2]] == "not downloaded"
+    after = shard_rows(shards_dir)
+    assert set(after) == set(good_before) - set(victims)
+    assert result.written == len(touched)  # only the shards holding a victim were rewritten
+    assert verify_shards(shards_dir) == []
+    # every shard file on disk is listed: superseded ones were removed
+    listed = {e["path"] for e in read_index(shards_dir)["shards"]}
+    assert {f"{p.parent.name}/{p.name}" for p in shards_dir.glob("*/*")} == listed
+
+
+def test_dr16_and_dr17_builds_agree_on_splits(tmp_path):
+    for rel in ("dr16", "dr17"):
+        layout_sample(tmp_path, rel)
+        build_shards(load_release(rel), tmp_path, shard_size=8, workers=1, progress=False)
+    split = {}
+    for rel in ("dr16", "dr17"):
+        idx = read_index(tmp_path / rel / "shards")
+        split[rel] = {
+            int(sid): e["split"]
+            for e in idx["shards"]
+            for sid in read_shard(tmp_path / rel / "shards" / e["path"])["specobjid"]
+        }
+    assert split["dr16"] == split["dr17"] and len(split["dr16"]) > 30
+
+
+# --- generator ---------------------------------------------------------------------------------
+
+
+def test_corpus_is_on_the_lattice_consistent_and_deterministic(tmp_path):
+    mc = make_corpus_mod
+    mc.make_corpus(tmp_path / "a", 120, seed=7)
+    mc.make_corpus(tmp_path / "b", 120, seed=7, processes=2)
+    cat = read_catalog(tmp_path / "a/dr16/catalog.fits")
+    assert len(np.unique(cat["SPECOBJID"])) == 120
+    assert ((cat["Z"] > 0) & (cat["Z"] < 0.5)).all()
+    assert (cat["CLASS"] == "GALAXY").all()
+    release = load_release("dr16")
+    pre = Preprocessor(release)
+    templates = {round(t.z, 9): t for t in mc.load_templates("dr16")}
+    from astropy.io import fits
+
+    for i in range(0, 120, 13):
+        ids = (int(cat["PLATE"][i]), int(cat["MJD"][i]), int(cat["FIBERID"][i]))
+        rel = spec_lite_relpath(cat["RUN2D"][i], *ids)
+        a, b = tmp_path / "a/dr16/spectra" / rel, tmp_path / "b/dr16/spectra" / rel
+        assert a.read_bytes() == b.read_bytes()  # same corpus whatever the process count
+        out = pre.preprocess_file(a, float(cat["Z"][i]), ids)  # on the grid, ids match HDU2
+        assert np.isfinite(out.flux).all() and out.norm > 0
+        with fits.open(a) as h:
+            assert int(h[2].data["SPECOBJID"][0]) == int(cat["SPECOBJID"][i])
+            assert h[2].data["Z"][0] == np.float32(cat["Z"][i])
+            assert h[0].header["PLATEID"] == ids[0]
+            loglam = h[1].data["loglam"].astype(np.float64)
+            flux, ivar = h[1].data["flux"].astype(np.float64), h[1].data["ivar"]
+        # restframe wavelengths are the template's: the shift is log10((1+z)/(1+z_t)) up to
+        # float32 rounding of loglam (< 0.005 px)
+        matches = [
+            t
+            for t in templates.values()
+            if len(t.flux) == len(flux) and np.allclose(ivar, t.ivar / 2, rtol=1e-6)
+        ]
+        assert len(matches) == 1
+        t = matches[0]
+        t_loglam = mc.LOGLAM0 + t.loglam_index * mc.DLOGLAM
+        shift = loglam - t_loglam
+        np.testing.assert_allclose(
+            shift, np.log10((1 + cat["Z"][i]) / (1 + t.z)), atol=5e-7
+        )  # float32
+        good = t.ivar > 0
+        pull = (flux[good] - t.flux[good]) * np.sqrt(t.ivar[good])
+        assert 0.9 < np.std(pull) < 1.1  # noise drawn from the template's own ivar
+
+
+def test_build_on_corpus_then_growth_rewrites_only_touched_shards(tmp_path):
+    mc = make_corpus_mod
+    mc.make_corpus(tmp_path, 1000, seed=1)
+    release = load_release("dr16")
+    first = build_shards(release, tmp_path, shard_size=200, workers=2, progress=False)
+    assert first.accepted == 1000 and not first.rejected
+    shards_dir = tmp_path / "dr16" / "shards"
+    old = {e["path"]: e for e in read_index(shards_dir)["shards"]}
+    # a larger catalogue: 1500 more objects (new plates, larger ids), the first 1000 unchanged
+    # (generate 2500 elsewhere; plates are seeded independently, so plate 13000 holds the same
+    # objects: copy only the new plates' files, as a fetch would, and the new catalogue)
+    mc.make_corpus(tmp_path / "more", 2500, seed=1)
+    for plate_dir in (tmp_path / "more/dr16/spectra/26").iterdir():
+        if int(plate_dir.name) >= 13001:
+            shutil.copytree(plate_dir, tmp_path / "dr16/spectra/26" / plate_dir.name)
+    shutil.copy(tmp_path / "more/dr16/catalog.fits", tmp_path / "dr16/catalog.fits")
+    grown = build_shards(release, tmp_path, shard_size=200, workers=2, progress=False)
+    assert grown.accepted == 2500
+    new = {e["path"]: e for e in read_index(shards_dir)["shards"]}
+    kept = [p for p in old if p in new and new[p]["sha256"] == old[p]["sha256"]]
+    # only the last shard of each split (whose id range is open-ended) may change
+    assert len(kept) >= len(old) - 3 and grown.kept == len(kept)
+    assert verify_shards(shards_dir) == []
+    assert len(shard_rows(shards_dir)) == 2500
+
+
+@pytest.mark.slow
+def test_sigkill_midrun_then_rerun(tmp_path):
+    make_corpus_mod.make_corpus(tmp_path, 3000, seed=2)
+    shards_dir = tmp_path / "dr16" / "shards"
+    cmd = [
+        str(Path(sys.executable).parent / "specetl"),
+        "build-shards",
+        "--data-dir",
+        str(tmp_path),
+        "--shard-size",
+        "100",
+        "--workers",
+        "1",
+    ]
+    for attempt, wait_for in enumerate((4, 12)):
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 60
+        # kill once some shards are finished (and the next ones are being written)
+        while time.time() < deadline and len(list(shards_dir.glob("*/shard-*.h5"))) < wait_for:
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        if (shards_dir / "index.json").exists():
+            # whatever index exists lists only complete shards whose checksums verify
+            assert verify_shards(shards_dir) == []
+        assert attempt < 1 or (shards_dir / ".journal.jsonl").exists()
+    time.sleep(1)  # let the orphaned worker notice its scheduler is gone
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert verify_shards(shards_dir) == []
+    rows = shard_rows(shards_dir)
+    cat = read_catalog(tmp_path / "dr16" / "catalog.fits")
+    assert sorted(rows) == sorted(cat["SPECOBJID"].tolist())  # each accepted object exactly once
+    listed = {e["path"] for e in read_index(shards_dir)["shards"]}
+    assert {f"{p.parent.name}/{p.name}" for p in shards_dir.glob("*/*")} == listed
+    m = re.search(r"\((\d+) written, (\d+) unchanged\)", done.stdout)
+    assert m, done.stdout
+    assert int(m.group(1)) > 0 and int(m.group(2)) > 0  # finished work was kept, the rest done
