@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import logging
 import multiprocessing
 import os
@@ -134,6 +135,12 @@ def load_templates(release_name: str = "dr16") -> list[Template]:
     return out
 
 
+@functools.lru_cache(maxsize=2)
+def _cached_templates(release_name: str) -> list[Template]:
+    # once per pool process, not once per plate (parsing 33 files with astropy takes ~1 s)
+    return load_templates(release_name)
+
+
 def _find_card(data: bytes, header_end: int, key: str) -> int | None:
     """Byte offset of the primary-header card ``key`` (cards are 80-byte aligned)."""
     first = data[:header_end]
@@ -168,7 +175,7 @@ def _set_card(buf: bytearray, at: int, value: int) -> None:
 def _make_plate(args: tuple[Path, int, int, int, str, list[Template] | None]) -> dict:
     """Write the files of one plate (objects first..first+count-1); return their catalogue rows."""
     spectra_dir, plate, count, seed, release_name, templates = args
-    templates = templates or load_templates(release_name)
+    templates = templates or _cached_templates(release_name)
     tz = np.log10(1 + np.array([t.z for t in templates]))
     rng = np.random.default_rng(np.random.SeedSequence([seed, plate]))
     mjd = 58000 + (plate - FIRST_PLATE) % 3000
