@@ -64,3 +64,31 @@ def test_augmentation_moves_spectrum_to_new_redshift():
     # same seed, same draw
     xb, _, zb = redshift_augment(x, w, z, wave_obs, torch.Generator().manual_seed(0))
     assert torch.equal(za, zb) and torch.equal(xa, xb)
+
+
+def test_pool_first_conv_block_equals_the_textbook_order():
+    from model.autoencoder import ConvBlock
+
+    torch.manual_seed(0)
+    for pool, length in ((5, 3921), (11, 785), (None, 72)):
+        block = ConvBlock(3, 8, 5, pool, 0.0)
+        # positive slopes (the usual case) and some negative ones (V-shaped PReLU)
+        with torch.no_grad():
+            block.act.weight.copy_(torch.linspace(-0.5, 0.5, 8))
+        x = torch.randn(4, 3, length, requires_grad=True)
+        fast = block(x)
+        grads_fast = torch.autograd.grad(
+            fast.square().sum(), [x, block.act.weight, block.conv.weight]
+        )
+        slow = block.reference_forward(x)
+        grads_slow = torch.autograd.grad(
+            slow.square().sum(), [x, block.act.weight, block.conv.weight]
+        )
+        assert fast.shape == slow.shape
+        torch.testing.assert_close(fast, slow, rtol=0, atol=0)
+        for a, b in zip(grads_fast, grads_slow, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # the reference implementation's positions: 3921 → 785 → 72
+    m = SpectrumAutoencoder(PRESETS["paper"])
+    h = m.encoder.conv(torch.randn(2, 1, 3921))
+    assert h.shape == (2, 512, 72)
