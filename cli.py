@@ -7,7 +7,10 @@ exceptions into a one-line error. The libraries never import click.
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import time
+from pathlib import Path
 
 import click
 
@@ -15,17 +18,24 @@ log = logging.getLogger("specetl")
 
 
 def _setup_logging(verbose: int) -> None:
-    level = logging.WARNING - 10 * verbose if verbose else logging.INFO
+    """INFO by default, DEBUG with -v; chatty libraries (Dask's cluster life cycle) only with -vv."""
     logging.basicConfig(
-        level=level,
+        level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
+    if verbose < 2:
+        # distributed sets its own levels from dask's config when first imported (here and in
+        # every worker process), so set the config through the environment as well
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+        for name in ("distributed", "tornado", "asyncio", "matplotlib", "PIL", "fsspec"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("-v", "--verbose", count=True, help="More log output (-v: debug).")
+@click.option("-v", "--verbose", count=True,
+              help="More log output: -v debug, -vv also Dask's own logs.")
 @click.version_option(package_name="specetl")
 def main(verbose: int) -> None:
     """specetl: SDSS spectra -> training shards -> a redshift-invariant spectrum autoencoder.
@@ -115,16 +125,11 @@ def build_shards_cmd(release: str, data_dir: str, shard_size: int | None, worker
     Example:
       specetl build-shards --release dr16 --data-dir DATA --workers 4
     """
-    import distributed  # noqa: F401  (importing configures its loggers; quiet them afterwards)
-
     from etl.build import BuildError, build_shards
     from etl.catalog import CatalogError
     from etl.release import ManifestError, load_release
     from etl.shards import ShardError
 
-    for name in list(logging.root.manager.loggerDict):
-        if name.startswith("distributed"):
-            logging.getLogger(name).setLevel(logging.WARNING)  # keep the console readable
     try:
         result = build_shards(load_release(release), data_dir, shard_size, workers, scheduler,
                               compression, rebuild, progress=sys.stderr.isatty())
@@ -196,6 +201,151 @@ def train_cmd(shards: str, run_dir: str, objective: str, preset: str, epochs: in
         train(cfg)
     except (TrainError, ShardError) as e:
         raise click.ClickException(str(e)) from None
+
+
+@main.command("evaluate")
+@click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Run folder to evaluate (its best.pt, else last.pt), e.g. runs/con.")
+@click.option("--compare", multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="Evaluate several runs and print one table row per run: "
+              "--compare runs/fid runs/sim runs/con (the runs may follow one --compare).")
+@click.argument("more_runs", nargs=-1, metavar="[RUN_B RUN_C ...]",
+                type=click.Path(exists=True, file_okay=False))
+@click.option("--split", type=click.Choice(["train", "valid", "test"]), default="test",
+              show_default=True, help="Which split of the shards to evaluate on.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Output folder for metrics.json and the PNGs (default: RUN/eval-<split>/; "
+              "with --compare always each RUN/eval-<split>/).")
+@click.option("--shards", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Shards folder with index.json (default: the one the run was trained on).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seeds the augmentation redshifts z_aug ~ U[0, 0.5] of mean |s - s_aug| and L_c.")
+@click.option("--device", default="auto", show_default=True,
+              help="auto (GPU if visible), cpu or cuda[:N].")
+def evaluate_cmd(run_dir: str | None, compare: tuple[str, ...], more_runs: tuple[str, ...],
+                 split: str, out_dir: str | None, shards: str | None, seed: int,
+                 device: str) -> None:
+    """Table 1 metrics and Figure 2 of trained runs.
+
+    Writes RUN/eval-<split>/metrics.json (L_fid, L_sim at k0 = 2.5 and k1 = 1, L_c, mean
+    |s - s_aug| for copies moved to z_aug ~ U[0, 0.5], provenance), figure2.png (a spectrum,
+    its reconstruction and those of its redshifted copies; the latent map) and training.png,
+    then prints a markdown table and the figure paths.
+
+    \b
+    Examples:
+      specetl evaluate --run runs/con
+      specetl evaluate --run runs/con --split valid --out eval/con-valid --seed 1
+      specetl evaluate --compare runs/fid runs/sim runs/con
+    """
+    from pathlib import Path
+
+    from model.evaluate import EvaluateError, compare_runs, evaluate_run, format_table
+
+    runs = [*compare, *more_runs]
+    if run_dir is not None and runs:
+        raise click.ClickException("give either --run RUN or --compare RUN_A RUN_B ..., not both")
+    if run_dir is None and not runs:
+        raise click.ClickException("give --run RUN or --compare RUN_A RUN_B ...")
+    if more_runs and not compare:
+        raise click.ClickException(f"unexpected argument(s) {' '.join(more_runs)}; "
+                                   "did you mean --compare?")
+    try:
+        if run_dir is not None:
+            rows = [{"run": Path(run_dir).name, **evaluate_run(
+                run_dir, shards, split, out_dir, seed, device=device)}]
+        else:
+            if out_dir is not None:
+                raise click.ClickException("--out applies to --run only")
+            rows = compare_runs(runs, split, seed, shards, device=device)
+    except EvaluateError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(format_table(rows))
+    for r in rows:
+        click.echo(f"{r['run']}: {r['metrics_path']}")
+        for name in ("figure2", "training"):
+            if r["figures"].get(name):
+                click.echo(f"  {name}: {r['figures'][name]}")
+
+
+@main.command("demo")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="demo-out",
+              show_default=True, help="Folder for everything the demo makes (data, runs, figures).")
+@click.option("--release", default="dr16", show_default=True,
+              help="Release manifest whose archive layout the loopback server imitates.")
+@click.option("--epochs", type=click.IntRange(min=1), default=60, show_default=True,
+              help="Epochs for the fidelity and similarity runs (consistency gets half).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Local Dask worker processes for fetch and build-shards (default: cores).")
+def demo_cmd(out_dir: str, release: str, epochs: int, workers: int | None) -> None:
+    """Run the whole pipeline offline on the bundled real SDSS sample (sample/).
+
+    \b
+    1. serve sample/sdss on 127.0.0.1 in the SDSS archive's layout (a real HTTP server),
+    2. specetl fetch   : select with the release's cuts from sample/catalog.csv and download
+                         through the real downloader (verified, resumable),
+    3. specetl build-shards : grid, mask, normalise, write HDF5 shards with 70/15/15 splits,
+    4. specetl train   : fidelity, similarity, then consistency (from the similarity run),
+                         cpu-small preset,
+    5. specetl evaluate: Table-1 metrics of the three runs on the test split + Figure-2 PNGs.
+
+    The sample is small (13 galaxies pass the DR16 cuts), so this shows the machinery, not
+    the science; benchmarks/table1.py trains on a larger corpus. Rerunning reuses what is done.
+
+    \b
+    Example:
+      specetl demo --out demo-out
+    """
+    from etl.build import build_shards
+    from etl.fetch import fetch
+    from etl.mirror import ArchiveMirror
+    from etl.release import load_release
+    from model.evaluate import compare_runs, format_table
+    from model.train import TrainConfig, train
+
+    sample = Path(__file__).resolve().parent / "sample"
+    out = Path(out_dir)
+    data = out / "data"
+    runs = out / "runs"
+    rel = load_release(release)
+    t0 = time.perf_counter()
+
+    def step(text: str) -> None:
+        click.secho(f"[{time.perf_counter() - t0:6.1f} s] {text}", fg="cyan", err=True)
+
+    with ArchiveMirror(sample / "sdss", rel) as mirror:
+        step(f"serving the bundled sample at {mirror.base_url} (archive layout)")
+        report = fetch(rel, data, catalog_source=str(sample / "catalog.csv"),
+                       base_url=mirror.base_url, workers=workers)
+    if not report.ok:
+        raise click.ClickException(f"fetch failed for {report.n_failed} object(s); "
+                                   f"see {data / rel.name / 'fetch-report.json'}")
+    step(f"fetched {report.selected} selected spectra "
+         f"({report.downloaded} downloaded, {report.already_present} already present)")
+    built = build_shards(rel, data, workers=workers, progress=sys.stderr.isatty())
+    step(f"built {built.accepted} spectra into {len(built.shards)} shard(s), "
+         f"{len(built.rejected)} rejected -> {built.shards_dir}")
+    n_train = sum(s["rows"] for s in built.shards if s["split"] == "train")
+    batch_size = max(1, min(64, n_train // 2))  # at least two steps per epoch on a tiny sample
+    plan = [("fidelity", epochs, None), ("similarity", epochs, None),
+            ("consistency", max(1, epochs // 2), runs / "similarity")]
+    for objective, n_epochs, init in plan:
+        run = runs / objective
+        if (run / "config.json").exists() and (run / "last.pt").exists():
+            step(f"train {objective}: reusing {run}")
+            continue
+        step(f"train {objective} ({n_epochs} epochs, cpu-small)")
+        train(TrainConfig(shards=str(built.shards_dir), run=str(run), objective=objective,
+                          preset="cpu-small", epochs=n_epochs, batch_size=batch_size,
+                          init=str(init) if init else None, progress=sys.stderr.isatty()))
+    step("evaluate on the test split")
+    rows = compare_runs([runs / name for name, _, _ in plan], split="test")
+    click.echo(format_table(rows, blank_untrained=True))
+    for r in rows:
+        for name, path in r["figures"].items():
+            if path:
+                click.echo(f"{r['run']} {name}: {path}")
+    step("done")
 
 
 if __name__ == "__main__":
