@@ -40,7 +40,7 @@ import numpy as np
 
 from etl.catalog import read_catalog
 from etl.release import Release, spec_lite_relpath
-from etl.shards import SPLITS, ShardError, shard_attrs, split_of, write_shard
+from etl.shards import CHUNK_ROWS, SPLITS, ShardError, ShardWriter, shard_attrs, split_of
 from etl.spectrum import Preprocessor, SpectrumRejected
 
 log = logging.getLogger(__name__)
@@ -282,51 +282,69 @@ def build_one_shard(
     rows = task.rows
     n = len(task)
     npix = len(preprocessor.wave_obs)
-    flux = np.zeros((n, npix), dtype=np.float32)
-    ivar = np.zeros((n, npix), dtype=np.float32)
-    norm = np.zeros(n, dtype=np.float32)
-    good = np.zeros(n, dtype=bool)
-    rejected = []
-    for i in range(n):
-        expect = (int(rows["PLATE"][i]), int(rows["MJD"][i]), int(rows["FIBERID"][i]))
-        path = task.file(i)
-        try:
-            pre = preprocessor.preprocess_file(path, float(rows["Z"][i]), expect)
-        except SpectrumRejected as err:
-            rejected.append(_rejection(rows, i, path, err.reason, err.detail))
-            continue
-        flux[i], ivar[i], norm[i] = pre.flux, pre.ivar, pre.norm
-        good[i] = True
-    keep = np.flatnonzero(good)
-    if len(keep) < n:  # compact in place-order; rows stay sorted by specobjid
-        flux, ivar, norm = flux[keep], ivar[keep], norm[keep]
-    columns = {
-        "flux": flux,
-        "ivar": ivar,
-        "norm": norm,
-        "z": rows["Z"][keep],
-        "zerr": rows["Z_ERR"][keep],
-        "specobjid": rows["SPECOBJID"][keep],
-        "plate": rows["PLATE"][keep],
-        "mjd": rows["MJD"][keep],
-        "fiberid": rows["FIBERID"][keep],
-    }
     final = Path(shards_dir) / task.path
     staging = final.with_name(f".{final.name}.{os.getpid()}.part")
     attrs = dict(attrs, split=task.split, inputs_sha256=task.inputs_sha256)
     comp = None if compression in (None, "none") else compression
-    digest = write_shard(staging, columns, preprocessor.wave_obs, attrs, comp)
-    try:
-        _link_no_clobber(staging, final)
-    finally:
-        staging.unlink(missing_ok=True)
+    rejected: list[dict] = []
+    kept: list[np.ndarray] = []
+    writer: ShardWriter | None = None  # opened at the first accepted block
+    block = CHUNK_ROWS  # memory per task: one block of rows, whatever the shard size
+    with contextlib.ExitStack() as stack:
+        for start in range(0, n, block):
+            idx = np.arange(start, min(start + block, n))
+            flux = np.zeros((len(idx), npix), dtype=np.float32)
+            ivar = np.zeros((len(idx), npix), dtype=np.float32)
+            norm = np.zeros(len(idx), dtype=np.float32)
+            good = np.zeros(len(idx), dtype=bool)
+            for j, i in enumerate(idx.tolist()):
+                expect = (int(rows["PLATE"][i]), int(rows["MJD"][i]), int(rows["FIBERID"][i]))
+                path = task.file(i)
+                try:
+                    pre = preprocessor.preprocess_file(path, float(rows["Z"][i]), expect)
+                except SpectrumRejected as err:
+                    rejected.append(_rejection(rows, i, path, err.reason, err.detail))
+                    continue
+                flux[j], ivar[j], norm[j] = pre.flux, pre.ivar, pre.norm
+                good[j] = True
+            if not good.any():
+                continue
+            sel = idx[good]  # rows stay sorted by specobjid
+            if writer is None:
+                writer = stack.enter_context(
+                    ShardWriter(staging, preprocessor.wave_obs, attrs, comp, min(n, CHUNK_ROWS))
+                )
+            writer.append(
+                {
+                    "flux": flux[good],
+                    "ivar": ivar[good],
+                    "norm": norm[good],
+                    "z": rows["Z"][sel],
+                    "zerr": rows["Z_ERR"][sel],
+                    "specobjid": rows["SPECOBJID"][sel],
+                    "plate": rows["PLATE"][sel],
+                    "mjd": rows["MJD"][sel],
+                    "fiberid": rows["FIBERID"][sel],
+                }
+            )
+            kept.append(sel)
+        digest, size = "", 0
+        if writer is not None:  # a shard whose candidates were all rejected has no file
+            digest = writer.close()
+            try:
+                _link_no_clobber(staging, final)
+            finally:
+                staging.unlink(missing_ok=True)
+            size = final.stat().st_size
+    keep = np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
+    columns = {"specobjid": rows["SPECOBJID"][keep]}
     ids = columns["specobjid"]
     entry = {
         "path": task.path,
         "split": task.split,
         "rows": int(len(keep)),
         "sha256": digest,
-        "bytes": final.stat().st_size,
+        "bytes": size,
         "specobjid_min": int(ids.min()) if len(ids) else None,
         "specobjid_max": int(ids.max()) if len(ids) else None,
         "candidate_min": task.candidate_min,
@@ -408,6 +426,8 @@ def _usable(shards_dir: Path, entry: dict) -> bool:
     (Re-hashing every shard would make a no-op rerun read the whole dataset; the size check
     catches truncation, and ``verify_shards`` does the full sha256 check on demand.)
     """
+    if entry.get("rows") == 0:
+        return True  # nothing on disk to check
     try:
         return (shards_dir / entry["path"]).stat().st_size == entry["bytes"]
     except (OSError, KeyError):
@@ -508,7 +528,8 @@ def build_shards(
         old_report: dict = {}
         if not rebuild:
             with contextlib.suppress(ShardError):
-                previous = read_index(shards_dir)["shards"]
+                old_index = read_index(shards_dir)
+                previous = old_index["shards"] + old_index.get("empty", [])
             with contextlib.suppress(OSError, ValueError):
                 old_report = json.loads((shards_dir / REPORT_NAME).read_text())
         journal_path = shards_dir / JOURNAL_NAME
@@ -557,14 +578,15 @@ def build_shards(
                     done.append((task, out["entry"], out["rejected"]))
         result.written = len(todo)
 
-        # index: one entry per shard, in split then id order; empty shards are left out
+        # index: one entry per shard, in split then id order; shards without rows go to
+        # "empty" (no file; kept only so that their inputs are not reprocessed every run)
+        empty: list[dict] = []
         order = {name: i for i, name in enumerate(SPLITS)}
         done.sort(key=lambda d: (order[d[0].split], d[0].candidate_min))
         for task, entry, rejects in done:
             for r in rejects:
                 result.rejected.append(dict(r, shard=task.path))
-            if entry["rows"]:
-                result.shards.append(entry)
+            (result.shards if entry["rows"] else empty).append(entry)
         result.rejected = rejected + result.rejected
         result.accepted = sum(e["rows"] for e in result.shards)
         index = {
@@ -576,6 +598,7 @@ def build_shards(
             "shard_size": shard_size,
             "compression": compression,
             "shards": result.shards,
+            "empty": empty,
         }
         result.seconds = time.perf_counter() - t0
         report = {

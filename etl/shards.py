@@ -153,3 +153,81 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+class ShardWriter:
+    """Write one shard block by block, so memory is one block, not one shard (additive API).
+
+    Same format and atomicity as :func:`write_shard`: rows go to a temporary file in the target
+    folder; :meth:`close` writes the per-row scalars, fsyncs, hashes and renames, and returns
+    the sha256. ``flux``/``ivar`` are resizable, chunked by ``chunk_rows`` whole rows.
+    Use as a context manager; an exception before :meth:`close` removes the temporary file.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        wave_obs: np.ndarray,
+        attrs: Mapping[str, object],
+        compression: str | None = None,
+        chunk_rows: int = CHUNK_ROWS,
+    ):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        self.npix = len(wave_obs)
+        self.rows = 0
+        self._scalars: dict[str, list[np.ndarray]] = {
+            k: [] for k in ROW_DATASETS if k not in ("flux", "ivar")
+        }
+        self._h5 = h5py.File(self.tmp, "w")
+        for name in ("flux", "ivar"):
+            self._h5.create_dataset(
+                name,
+                shape=(0, self.npix),
+                maxshape=(None, self.npix),
+                dtype=ROW_DATASETS[name],
+                chunks=(max(1, chunk_rows), self.npix),
+                compression=compression,
+            )
+        self._h5.create_dataset("wave_obs", data=np.asarray(wave_obs, dtype=np.float64))
+        self._h5.attrs.update(dict(attrs))
+
+    def append(self, columns: Mapping[str, np.ndarray]) -> None:
+        """Append a block of rows (every dataset of :data:`ROW_DATASETS`)."""
+        n = len(columns["specobjid"])
+        for name in ("flux", "ivar"):
+            data = np.asarray(columns[name], dtype=ROW_DATASETS[name])
+            if data.shape != (n, self.npix):
+                raise ValueError(
+                    f"ShardWriter: {name} has shape {data.shape}, expected {(n, self.npix)}"
+                )
+            ds = self._h5[name]
+            ds.resize(self.rows + n, axis=0)
+            ds[self.rows :] = data
+        for name, parts in self._scalars.items():
+            data = np.asarray(columns[name], dtype=ROW_DATASETS[name])
+            if data.shape != (n,):
+                raise ValueError(f"ShardWriter: {name} has shape {data.shape}, expected {(n,)}")
+            parts.append(data)
+        self.rows += n
+
+    def close(self) -> str:
+        """Finish the file, rename it to its final name; return its sha256."""
+        for name, parts in self._scalars.items():
+            data = np.concatenate(parts) if parts else np.zeros(0, dtype=ROW_DATASETS[name])
+            self._h5.create_dataset(name, data=data)
+        self._h5.close()
+        with open(self.tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        digest = sha256_file(self.tmp)
+        os.replace(self.tmp, self.path)
+        return digest
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._h5.id.valid:
+            self._h5.close()
+        self.tmp.unlink(missing_ok=True)

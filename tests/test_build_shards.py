@@ -162,6 +162,17 @@ def test_rerun_is_a_noop(sample_build):
     assert len(result.rejected) == len(first.rejected)
 
 
+def test_all_rejected_shards_are_not_redone(tmp_path):
+    layout_sample(tmp_path)
+    release = load_release("dr16")
+    first = build_shards(release, tmp_path, shard_size=2, workers=1, progress=False)
+    index = read_index(tmp_path / "dr16" / "shards")
+    assert index["empty"], "expected a shard whose candidates were all rejected"
+    assert all(e["rows"] > 0 for e in index["shards"])
+    again = build_shards(release, tmp_path, shard_size=2, workers=1, progress=False)
+    assert again.written == 0 and len(again.rejected) == len(first.rejected)
+
+
 def test_shuffled_catalogue_changes_nothing(tmp_path):
     cat = layout_sample(tmp_path)
     release = load_release("dr16")
