@@ -77,7 +77,7 @@ def _shade_masked(ax, lam: np.ndarray, keep: np.ndarray) -> None:
         0,
         1,
         where=~keep,
-        color="0.85",
+        color="0.9",
         step="mid",
         transform=ax.get_xaxis_transform(),
         linewidth=0,
@@ -96,12 +96,12 @@ def _draw_spectra(ax, p: SpectrumPanel, norm: Normalize, lw: float = 0.8) -> Non
             p.wave_obs / (1 + za),
             m,
             color=_Z_CMAP(norm(za)),
-            lw=lw * 0.9,
-            alpha=0.9,
+            lw=lw * 0.8,
+            alpha=0.85,
             label=f"copy at z = {za:.3f}",
-            zorder=2,
+            zorder=3,  # over the original's (thicker) model: where they agree, black borders it
         )
-    ax.plot(lam, p.model, color="k", lw=lw * 1.3, label=f"reconstruction (z = {p.z:.3f})", zorder=3)
+    ax.plot(lam, p.model, color="k", lw=lw * 1.6, label=f"reconstruction (z = {p.z:.3f})", zorder=2)
 
 
 def _draw_latents(
@@ -207,7 +207,7 @@ def plot_figure2(
         "top", functions=(lambda x: x * (1 + panel.z), lambda x: x / (1 + panel.z))
     )
     top.set_xlabel(f"observed wavelength of the shown spectrum, λ(1 + {panel.z:.3f}) (Å)")
-    ax.legend(loc="upper right", fontsize=8, ncol=2, framealpha=0.85)
+    ax.legend(loc="lower center", fontsize=7.5, ncol=4, framealpha=0.9)
     if title:
         ax.set_title(title, fontsize=11, loc="left")
     for j, (name, centre, half) in enumerate(lines):  # mark the zoom windows on the main panel

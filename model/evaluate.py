@@ -350,7 +350,9 @@ def compare_runs(
 def _fmt(v: float | None) -> str:
     if v is None or not np.isfinite(v):
         return "–"
-    return f"{v:.3f}" if 0.01 <= abs(v) < 1e4 else f"{v:.2e}"
+    if v == 0 or 0.01 <= abs(v) < 1e4:
+        return f"{v:.3f}"
+    return f"{v:.3g}" if 1e-4 <= abs(v) < 0.01 else f"{v:.2e}"  # 0.00387, not 3.87e-03
 
 
 def format_table(rows: Sequence[dict], blank_untrained: bool = False) -> str:
