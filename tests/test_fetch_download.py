@@ -4,11 +4,23 @@ from __future__ import annotations
 
 import hashlib
 import time
+import tracemalloc
 
+import numpy as np
 import pytest
 from fetch_support import FAST, SAMPLE_SDSS, job_named, leftovers, sample_jobs
 
-from etl.download import download_jobs, load_ledger
+from etl.download import (
+    LEDGER_DTYPE,
+    DownloadConfig,
+    Job,
+    Ledger,
+    LedgerWriter,
+    compact_ledger,
+    download_jobs,
+    ledger_key,
+    load_ledger,
+)
 from etl.mirror import ArchiveMirror, Fault, FaultPlan
 from etl.release import load_release
 
@@ -114,20 +126,25 @@ def test_wrong_object_is_rejected_then_recovered(archive_server, release, tmp_pa
     _recovered(result, dest)
 
 
-def test_wrong_object_forever_is_reported(archive_server, release, tmp_path):
+def test_wrong_object_forever_is_reported_after_one_retry(archive_server, release, tmp_path):
     other = archive_server.url_path("26", 266, 51602, 13)
     f = Fault("substitute", other=other)
-    result, dest, _, _ = _one(archive_server, release, tmp_path, [f], always=True)
+    cfg = DownloadConfig(**{**FAST.__dict__, "attempts": 6})
+    result, dest, _, hits = _one(archive_server, release, tmp_path, [f], always=True, cfg=cfg)
     _reported(result, dest, "wrong object")
-    assert "266, 51602, 13" in result.failed[0].detail
+    assert hits == 2  # one retry (a transient mirror fault?), not all 6 attempts
+    assert "wrong object: HDU2 holds (plate, mjd, fiberid) (266, 51602, 13)" in (
+        result.failed[0].detail
+    )
 
 
 def test_html_error_page_with_status_200_is_not_a_spectrum(archive_server, release, tmp_path):
     page = b"<html><body><h1>Service temporarily unavailable</h1></body></html>"
     f = Fault("status", 200, {"Content-Type": "text/html"}, page)
-    result, dest, _, _ = _one(archive_server, release, tmp_path, [f], always=True)
-    _reported(result, dest, "not FITS")
-    assert "HTML" in result.failed[0].detail
+    cfg = DownloadConfig(**{**FAST.__dict__, "attempts": 6})
+    result, dest, _, hits = _one(archive_server, release, tmp_path, [f], always=True, cfg=cfg)
+    _reported(result, dest, "not a FITS file")
+    assert hits == 2 and "not a FITS file (HTML page?)" in result.failed[0].detail
     result, dest, _, _ = _one(archive_server, release, tmp_path / "again", [f])
     _recovered(result, dest)
 
@@ -156,3 +173,59 @@ def test_corrupt_local_file_is_replaced_not_trusted(archive_server, release, tmp
     dest.write_bytes(b"SIMPLE  =                    T" + b" " * 100)
     result = _run([job], tmp_path)
     _recovered(result, dest)
+
+
+# --- ledger ------------------------------------------------------------------------------------
+
+
+def _job(i: int) -> Job:
+    rel = f"26/{7000 + i // 500:04d}/spec-{7000 + i // 500:04d}-55000-{i % 500 + 1:04d}.fits"
+    return Job(10**17 + i, "26", 7000 + i // 500, 55000, i % 500 + 1, "", rel)
+
+
+def test_ledger_compaction_merges_atomically_and_idempotently(tmp_path):
+    folder = tmp_path / "ledger"
+    for batch in (range(0, 30), range(20, 50)):  # two writers; 20..29 written twice
+        w = LedgerWriter(folder)
+        for i in batch:
+            w.add(_job(i), 1000 + i + (batch.start > 0), f"{i:064x}")
+        w.close()
+    with open(w.path, "a") as f:
+        f.write('{"path": "26/7000/spec-torn')  # SIGKILL mid-line
+    journal_copy = w.path.read_bytes()
+    assert len(load_ledger(folder)) == 50
+    assert compact_ledger(folder) == 50
+    assert list(folder.glob("*.jsonl")) == [] and (folder / "ledger.npy").is_file()
+    ledger = load_ledger(folder)
+    assert len(ledger) == 50 and ledger.index.flags.writeable is False  # mapped, not loaded
+    assert ledger[_job(25).relpath] == (1026, f"{25:064x}")  # the newer record wins
+    assert ledger[_job(5).relpath] == (1005, f"{5:064x}")
+    assert ledger.sizes([_job(49).relpath, "26/0001/nope.fits"]).tolist() == [1050, -1]
+    # a crash after the index was replaced but before the journals were deleted: merge again
+    w.path.write_bytes(journal_copy)
+    assert compact_ledger(folder) == 50
+    assert load_ledger(folder)[_job(25).relpath] == (1026, f"{25:064x}")
+    assert [p.name for p in folder.iterdir()] == ["ledger.npy"]  # no temporary left
+
+
+def test_ledger_lookup_memory_does_not_grow_with_the_index(tmp_path):
+    n = 2_000_000  # ~96 MB index, as for 2M objects
+    index = np.empty(n, LEDGER_DTYPE)
+    index["key"] = np.sort(np.random.default_rng(1).integers(0, 2**64, n, dtype=np.uint64))
+    index["size"] = 1234
+    index["sha256"] = 7
+    target = [_job(i).relpath for i in range(1000)]
+    index["key"][:1000] = [ledger_key(r) for r in target]
+    index.sort(order="key")
+    (tmp_path / "ledger.npy").write_bytes(b"")
+    np.save(tmp_path / "ledger.npy", index)
+    del index
+    tracemalloc.start()
+    try:
+        ledger = Ledger(tmp_path, journals=False)
+        sizes = ledger.sizes(target)  # what one Dask task does for its partition
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (sizes == 1234).all() and len(ledger) == n
+    assert peak < 2_000_000, peak  # the index is mapped, never copied into memory
