@@ -90,7 +90,7 @@ def _draw_spectra(ax, p: SpectrumPanel, norm: Normalize, lw: float = 0.8) -> Non
     keep = p.w > 0
     lam = p.wave_obs / (1 + p.z)
     _shade_masked(ax, lam, keep)
-    ax.plot(lam, _masked(p.x, keep), color="0.55", lw=0.5, label="observed spectrum", zorder=1)
+    ax.plot(lam, _masked(p.x, keep), color="0.45", lw=0.5, label="observed spectrum", zorder=1)
     for za, m in zip(p.z_aug, p.model_aug, strict=True):
         ax.plot(
             p.wave_obs / (1 + za),

@@ -338,6 +338,9 @@ def compare_runs(
     for r in runs:
         run = Path(r)
         old = _reusable(run / f"eval-{split}" / "metrics.json", run, split, seed, shards_dir)
+        if old is not None and kw.get("figures", True):  # figures wanted: they must be there
+            figs = [old["figures"].get(k) for k in ("figure2", "training")]
+            old = old if all(f and Path(f).exists() for f in figs[:1]) else None
         if reuse and old is not None:
             log.info("%s: reusing %s", run, run / f"eval-{split}" / "metrics.json")
             row = old
