@@ -64,9 +64,10 @@ def main(verbose: int) -> None:
 @click.option("--limit", type=click.IntRange(min=0), default=None,
               help="Keep only the first N selected objects (by specObjID).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Local Dask worker processes (default: usable cores).")
+              help="Local Dask worker processes, one download task each (default: an "
+              "in-process cluster running 2 tasks in threads: downloads are I/O bound).")
 @click.option("--connections", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Concurrent HTTP connections per worker process (SDSS asks for few).")
+              help="Concurrent HTTP connections per download task (SDSS asks for few).")
 @click.option("--scheduler", default=None,
               help="Address of a running Dask scheduler (tcp://host:8786) instead of a local cluster.")
 @click.option("--dry-run", is_flag=True,
