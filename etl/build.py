@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from etl.catalog import read_catalog
-from etl.release import Release, spec_lite_relpath
+from etl.release import Release, spec_lite_name, spec_lite_relpath
 from etl.shards import CHUNK_ROWS, SPLITS, ShardError, ShardWriter, shard_attrs, split_of
 from etl.spectrum import Preprocessor, SpectrumRejected
 
@@ -78,9 +78,11 @@ class ShardTask:
 
     def file(self, i: int) -> str:
         """Input spec-lite path of row ``i``."""
+        # ids were validated while planning (spec_lite_relpath); here only the cheap string
         r = self.rows
-        rel = spec_lite_relpath(r["RUN2D"][i], r["PLATE"][i], r["MJD"][i], r["FIBERID"][i])
-        return os.path.join(self.spectra_dir, rel)
+        plate, mjd, fiberid = int(r["PLATE"][i]), int(r["MJD"][i]), int(r["FIBERID"][i])
+        name = spec_lite_name(plate, mjd, fiberid)
+        return os.path.join(self.spectra_dir, str(r["RUN2D"][i]), f"{plate:04d}", name)
 
     @property
     def candidate_min(self) -> int:

@@ -344,3 +344,39 @@ def test_sigkill_midrun_then_rerun(tmp_path):
     m = re.search(r"\((\d+) written, (\d+) unchanged\)", done.stdout)
     assert m, done.stdout
     assert int(m.group(1)) > 0 and int(m.group(2)) > 0  # finished work was kept, the rest done
+
+
+def test_cli_build_shards_prints_counts_per_reason(tmp_path):
+    from click.testing import CliRunner
+
+    from cli import main
+
+    layout_sample(tmp_path)
+    runner = CliRunner()
+    help_text = runner.invoke(main, ["build-shards", "--help"]).output
+    assert "Example" in help_text and "--compression" in help_text
+    res = runner.invoke(
+        main,
+        ["build-shards", "--data-dir", str(tmp_path), "--shard-size", "16", "--workers", "1",
+         "--compression", "lzf"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "rejected, no normalisation:" in res.output
+    with h5py.File(next((tmp_path / "dr16/shards/train").glob("*.h5")), "r") as h5:
+        assert h5["flux"].compression == "lzf"
+    bad = runner.invoke(main, ["build-shards", "--data-dir", str(tmp_path / "nowhere")])
+    assert bad.exit_code != 0 and "catalog" in bad.output and "Traceback" not in bad.output
+
+
+def test_existing_scheduler(tmp_path):
+    from distributed import LocalCluster
+
+    layout_sample(tmp_path)
+    with LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0"
+    ) as c:
+        result = build_shards(
+            load_release("dr16"), tmp_path, shard_size=16, scheduler=c.scheduler_address,
+            progress=False,
+        )  # fmt: skip
+    assert result.accepted >= 33 and verify_shards(tmp_path / "dr16" / "shards") == []
