@@ -37,28 +37,13 @@ def dask_client(
         return
     if threads:
         log.info("starting an in-process Dask cluster with %d thread(s)", threads)
-        with (
-            LocalCluster(
-                n_workers=1,
-                threads_per_worker=threads,
-                processes=False,
-                dashboard_address=None,
-                silence_logs=logging.WARNING,
-            ) as cluster,
-            Client(cluster) as client,
-        ):
-            yield client
-        return
-    n = max(1, workers or usable_cores())
-    log.info("starting a local Dask cluster with %d worker process(es)", n)
+        cluster_kw = dict(n_workers=1, threads_per_worker=threads, processes=False)
+    else:
+        n = max(1, workers or usable_cores())
+        log.info("starting a local Dask cluster with %d worker process(es)", n)
+        cluster_kw = dict(n_workers=n, threads_per_worker=1, processes=True)
     with (
-        LocalCluster(
-            n_workers=n,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            silence_logs=logging.WARNING,
-        ) as cluster,
+        LocalCluster(**cluster_kw, dashboard_address=None, silence_logs=logging.WARNING) as cluster,
         Client(cluster) as client,
     ):
         yield client

@@ -51,7 +51,8 @@ def index_sha256(shards_dir: str | Path) -> str:
     return hashlib.sha256(index_path(shards_dir).read_bytes()).hexdigest()
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes (hex), read in 4 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
@@ -78,7 +79,7 @@ def list_shards(shards_dir: str | Path, split: str, verify: bool = True) -> list
         if not path.is_file():
             raise ShardError(f"shard {path} is listed in {ip} but missing")
         if verify and entry.get("sha256"):
-            digest = _file_sha256(path)
+            digest = file_sha256(path)
             if digest != entry["sha256"]:
                 raise ShardError(
                     f"shard {path} is corrupt: sha256 {digest[:12]}… != {entry['sha256'][:12]}… "

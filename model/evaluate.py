@@ -25,7 +25,6 @@ those a run did not train, as the paper's table does).
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import logging
 import warnings
@@ -37,7 +36,15 @@ import numpy as np
 import torch
 
 from model.augment import redshift_augment
-from model.data import Batch, ShardError, ShardInfo, ShardStream, index_sha256, list_shards
+from model.data import (
+    Batch,
+    ShardError,
+    ShardInfo,
+    ShardStream,
+    file_sha256,
+    index_sha256,
+    list_shards,
+)
 from model.eval_figures import SpectrumPanel, plot_figure2, plot_training
 from model.evaluation import OBJECTIVES, collect_latents, evaluate, terms_for
 from model.train import TrainError, load_model, pick_device
@@ -55,14 +62,6 @@ TABLE_COLUMNS = ("L_fid", "L_sim", "L_c", "latent_shift")
 
 class EvaluateError(RuntimeError):
     """A user-facing evaluation error (no such run, shards missing); one-line message."""
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _checkpoint_path(run: Path) -> Path:
@@ -220,7 +219,7 @@ def evaluate_run(
         "provenance": {
             "run_dir": str(run.resolve()),
             "checkpoint": ckpt_path.name,
-            "checkpoint_sha256": _sha256_file(ckpt_path),
+            "checkpoint_sha256": file_sha256(ckpt_path),
             "checkpoint_epoch": int(ckpt.get("epoch", 0)),
             "objective": objective,
             "preset": cfg.get("preset"),
@@ -310,7 +309,7 @@ def _reusable(
             old.get("metrics_version") == METRICS_VERSION
             and prov["split"] == split
             and old["seed"] == seed
-            and prov["checkpoint_sha256"] == _sha256_file(_checkpoint_path(run))
+            and prov["checkpoint_sha256"] == file_sha256(_checkpoint_path(run))
             and prov["index_sha256"] == index_sha256(shards_dir or prov["shards_dir"])
         )
     except (OSError, ValueError, KeyError, TypeError):

@@ -70,5 +70,21 @@ def dr16():
 
 
 @pytest.fixture(scope="session")
+def release(dr16):
+    """The release most tests run against (DR16)."""
+    return dr16
+
+
+@pytest.fixture
+def archive_server(dr16):
+    """A real HTTP/1.1 server on 127.0.0.1 (port 0) serving the bundled sample in the SDSS
+    archive's layout; pass ``archive_server.base_url`` as ``--base-url``."""
+    from etl.mirror import ArchiveMirror
+
+    with ArchiveMirror(SAMPLE / "sdss", dr16) as mirror:
+        yield mirror
+
+
+@pytest.fixture(scope="session")
 def dr17():
     return load_release("dr17")

@@ -26,14 +26,8 @@ from etl.catalog import (
 )
 from etl.fetch import build_catalog
 from etl.mirror import ArchiveMirror
-from etl.release import load_release
 
 DATA = Path(__file__).parent / "data" / "fetch"
-
-
-@pytest.fixture(scope="module")
-def release():
-    return load_release("dr16")
 
 
 def _expected_ids(release) -> list[int]:

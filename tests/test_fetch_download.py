@@ -7,7 +7,6 @@ import time
 import tracemalloc
 
 import numpy as np
-import pytest
 from fetch_support import FAST, SAMPLE_SDSS, job_named, leftovers, sample_jobs
 
 from etl.download import (
@@ -21,21 +20,9 @@ from etl.download import (
     ledger_key,
     load_ledger,
 )
-from etl.mirror import ArchiveMirror, Fault, FaultPlan
-from etl.release import load_release
+from etl.mirror import Fault, FaultPlan
 
 ONE = "spec-0266-51602-0001.fits"
-
-
-@pytest.fixture(scope="module")
-def release():
-    return load_release("dr16")
-
-
-@pytest.fixture
-def archive_server(release):
-    with ArchiveMirror(SAMPLE_SDSS, release) as mirror:
-        yield mirror
 
 
 def _run(jobs, tmp_path, cfg=FAST):

@@ -21,18 +21,6 @@ from cli import main
 from etl.download import load_ledger
 from etl.fetch import fetch
 from etl.mirror import ArchiveMirror, Fault, FaultPlan
-from etl.release import load_release
-
-
-@pytest.fixture(scope="module")
-def release():
-    return load_release("dr16")
-
-
-@pytest.fixture
-def archive_server(release):
-    with ArchiveMirror(SAMPLE_SDSS, release) as mirror:
-        yield mirror
 
 
 @pytest.fixture
