@@ -681,7 +681,9 @@ def _run_tasks(
             return fut
 
         pending = as_completed([submit() for _ in range(min(len(queue), 2 * n_workers))])
-        bar = tqdm(total=len(todo), unit="shard", disable=not progress, desc="build-shards")
+        bar = tqdm(
+            total=len(todo), unit="shard", disable=None if progress else True, desc="build-shards"
+        )
         try:
             for fut in pending:
                 task = futures.pop(fut.key)

@@ -364,7 +364,9 @@ def _run_partitions(
         pure=False,
     )
     total = sum(len(p["SPECOBJID"]) for p in parts)
-    with tqdm(total=total, unit="file", desc="fetch", disable=not progress, smoothing=0.1) as bar:
+    with tqdm(
+        total=total, unit="file", desc="fetch", disable=None if progress else True, smoothing=0.1
+    ) as bar:
         for future in as_completed(futures):
             result = future.result()
             bar.update(result.total)

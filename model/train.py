@@ -278,7 +278,7 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
             batches,
             total=steps_per_epoch,
             desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            disable=not (main and cfg.progress),
+            disable=None if (main and cfg.progress) else True,  # None: off when not a terminal
             leave=False,
             unit="batch",
         )
