@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable
+import types
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -40,25 +41,39 @@ class FitsError(ValueError):
     """The file is not a FITS file of the expected shape."""
 
 
-def _parse_header(buf: memoryview, offset: int) -> tuple[dict[str, str], int]:
-    """Parse the header starting at ``offset``; return (keyword -> raw value text, data offset).
+def _parse_header(buf: memoryview, offset: int) -> tuple[Mapping[str, str], int, bytes]:
+    """Parse the header starting at ``offset``.
 
-    Values stay raw text (comments included) and are interpreted only when asked for: a spec-lite
-    HDU2 header has ~260 cards of which we need a handful.
+    Returns (keyword -> raw value text, data offset, the header's raw bytes). Values stay raw
+    text (comments included) and are interpreted only when asked for. Parsed headers are cached
+    by their bytes: millions of spec-lite files share a handful of distinct HDU2 headers.
     """
-    header: dict[str, str] = {}
     pos = offset
     while True:
         if pos + BLOCK > len(buf):
             raise FitsError("truncated header")
-        text = bytes(buf[pos : pos + BLOCK]).decode("latin-1")
+        block = bytes(buf[pos : pos + BLOCK])
         pos += BLOCK
-        for i in range(0, BLOCK, CARD):
-            key = text[i : i + 8]
-            if key == "END     ":
-                return header, pos
-            if text[i + 8 : i + 10] == "= ":
-                header[key.rstrip()] = text[i + 10 : i + CARD]
+        i = block.find(b"END     ")
+        while i != -1 and i % CARD:
+            i = block.find(b"END     ", i + 1)
+        if i != -1:
+            raw = bytes(buf[offset:pos])
+            return _parse_cards(raw), pos, raw
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_cards(raw: bytes) -> Mapping[str, str]:
+    # read-only: one parsed header is shared by every file with identical header bytes
+    text = raw.decode("latin-1")
+    header: dict[str, str] = {}
+    for i in range(0, len(text), CARD):
+        key = text[i : i + 8]
+        if key == "END     ":
+            break
+        if text[i + 8 : i + 10] == "= ":
+            header[key.rstrip()] = text[i + 10 : i + CARD]
+    return types.MappingProxyType(header)
 
 
 _QUOTED_RE = re.compile(r"\s*'((?:[^']|'')*)'")
@@ -72,7 +87,7 @@ def _value(raw: str) -> str:
     return raw.split("/", 1)[0].strip()
 
 
-def _int(header: dict[str, str], key: str) -> int:
+def _int(header: Mapping[str, str], key: str) -> int:
     try:
         return int(_value(header[key]))
     except KeyError:
@@ -81,11 +96,11 @@ def _int(header: dict[str, str], key: str) -> int:
         raise FitsError(f"header {key} is not an integer: {header[key]!r}") from None
 
 
-def _str(header: dict[str, str], key: str) -> str:
+def _str(header: Mapping[str, str], key: str) -> str:
     return _value(header.get(key, ""))
 
 
-def _data_size(header: dict[str, str]) -> int:
+def _data_size(header: Mapping[str, str]) -> int:
     naxis = _int(header, "NAXIS")
     if naxis == 0:
         return 0
@@ -102,7 +117,12 @@ def _padded(size: int) -> int:
     return -(-size // BLOCK) * BLOCK
 
 
-def _row_layout(header: dict[str, str]) -> tuple[np.dtype, dict[str, tuple[int, str]]]:
+@functools.lru_cache(maxsize=256)
+def _row_layout_cached(raw: bytes) -> tuple[np.dtype, dict[str, tuple[int, str]]]:
+    return _row_layout(_parse_cards(raw))
+
+
+def _row_layout(header: Mapping[str, str]) -> tuple[np.dtype, dict[str, tuple[int, str]]]:
     """Row dtype of a binary table, and each lower-cased column name's (TTYPE index, field name).
 
     Cached on the raw column cards: millions of spec-lite files share a handful of layouts.
@@ -162,25 +182,26 @@ class FitsFile:
             raise FitsError(
                 "not a FITS file (no SIMPLE card)" if n >= BLOCK else f"not a FITS file ({n} bytes)"
             )
-        self._hdus: list[tuple[dict[str, str], int, int]] = []  # header, data offset, data size
+        # per HDU: header, data offset, data size, raw header bytes
+        self._hdus: list[tuple[Mapping[str, str], int, int, bytes]] = []
         self._next = 0  # where the next unparsed HDU starts; headers are parsed on demand
 
     @classmethod
     def read(cls, path: str | Path) -> FitsFile:
         return cls(Path(path).read_bytes())
 
-    def header(self, hdu: int) -> dict[str, str]:
+    def header(self, hdu: int) -> Mapping[str, str]:
         """Raw header of HDU ``hdu``: keyword -> unparsed value text."""
         return self._hdu(hdu)[0]
 
-    def _hdu(self, hdu: int) -> tuple[dict[str, str], int, int]:
+    def _hdu(self, hdu: int) -> tuple[Mapping[str, str], int, int, bytes]:
         while len(self._hdus) <= hdu:
             pos = self._next
             if pos >= len(self._buf) or not bytes(self._buf[pos : pos + 8]).strip(b" \0"):
                 raise FitsError(f"HDU{hdu} is missing (file has {len(self._hdus)} HDUs)")
-            header, data_pos = _parse_header(self._buf, pos)
+            header, data_pos, raw = _parse_header(self._buf, pos)
             size = _data_size(header)
-            self._hdus.append((header, data_pos, size))
+            self._hdus.append((header, data_pos, size, raw))
             self._next = data_pos + _padded(size)
         return self._hdus[hdu]
 
@@ -191,10 +212,10 @@ class FitsFile:
 
         Column names match case-insensitively; ``rows`` limits how many rows are decoded.
         """
-        header, pos, size = self._hdu(hdu)
+        header, pos, _, raw = self._hdu(hdu)
         if _str(header, "XTENSION") != "BINTABLE":
             raise FitsError(f"HDU{hdu} is not a binary table")
-        dtype, index = _row_layout(header)
+        dtype, index = _row_layout_cached(raw)
         nrows = _int(header, "NAXIS2")
         if rows is not None:
             nrows = min(nrows, rows)
