@@ -132,3 +132,17 @@ def test_cli_train_and_one_line_errors(shards, tmp_path):
     assert (run / "best.pt").exists() and (run / "config.json").exists()
     res = CliRunner().invoke(main, args)  # the run exists and --resume was not given
     assert res.exit_code != 0 and "already holds a run" in res.output
+
+
+def test_cache_on_device_trains_the_same_model_family(shards, tmp_path):
+    """--cache-on-device (here on the CPU "device") learns like streaming and resumes exactly."""
+    run = tmp_path / "cached"
+    train(_cfg(shards, run, objective="fidelity", epochs=4, lr=2e-3, cache_on_device=True))
+    m = _metrics(run)
+    assert m[-1]["valid_fidelity"] < 0.7 * m[0]["valid_fidelity"]
+    part = tmp_path / "cached-part"
+    kw = dict(objective="fidelity", epochs=4, lr=2e-3, cache_on_device=True)
+    train(_cfg(shards, part, **kw), stop_after_epoch=2)
+    train(_cfg(shards, part, **kw, resume=True))
+    a, b = load_checkpoint(run / "last.pt")["model"], load_checkpoint(part / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
