@@ -59,6 +59,13 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=4000, help="synthetic spectra in the corpus")
     ap.add_argument("--epochs", type=int, default=20, help="epochs of fidelity and similarity")
     ap.add_argument("--consistency-epochs", type=int, default=None, help="default: epochs / 2")
+    ap.add_argument(
+        "--consistency-lr",
+        type=float,
+        default=3e-4,
+        help="peak LR of the consistency run: it fine-tunes the similarity run, and the full "
+        "1e-3 OneCycle peak undoes part of what that run learnt",
+    )
     ap.add_argument("--preset", default="cpu-small")
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
@@ -85,12 +92,12 @@ def main() -> None:
 
     con_epochs = args.consistency_epochs or max(1, args.epochs // 2)
     plan = [
-        ("fidelity", args.epochs, None),
-        ("similarity", args.epochs, None),
-        ("consistency", con_epochs, runs / "similarity"),
+        ("fidelity", args.epochs, None, 1e-3),
+        ("similarity", args.epochs, None, 1e-3),
+        ("consistency", con_epochs, runs / "similarity", args.consistency_lr),
     ]
     wall = {}
-    for objective, epochs, init in plan:
+    for objective, epochs, init, lr in plan:
         run = runs / objective
         t0 = time.perf_counter()
         if not (run / "last.pt").exists():
@@ -102,13 +109,14 @@ def main() -> None:
                     preset=args.preset,
                     epochs=epochs,
                     batch_size=args.batch_size,
+                    lr=lr,
                     init=str(init) if init else None,
                     seed=args.seed,
                     progress=False,
                 )
             )
         wall[objective] = time.perf_counter() - t0
-    rows = compare_runs([runs / name for name, _, _ in plan], split="test")
+    rows = compare_runs([runs / p[0] for p in plan], split="test")
     table = format_table(rows, blank_untrained=True)
     by = {r["objective"]: r for r in rows}
     shift_ratio = by["fidelity"]["latent_shift"] / by["consistency"]["latent_shift"]
@@ -117,13 +125,15 @@ def main() -> None:
     verdict = (
         f"mean |s − s_aug| fidelity / consistency = {shift_ratio:.1f}x (bar >= 10x: "
         f"{'met' if shift_ratio >= 10 else 'MISSED'}); L_fid consistency vs fidelity "
-        f"{fid_change:+.1%} (bar within 5%: {'met' if abs(fid_change) <= 0.05 else 'MISSED'})"
+        f"{fid_change:+.1%} (bar: no more than 5% worse: "
+        f"{'met' if fid_change <= 0.05 else 'MISSED'})"
     )
     setup = (
         f"SYNTHETIC-from-real corpus of {args.n} spectra (13 real DR16 galaxies moved to "
         f"0 < z < 0.5), shards train/valid/test = {counts['train']}/{counts['valid']}/"
         f"{counts['test']}; preset {args.preset}; epochs fidelity/similarity/consistency = "
-        f"{args.epochs}/{args.epochs}/{con_epochs}; training wall time "
+        f"{args.epochs}/{args.epochs}/{con_epochs} (peak LR 1e-3/1e-3/{args.consistency_lr:g}, "
+        f"batch {args.batch_size or 'preset'}); training wall time "
         + ", ".join(f"{k} {v / 60:.1f} min" for k, v in wall.items())
         + f"; total {total / 60:.1f} min on this machine"
     )
