@@ -34,8 +34,9 @@ def _setup_logging(verbose: int) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("-v", "--verbose", count=True,
-              help="More log output: -v debug, -vv also Dask's own logs.")
+@click.option(
+    "-v", "--verbose", count=True, help="More log output: -v debug, -vv also Dask's own logs."
+)
 @click.version_option(package_name="specetl")
 def main(verbose: int) -> None:
     """specetl: SDSS spectra -> training shards -> a redshift-invariant spectrum autoencoder.
@@ -52,29 +53,72 @@ def main(verbose: int) -> None:
 
 
 @main.command("fetch")
-@click.option("--release", default="dr16", show_default=True,
-              help="Release manifest name (data_manifests/<name>.toml) or path.")
-@click.option("--data-dir", required=True, type=click.Path(file_okay=False),
-              help="Data root; files land in DATA/<release>/ (catalog.fits, spectra/, report).")
-@click.option("--catalog", "catalog_source", default="sql", show_default=True,
-              help="sql: SkyServer via astroquery; specobj: the bulk specObj FITS (resumable "
-              "download, bounded memory); or PATH to a local FITS/CSV/ECSV table.")
-@click.option("--base-url", default=None,
-              help="Replaces https://data.sdss.org/sas in every URL (a mirror, http(s):// or file://).")
-@click.option("--limit", type=click.IntRange(min=0), default=None,
-              help="Keep only the first N selected objects (by specObjID).")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Local Dask worker processes, one download task each (default: an "
-              "in-process cluster running 2 tasks in threads: downloads are I/O bound).")
-@click.option("--connections", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Concurrent HTTP connections per download task (SDSS asks for few).")
-@click.option("--scheduler", default=None,
-              help="Address of a running Dask scheduler (tcp://host:8786) instead of a local cluster.")
-@click.option("--dry-run", is_flag=True,
-              help="Select and write the catalogue, report what would be downloaded, download nothing.")
-def fetch_cmd(release: str, data_dir: str, catalog_source: str, base_url: str | None,
-              limit: int | None, workers: int | None, connections: int, scheduler: str | None,
-              dry_run: bool) -> None:
+@click.option(
+    "--release",
+    default="dr16",
+    show_default=True,
+    help="Release manifest name (data_manifests/<name>.toml) or path.",
+)
+@click.option(
+    "--data-dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Data root; files land in DATA/<release>/ (catalog.fits, spectra/, report).",
+)
+@click.option(
+    "--catalog",
+    "catalog_source",
+    default="sql",
+    show_default=True,
+    help="sql: SkyServer via astroquery; specobj: the bulk specObj FITS (resumable "
+    "download, bounded memory); or PATH to a local FITS/CSV/ECSV table.",
+)
+@click.option(
+    "--base-url",
+    default=None,
+    help="Replaces https://data.sdss.org/sas in every URL (a mirror, http(s):// or file://).",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Keep only the first N selected objects (by specObjID).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Local Dask worker processes, one download task each (default: an "
+    "in-process cluster running 2 tasks in threads: downloads are I/O bound).",
+)
+@click.option(
+    "--connections",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Concurrent HTTP connections per download task (SDSS asks for few).",
+)
+@click.option(
+    "--scheduler",
+    default=None,
+    help="Address of a running Dask scheduler (tcp://host:8786) instead of a local cluster.",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Select and write the catalogue, report what would be downloaded, download nothing.",
+)
+def fetch_cmd(
+    release: str,
+    data_dir: str,
+    catalog_source: str,
+    base_url: str | None,
+    limit: int | None,
+    workers: int | None,
+    connections: int,
+    scheduler: str | None,
+    dry_run: bool,
+) -> None:
     """Select the release's galaxies and download their spec-lite files, verified and resumable.
 
     A rerun skips files already verified (ledger with size + sha256) and retries only failures.
@@ -89,33 +133,77 @@ def fetch_cmd(release: str, data_dir: str, catalog_source: str, base_url: str | 
     from etl.release import ManifestError, load_release
 
     try:
-        report = fetch(load_release(release), data_dir, catalog_source, base_url, limit, workers,
-                       connections, scheduler, dry_run)
+        report = fetch(
+            load_release(release),
+            data_dir,
+            catalog_source,
+            base_url,
+            limit,
+            workers,
+            connections,
+            scheduler,
+            dry_run,
+        )
     except (ManifestError, CatalogError, OSError) as err:
         raise click.ClickException(str(err)) from None
     if not report.ok:
-        click.echo(f"fetch: {report.n_failed} object(s) failed; see "
-                   f"{data_dir}/{report.release}/fetch-report.json", err=True)
+        click.echo(
+            f"fetch: {report.n_failed} object(s) failed; see "
+            f"{data_dir}/{report.release}/fetch-report.json",
+            err=True,
+        )
         sys.exit(1)
 
 
 @main.command("build-shards")
-@click.option("--release", default="dr16", show_default=True,
-              help="Release manifest name (data_manifests/<name>.toml) or path.")
-@click.option("--data-dir", required=True, type=click.Path(file_okay=False),
-              help="Data root: reads DATA/<release>/catalog.fits and spectra/, writes shards/.")
-@click.option("--shard-size", type=click.IntRange(min=1), default=None,
-              help="Spectra per shard (default: the manifest's, 4096).")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Local Dask worker processes (default: usable cores).")
-@click.option("--scheduler", default=None,
-              help="Address of a running Dask scheduler (tcp://host:8786) instead of a local cluster.")
-@click.option("--compression", type=click.Choice(["none", "lzf", "gzip"]), default="none",
-              show_default=True, help="HDF5 compression of flux/ivar (saves little on floats).")
-@click.option("--rebuild", is_flag=True,
-              help="Rewrite every shard, even those whose inputs did not change.")
-def build_shards_cmd(release: str, data_dir: str, shard_size: int | None, workers: int | None,
-                     scheduler: str | None, compression: str, rebuild: bool) -> None:
+@click.option(
+    "--release",
+    default="dr16",
+    show_default=True,
+    help="Release manifest name (data_manifests/<name>.toml) or path.",
+)
+@click.option(
+    "--data-dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Data root: reads DATA/<release>/catalog.fits and spectra/, writes shards/.",
+)
+@click.option(
+    "--shard-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Spectra per shard (default: the manifest's, 4096).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Local Dask worker processes (default: usable cores).",
+)
+@click.option(
+    "--scheduler",
+    default=None,
+    help="Address of a running Dask scheduler (tcp://host:8786) instead of a local cluster.",
+)
+@click.option(
+    "--compression",
+    type=click.Choice(["none", "lzf", "gzip"]),
+    default="none",
+    show_default=True,
+    help="HDF5 compression of flux/ivar (saves little on floats).",
+)
+@click.option(
+    "--rebuild", is_flag=True, help="Rewrite every shard, even those whose inputs did not change."
+)
+def build_shards_cmd(
+    release: str,
+    data_dir: str,
+    shard_size: int | None,
+    workers: int | None,
+    scheduler: str | None,
+    compression: str,
+    rebuild: bool,
+) -> None:
     """Grid, mask and normalise the fetched spectra into HDF5 shards with 70/15/15 splits.
 
     Writes DATA/<release>/shards/{train,valid,test}/shard-NNNNN.h5, index.json (last) and
@@ -132,54 +220,132 @@ def build_shards_cmd(release: str, data_dir: str, shard_size: int | None, worker
     from etl.shards import ShardError
 
     try:
-        result = build_shards(load_release(release), data_dir, shard_size, workers, scheduler,
-                              compression, rebuild, progress=sys.stderr.isatty())
+        result = build_shards(
+            load_release(release),
+            data_dir,
+            shard_size,
+            workers,
+            scheduler,
+            compression,
+            rebuild,
+            progress=sys.stderr.isatty(),
+        )
     except (ManifestError, CatalogError, BuildError, ShardError, OSError) as err:
         raise click.ClickException(str(err)) from None
-    click.echo(f"{result.accepted} spectra in {len(result.shards)} shard(s) "
-               f"({result.written} written, {result.kept} unchanged), "
-               f"{len(result.rejected)} rejected -> {result.shards_dir}")
+    click.echo(
+        f"{result.accepted} spectra in {len(result.shards)} shard(s) "
+        f"({result.written} written, {result.kept} unchanged), "
+        f"{len(result.rejected)} rejected -> {result.shards_dir}"
+    )
     for reason, count in result.rejected_by_reason.items():
         click.echo(f"  rejected, {reason}: {count}")
 
 
 @main.command("train")
-@click.option("--shards", required=True, type=click.Path(exists=True, file_okay=False),
-              help="Shards folder with index.json (e.g. DATA/dr16/shards).")
-@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False),
-              help="Run folder: config.json, metrics.jsonl, last.pt, best.pt land here.")
-@click.option("--objective", type=click.Choice(["fidelity", "similarity", "consistency"]),
-              default="fidelity", show_default=True,
-              help="fidelity: reconstruction only; similarity: + similarity loss (k1 annealed); "
-              "consistency: + redshift-augmentation consistency (start it with --init SIM_RUN).")
-@click.option("--preset", type=click.Choice(["paper", "cpu-small"]), default="cpu-small",
-              show_default=True,
-              help="paper: full-size encoder (~3.2M params, batch 512); cpu-small: narrower "
-              "encoder, batch 64, same grids.")
-@click.option("--epochs", type=int, default=10, show_default=True, help="Epochs over the train split.")
-@click.option("--batch-size", type=int, default=None,
-              help="Spectra per step and rank (default: the preset's).")
-@click.option("--lr", type=float, default=1e-3, show_default=True,
-              help="Peak learning rate of the OneCycle schedule (Adam).")
-@click.option("--init", "init_run", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Start from the best model of this run (same preset), e.g. a similarity run.")
-@click.option("--resume", is_flag=True,
-              help="Continue RUN from its last.pt exactly (same settings required).")
-@click.option("--cache-on-device", is_flag=True,
-              help="Load the whole train/valid split onto the device instead of streaming.")
+@click.option(
+    "--shards",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="Shards folder with index.json (e.g. DATA/dr16/shards).",
+)
+@click.option(
+    "--run",
+    "run_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Run folder: config.json, metrics.jsonl, last.pt, best.pt land here.",
+)
+@click.option(
+    "--objective",
+    type=click.Choice(["fidelity", "similarity", "consistency"]),
+    default="fidelity",
+    show_default=True,
+    help="fidelity: reconstruction only; similarity: + similarity loss (k1 annealed); "
+    "consistency: + redshift-augmentation consistency (start it with --init SIM_RUN).",
+)
+@click.option(
+    "--preset",
+    type=click.Choice(["paper", "cpu-small"]),
+    default="cpu-small",
+    show_default=True,
+    help="paper: full-size encoder (~3.2M params, batch 512); cpu-small: narrower "
+    "encoder, batch 64, same grids.",
+)
+@click.option(
+    "--epochs", type=int, default=10, show_default=True, help="Epochs over the train split."
+)
+@click.option(
+    "--batch-size",
+    type=int,
+    default=None,
+    help="Spectra per step and rank (default: the preset's).",
+)
+@click.option(
+    "--lr",
+    type=float,
+    default=1e-3,
+    show_default=True,
+    help="Peak learning rate of the OneCycle schedule (Adam).",
+)
+@click.option(
+    "--init",
+    "init_run",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Start from the best model of this run (same preset), e.g. a similarity run.",
+)
+@click.option(
+    "--resume", is_flag=True, help="Continue RUN from its last.pt exactly (same settings required)."
+)
+@click.option(
+    "--cache-on-device",
+    is_flag=True,
+    help="Load the whole train/valid split onto the device instead of streaming.",
+)
 @click.option("--compile", "compile_", is_flag=True, help="Wrap the model in torch.compile.")
-@click.option("--workers", type=int, default=0, show_default=True,
-              help="DataLoader worker processes reading shards (0: the training process).")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Seeds initialisation, data order, dropout and augmentation.")
-@click.option("--checkpoint-every", type=int, default=1, show_default=True,
-              help="Write RUN/last.pt every N epochs (and at the end); best.pt follows validation.")
-@click.option("--skip-verify", is_flag=True,
-              help="Do not check shard sha256 against index.json before training.")
-def train_cmd(shards: str, run_dir: str, objective: str, preset: str, epochs: int,
-              batch_size: int | None, lr: float, init_run: str | None, resume: bool,
-              cache_on_device: bool, compile_: bool, workers: int, seed: int,
-              checkpoint_every: int, skip_verify: bool) -> None:
+@click.option(
+    "--workers",
+    type=int,
+    default=0,
+    show_default=True,
+    help="DataLoader worker processes reading shards (0: the training process).",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seeds initialisation, data order, dropout and augmentation.",
+)
+@click.option(
+    "--checkpoint-every",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Write RUN/last.pt every N epochs (and at the end); best.pt follows validation.",
+)
+@click.option(
+    "--skip-verify",
+    is_flag=True,
+    help="Do not check shard sha256 against index.json before training.",
+)
+def train_cmd(
+    shards: str,
+    run_dir: str,
+    objective: str,
+    preset: str,
+    epochs: int,
+    batch_size: int | None,
+    lr: float,
+    init_run: str | None,
+    resume: bool,
+    cache_on_device: bool,
+    compile_: bool,
+    workers: int,
+    seed: int,
+    checkpoint_every: int,
+    skip_verify: bool,
+) -> None:
     """Train the redshift-aware autoencoder on shards (CPU or GPU, picked automatically).
 
     \b
@@ -194,10 +360,21 @@ def train_cmd(shards: str, run_dir: str, objective: str, preset: str, epochs: in
 
     try:
         cfg = TrainConfig(
-            shards=shards, run=run_dir, objective=objective, preset=preset, epochs=epochs,
-            batch_size=batch_size, lr=lr, init=init_run, resume=resume,
-            cache_on_device=cache_on_device, compile=compile_, workers=workers, seed=seed,
-            checkpoint_every=checkpoint_every, verify_shards=not skip_verify,
+            shards=shards,
+            run=run_dir,
+            objective=objective,
+            preset=preset,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            init=init_run,
+            resume=resume,
+            cache_on_device=cache_on_device,
+            compile=compile_,
+            workers=workers,
+            seed=seed,
+            checkpoint_every=checkpoint_every,
+            verify_shards=not skip_verify,
         )
         train(cfg)
     except (TrainError, ShardError) as e:
@@ -205,27 +382,67 @@ def train_cmd(shards: str, run_dir: str, objective: str, preset: str, epochs: in
 
 
 @main.command("evaluate")
-@click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Run folder to evaluate (its best.pt, else last.pt), e.g. runs/con.")
-@click.option("--compare", multiple=True, type=click.Path(exists=True, file_okay=False),
-              help="Evaluate several runs and print one table row per run: "
-              "--compare runs/fid runs/sim runs/con (the runs may follow one --compare).")
-@click.argument("more_runs", nargs=-1, metavar="[RUN_B RUN_C ...]",
-                type=click.Path(exists=True, file_okay=False))
-@click.option("--split", type=click.Choice(["train", "valid", "test"]), default="test",
-              show_default=True, help="Which split of the shards to evaluate on.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
-              help="Output folder for metrics.json and the PNGs (default: RUN/eval-<split>/; "
-              "with --compare always each RUN/eval-<split>/).")
-@click.option("--shards", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Shards folder with index.json (default: the one the run was trained on).")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Seeds the augmentation redshifts z_aug ~ U[0, 0.5] of mean |s - s_aug| and L_c.")
-@click.option("--device", default="auto", show_default=True,
-              help="auto (GPU if visible), cpu or cuda[:N].")
-def evaluate_cmd(run_dir: str | None, compare: tuple[str, ...], more_runs: tuple[str, ...],
-                 split: str, out_dir: str | None, shards: str | None, seed: int,
-                 device: str) -> None:
+@click.option(
+    "--run",
+    "run_dir",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Run folder to evaluate (its best.pt, else last.pt), e.g. runs/con.",
+)
+@click.option(
+    "--compare",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="Evaluate several runs and print one table row per run: "
+    "--compare runs/fid runs/sim runs/con (the runs may follow one --compare).",
+)
+@click.argument(
+    "more_runs",
+    nargs=-1,
+    metavar="[RUN_B RUN_C ...]",
+    type=click.Path(exists=True, file_okay=False),
+)
+@click.option(
+    "--split",
+    type=click.Choice(["train", "valid", "test"]),
+    default="test",
+    show_default=True,
+    help="Which split of the shards to evaluate on.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Output folder for metrics.json and the PNGs (default: RUN/eval-<split>/; "
+    "with --compare always each RUN/eval-<split>/).",
+)
+@click.option(
+    "--shards",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Shards folder with index.json (default: the one the run was trained on).",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seeds the augmentation redshifts z_aug ~ U[0, 0.5] of mean |s - s_aug| and L_c.",
+)
+@click.option(
+    "--device", default="auto", show_default=True, help="auto (GPU if visible), cpu or cuda[:N]."
+)
+def evaluate_cmd(
+    run_dir: str | None,
+    compare: tuple[str, ...],
+    more_runs: tuple[str, ...],
+    split: str,
+    out_dir: str | None,
+    shards: str | None,
+    seed: int,
+    device: str,
+) -> None:
     """Table 1 metrics and Figure 2 of trained runs.
 
     Writes RUN/eval-<split>/metrics.json (L_fid, L_sim at k0 = 2.5 and k1 = 1, L_c, mean
@@ -249,12 +466,17 @@ def evaluate_cmd(run_dir: str | None, compare: tuple[str, ...], more_runs: tuple
     if run_dir is None and not runs:
         raise click.ClickException("give --run RUN or --compare RUN_A RUN_B ...")
     if more_runs and not compare:
-        raise click.ClickException(f"unexpected argument(s) {' '.join(more_runs)}; "
-                                   "did you mean --compare?")
+        raise click.ClickException(
+            f"unexpected argument(s) {' '.join(more_runs)}; did you mean --compare?"
+        )
     try:
         if run_dir is not None:
-            rows = [{"run": Path(run_dir).name, **evaluate_run(
-                run_dir, shards, split, out_dir, seed, device=device)}]
+            rows = [
+                {
+                    "run": Path(run_dir).name,
+                    **evaluate_run(run_dir, shards, split, out_dir, seed, device=device),
+                }
+            ]
         else:
             if out_dir is not None:
                 raise click.ClickException("--out applies to --run only")
@@ -270,14 +492,33 @@ def evaluate_cmd(run_dir: str | None, compare: tuple[str, ...], more_runs: tuple
 
 
 @main.command("demo")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="demo-out",
-              show_default=True, help="Folder for everything the demo makes (data, runs, figures).")
-@click.option("--release", default="dr16", show_default=True,
-              help="Release manifest whose archive layout the loopback server imitates.")
-@click.option("--epochs", type=click.IntRange(min=1), default=60, show_default=True,
-              help="Epochs for the fidelity and similarity runs (consistency gets half).")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Local Dask worker processes for fetch and build-shards (default: cores).")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default="demo-out",
+    show_default=True,
+    help="Folder for everything the demo makes (data, runs, figures).",
+)
+@click.option(
+    "--release",
+    default="dr16",
+    show_default=True,
+    help="Release manifest whose archive layout the loopback server imitates.",
+)
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=60,
+    show_default=True,
+    help="Epochs for the fidelity and similarity runs (consistency gets half).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Local Dask worker processes for fetch and build-shards (default: cores).",
+)
 def demo_cmd(out_dir: str, release: str, epochs: int, workers: int | None) -> None:
     """Run the whole pipeline offline on the bundled real SDSS sample (sample/).
 
@@ -316,29 +557,52 @@ def demo_cmd(out_dir: str, release: str, epochs: int, workers: int | None) -> No
 
     with ArchiveMirror(sample / "sdss", rel) as mirror:
         step(f"serving the bundled sample at {mirror.base_url} (archive layout)")
-        report = fetch(rel, data, catalog_source=str(sample / "catalog.csv"),
-                       base_url=mirror.base_url, workers=workers)
+        report = fetch(
+            rel,
+            data,
+            catalog_source=str(sample / "catalog.csv"),
+            base_url=mirror.base_url,
+            workers=workers,
+        )
     if not report.ok:
-        raise click.ClickException(f"fetch failed for {report.n_failed} object(s); "
-                                   f"see {data / rel.name / 'fetch-report.json'}")
-    step(f"fetched {report.selected} selected spectra "
-         f"({report.downloaded} downloaded, {report.already_present} already present)")
+        raise click.ClickException(
+            f"fetch failed for {report.n_failed} object(s); "
+            f"see {data / rel.name / 'fetch-report.json'}"
+        )
+    step(
+        f"fetched {report.selected} selected spectra "
+        f"({report.downloaded} downloaded, {report.already_present} already present)"
+    )
     built = build_shards(rel, data, workers=workers, progress=sys.stderr.isatty())
-    step(f"built {built.accepted} spectra into {len(built.shards)} shard(s), "
-         f"{len(built.rejected)} rejected -> {built.shards_dir}")
+    step(
+        f"built {built.accepted} spectra into {len(built.shards)} shard(s), "
+        f"{len(built.rejected)} rejected -> {built.shards_dir}"
+    )
     n_train = sum(s["rows"] for s in built.shards if s["split"] == "train")
     batch_size = max(1, min(64, n_train // 2))  # at least two steps per epoch on a tiny sample
-    plan = [("fidelity", epochs, None), ("similarity", epochs, None),
-            ("consistency", max(1, epochs // 2), runs / "similarity")]
+    plan = [
+        ("fidelity", epochs, None),
+        ("similarity", epochs, None),
+        ("consistency", max(1, epochs // 2), runs / "similarity"),
+    ]
     for objective, n_epochs, init in plan:
         run = runs / objective
         if (run / "config.json").exists() and (run / "last.pt").exists():
             step(f"train {objective}: reusing {run}")
             continue
         step(f"train {objective} ({n_epochs} epochs, cpu-small)")
-        train(TrainConfig(shards=str(built.shards_dir), run=str(run), objective=objective,
-                          preset="cpu-small", epochs=n_epochs, batch_size=batch_size,
-                          init=str(init) if init else None, progress=sys.stderr.isatty()))
+        train(
+            TrainConfig(
+                shards=str(built.shards_dir),
+                run=str(run),
+                objective=objective,
+                preset="cpu-small",
+                epochs=n_epochs,
+                batch_size=batch_size,
+                init=str(init) if init else None,
+                progress=sys.stderr.isatty(),
+            )
+        )
     step("evaluate on the test split")
     rows = compare_runs([runs / name for name, _, _ in plan], split="test")
     click.echo(format_table(rows, blank_untrained=True))
