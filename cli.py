@@ -52,13 +52,22 @@ def main(verbose: int) -> None:
     _setup_logging(verbose)
 
 
-@main.command("fetch")
-@click.option(
+# Options shared by the ETL commands (one definition, one help text).
+release_option = click.option(
     "--release",
     default="dr16",
     show_default=True,
     help="Release manifest name (data_manifests/<name>.toml) or path.",
 )
+scheduler_option = click.option(
+    "--scheduler",
+    default=None,
+    help="Address of a running Dask scheduler (tcp://host:8786) instead of a local cluster.",
+)
+
+
+@main.command("fetch")
+@release_option
 @click.option(
     "--data-dir",
     required=True,
@@ -98,11 +107,7 @@ def main(verbose: int) -> None:
     show_default=True,
     help="Concurrent HTTP connections per download task (SDSS asks for few).",
 )
-@click.option(
-    "--scheduler",
-    default=None,
-    help="Address of a running Dask scheduler (tcp://host:8786) instead of a local cluster.",
-)
+@scheduler_option
 @click.option(
     "--dry-run",
     is_flag=True,
@@ -156,12 +161,7 @@ def fetch_cmd(
 
 
 @main.command("build-shards")
-@click.option(
-    "--release",
-    default="dr16",
-    show_default=True,
-    help="Release manifest name (data_manifests/<name>.toml) or path.",
-)
+@release_option
 @click.option(
     "--data-dir",
     required=True,
@@ -180,11 +180,7 @@ def fetch_cmd(
     default=None,
     help="Local Dask worker processes (default: usable cores).",
 )
-@click.option(
-    "--scheduler",
-    default=None,
-    help="Address of a running Dask scheduler (tcp://host:8786) instead of a local cluster.",
-)
+@scheduler_option
 @click.option(
     "--compression",
     type=click.Choice(["none", "lzf", "gzip"]),
