@@ -191,6 +191,12 @@ def fetch_cmd(
 @click.option(
     "--rebuild", is_flag=True, help="Rewrite every shard, even those whose inputs did not change."
 )
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="Check the sha256 of every shard that would be kept (reads them all) and rebuild any "
+    "that differs from index.json; by default a kept shard is checked by size only.",
+)
 def build_shards_cmd(
     release: str,
     data_dir: str,
@@ -199,6 +205,7 @@ def build_shards_cmd(
     scheduler: str | None,
     compression: str,
     rebuild: bool,
+    verify: bool,
 ) -> None:
     """Grid, mask and normalise the fetched spectra into HDF5 shards with 70/15/15 splits.
 
@@ -225,6 +232,7 @@ def build_shards_cmd(
             compression,
             rebuild,
             progress=sys.stderr.isatty(),
+            verify=verify,
         )
     except (ManifestError, CatalogError, BuildError, ShardError, OSError) as err:
         raise click.ClickException(str(err)) from None

@@ -422,18 +422,28 @@ def _read_journal(path: Path) -> list[dict]:
     return out
 
 
-def _usable(shards_dir: Path, entry: dict) -> bool:
-    """A previous shard is reusable if its file exists with the recorded size.
+def _usable(shards_dir: Path, entry: dict, verify: bool = False) -> bool:
+    """A previous shard is reusable if its file exists with the recorded size (and, with
+    ``verify``, the recorded sha256).
 
-    (Re-hashing every shard would make a no-op rerun read the whole dataset; the size check
-    catches truncation, and ``verify_shards`` does the full sha256 check on demand.)
+    (Re-hashing every shard by default would make a no-op rerun read the whole dataset; the size
+    check catches truncation, ``verify`` catches a flipped byte.)
     """
     if entry.get("rows") == 0:
         return True  # nothing on disk to check
+    path = shards_dir / entry.get("path", "")
     try:
-        return (shards_dir / entry["path"]).stat().st_size == entry["bytes"]
+        if path.stat().st_size != entry["bytes"]:
+            return False
     except (OSError, KeyError):
         return False
+    if verify:
+        from etl.shards import sha256_file
+
+        if sha256_file(path) != entry.get("sha256"):
+            log.warning("%s: sha256 differs from index.json; rebuilding it", path)
+            return False
+    return True
 
 
 def verify_shards(shards_dir: str | Path) -> list[str]:
@@ -507,12 +517,14 @@ def build_shards(
     compression: str = "none",
     rebuild: bool = False,
     progress: bool = True,
+    verify: bool = False,
 ) -> BuildResult:
     """Build ``DATA/<release>/shards/`` from ``catalog.fits`` and ``spectra/``; see module doc.
 
     ``shard_size``: candidate objects per shard (default: the manifest's). ``workers``/
     ``scheduler``: a local cluster of that many processes, or an existing scheduler address.
     ``compression``: "none", "lzf" or "gzip". ``rebuild``: ignore previous shards.
+    ``verify``: check the sha256 of every shard that would be kept; rebuild those that differ.
     """
     if compression not in COMPRESSIONS:
         raise BuildError(f"compression {compression!r} is not one of {', '.join(COMPRESSIONS)}")
@@ -557,7 +569,7 @@ def build_shards(
         done: list[tuple[ShardTask, dict, list[dict]]] = []
         for task in tasks:
             hit = reusable.get(task.inputs_sha256)
-            if hit and not rebuild and _usable(shards_dir, hit[0]):
+            if hit and not rebuild and _usable(shards_dir, hit[0], verify):
                 task.path = hit[0]["path"]
                 done.append((task, hit[0], hit[1]))
             else:

@@ -162,6 +162,23 @@ def test_rerun_is_a_noop(sample_build):
     assert len(result.rejected) == len(first.rejected)
 
 
+def test_verify_rebuilds_a_kept_shard_whose_bytes_changed(tmp_path):
+    layout_sample(tmp_path)
+    release = load_release("dr16")
+    first = build_shards(release, tmp_path, shard_size=8, workers=1, progress=False)
+    shards_dir = tmp_path / "dr16" / "shards"
+    victim = shards_dir / first.shards[0]["path"]
+    data = bytearray(victim.read_bytes())
+    data[-100] ^= 0xFF  # same size, one flipped byte
+    victim.write_bytes(bytes(data))
+    # by default a kept shard is checked by size only: a no-op
+    assert build_shards(release, tmp_path, shard_size=8, workers=1, progress=False).written == 0
+    assert verify_shards(shards_dir)  # ... and verify_shards sees the damage
+    again = build_shards(release, tmp_path, shard_size=8, workers=1, progress=False, verify=True)
+    assert again.written == 1 and again.kept == len(first.shards) - 1
+    assert verify_shards(shards_dir) == []
+
+
 def test_all_rejected_shards_are_not_redone(tmp_path):
     layout_sample(tmp_path)
     release = load_release("dr16")
