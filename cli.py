@@ -357,7 +357,8 @@ def train_cmd(
       specetl train --shards DATA/dr16/shards --run runs/sim --objective similarity --epochs 20
       specetl train --shards DATA/dr16/shards --run runs/con --objective consistency \\
           --init runs/sim --epochs 10
-    Several GPUs/processes: torchrun --nproc_per_node 4 -m cli train ... (DDP; rank 0 writes).
+    Several GPUs/processes (DDP; rank 0 writes; "--" keeps torchrun off our options):
+      torchrun --nproc_per_node 4 -m cli -- train --shards ... --run ...
     """
     from model.data import ShardError
     from model.train import TrainConfig, TrainError, train

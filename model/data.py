@@ -153,6 +153,11 @@ class ShardStream(IterableDataset):
         self.rank, self.world_size, self.num_workers = rank, world_size, max(num_workers, 1)
         self.shuffle, self.block_rows, self.buffer_blocks = shuffle, block_rows, buffer_blocks
         self.epoch = 0
+        # A small split (a demo, a test) could have fewer blocks than (rank, worker) slots,
+        # leaving some slot empty; shrink the blocks so every slot gets rows.
+        total = sum(s.rows for s in shards)
+        block_rows = max(1, min(block_rows, total // (2 * self.n_slots)))
+        self.block_rows = block_rows
         self.blocks = [
             (i, a, min(a + block_rows, s.rows))
             for i, s in enumerate(shards)

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -80,17 +79,8 @@ def test_similarity_then_consistency_from_init(shards, tmp_path):
 
 
 def test_ddp_two_cpu_processes(shards, tmp_path):
-    script = tmp_path / "ddp_train.py"
+    """The README's command: torchrun … -m cli -- train … (gloo on CPU, 2 ranks)."""
     run = tmp_path / "ddp"
-    script.write_text(
-        textwrap.dedent(f"""
-        import sys
-        sys.path.insert(0, {str(REPO)!r})
-        from model.train import TrainConfig, train
-        train(TrainConfig(shards={str(shards)!r}, run={str(run)!r}, objective="similarity",
-                          preset="cpu-small", epochs=2, batch_size=4, progress=False))
-    """)
-    )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     cmd = [
         sys.executable,
@@ -98,13 +88,26 @@ def test_ddp_two_cpu_processes(shards, tmp_path):
         "torch.distributed.run",
         "--standalone",
         "--nproc_per_node=2",
-        str(script),
+        "-m",
+        "cli",
+        "--",  # torchrun would otherwise take --run for its own --run-path
+        "train",
+        "--shards",
+        str(shards),
+        "--run",
+        str(run),
+        "--objective",
+        "similarity",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
     ]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stderr[-3000:]
+    assert "2 rank(s)" in res.stderr
     m = _metrics(run)
     assert [r["epoch"] for r in m] == [1, 2]  # rank 0 alone writes
-    # 28 rows over 2 ranks (one 14-row shard each) → 3 batches of 4 per rank, 24 spectra/epoch
     assert load_checkpoint(run / "last.pt")["epoch"] == 2
 
 
