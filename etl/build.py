@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from etl.atomic import fsync_dir, write_json_atomic
 from etl.catalog import read_catalog
 from etl.release import Release, spec_lite_name, spec_lite_relpath
 from etl.shards import CHUNK_ROWS, SPLITS, ShardError, ShardWriter, shard_attrs, split_of
@@ -369,33 +370,10 @@ def _link_no_clobber(src: Path, dst: Path) -> None:
         if dst.exists():
             raise BuildError(f"{dst}: exists already (is another build running?)") from None
         os.replace(src, dst)
-    _fsync_dir(dst.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    fsync_dir(dst.parent)
 
 
 # --- index, journal, report ---------------------------------------------------------------------
-
-
-def _write_json_atomic(path: Path, doc: object) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as fh:
-            json.dump(doc, fh, indent=1)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def read_index(shards_dir: str | Path) -> dict:
@@ -628,8 +606,8 @@ def build_shards(
             "rejected": result.rejected,
         }
         # the report first, then the index (the commit point), then clean up what it replaced
-        _write_json_atomic(shards_dir / REPORT_NAME, report)
-        _write_json_atomic(shards_dir / INDEX_NAME, index)
+        write_json_atomic(shards_dir / REPORT_NAME, report)
+        write_json_atomic(shards_dir / INDEX_NAME, index)
         removed = _sweep(shards_dir, {e["path"] for e in result.shards})
         journal_path.unlink(missing_ok=True)
         if removed:

@@ -49,6 +49,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from etl.atomic import fsync_dir
 from etl.spectrum import SpectrumRejected, read_spec_lite
 
 log = logging.getLogger(__name__)
@@ -303,10 +304,10 @@ def compact_ledger(folder: str | Path) -> int:
         os.replace(tmp, folder / LEDGER_INDEX)
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(folder)
+    fsync_dir(folder)
     for path in journals:
         path.unlink(missing_ok=True)
-    _fsync_dir(folder)
+    fsync_dir(folder)
     log.debug("ledger: merged %d journal(s); %d verified files", len(journals), len(merged))
     return len(merged)
 
@@ -374,20 +375,6 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
-def _fsync_dir(folder: Path) -> None:
-    # The rename itself must reach the disk too, or a power cut can forget it.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _fetch_once(session: object, job: Job, dest: Path, cfg: DownloadConfig) -> tuple[int, str]:
     """One attempt: stream, check length, verify, fsync, rename. Returns (size, sha256)."""
     import requests
@@ -419,7 +406,7 @@ def _fetch_once(session: object, job: Job, dest: Path, cfg: DownloadConfig) -> t
                 os.fsync(f.fileno())
         verify_spec_lite(tmp, job)
         os.replace(tmp, dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
         return size, digest.hexdigest()
     except requests.Timeout as err:
         raise DownloadFailed("timeout", type(err).__name__) from None

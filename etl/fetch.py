@@ -23,10 +23,8 @@ worker processes that import numpy/Dask again. ``workers=N`` starts N worker pro
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -35,6 +33,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from etl.atomic import write_json_atomic
 from etl.catalog import (
     Catalog,
     CatalogError,
@@ -121,12 +120,6 @@ class FetchReport:
         }
 
 
-def _write_json(obj: object, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 # --- catalogue ---------------------------------------------------------------------------------
 
 
@@ -167,7 +160,7 @@ def build_catalog(
         summary["steps"].append({"step": f"--limit {limit}", "rows": limit})
         summary["selected"] = limit
     write_catalog(catalog, rel_dir / "catalog.fits")
-    _write_json(summary, rel_dir / "selection.json")
+    write_json_atomic(rel_dir / "selection.json", summary, indent=2)
     for step in summary["steps"]:
         log.info("selection: %-28s %10d rows", step["step"], step["rows"])
     return catalog, summary
@@ -303,7 +296,7 @@ def fetch(
             for o in done.failed:
                 report.add_failure(o)
         doc = report.to_dict() | {"to_download": report.to_download}
-        _write_json(doc, rel_dir / "fetch-report.json")
+        write_json_atomic(rel_dir / "fetch-report.json", doc, indent=2)
         return report
     if parts:
         if scheduler:
@@ -328,7 +321,7 @@ def fetch(
         finally:
             compact_ledger(ledger_dir)
     report.to_download = report.selected - report.already_present
-    _write_json(report.to_dict(), rel_dir / "fetch-report.json")
+    write_json_atomic(rel_dir / "fetch-report.json", report.to_dict(), indent=2)
     log.info(
         "fetch: %d downloaded, %d already present, %d failed (report: %s)",
         report.downloaded,
