@@ -91,44 +91,16 @@ def write_shard(
     ``columns`` holds every dataset of :data:`ROW_DATASETS`, rows in the order to store them.
     ``compression`` is None, "lzf" or "gzip".
     """
-    path = Path(path)
     missing = sorted(set(ROW_DATASETS) - set(columns))
     if missing:
         raise ValueError(f"write_shard: missing column(s) {', '.join(missing)}")
     n = len(columns["specobjid"])
-    npix = len(wave_obs)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with h5py.File(tmp, "w") as h5:
-            for name, dtype in ROW_DATASETS.items():
-                data = np.asarray(columns[name], dtype=dtype)
-                if name in ("flux", "ivar"):
-                    if data.shape != (n, npix):
-                        raise ValueError(
-                            f"write_shard: {name} has shape {data.shape}, expected {(n, npix)}"
-                        )
-                    h5.create_dataset(
-                        name,
-                        data=data,
-                        chunks=(max(1, min(n, CHUNK_ROWS)), npix) if n else None,
-                        compression=compression,
-                    )
-                else:
-                    if data.shape != (n,):
-                        raise ValueError(
-                            f"write_shard: {name} has shape {data.shape}, expected {(n,)}"
-                        )
-                    h5.create_dataset(name, data=data)
-            h5.create_dataset("wave_obs", data=np.asarray(wave_obs, dtype=np.float64))
-            h5.attrs.update(dict(attrs))
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        digest = sha256_file(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return digest
+    # one writer of the format: a shard written at once is a ShardWriter with a single block
+    with ShardWriter(
+        path, wave_obs, attrs, compression, chunk_rows=max(1, min(n, CHUNK_ROWS))
+    ) as writer:
+        writer.append(columns)
+        return writer.close()
 
 
 def read_shard(path: str | Path, rows: slice | None = None) -> dict[str, np.ndarray]:
@@ -156,9 +128,9 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 class ShardWriter:
-    """Write one shard block by block, so memory is one block, not one shard (additive API).
+    """Write one shard block by block, so memory is one block, not one shard.
 
-    Same format and atomicity as :func:`write_shard`: rows go to a temporary file in the target
+    The only writer of the shard format (:func:`write_shard` uses it too): rows go to a temporary file in the target
     folder; :meth:`close` writes the per-row scalars, fsyncs, hashes and renames, and returns
     the sha256. ``flux``/``ivar`` are resizable, chunked by ``chunk_rows`` whole rows.
     Use as a context manager; an exception before :meth:`close` removes the temporary file.
