@@ -48,6 +48,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 
 from etl.catalog import as_catalog, selection_masks, write_catalog  # noqa: E402
 from etl.release import load_release, spec_lite_relpath  # noqa: E402
+from etl.spectrum import Preprocessor, SpectrumRejected  # noqa: E402
 
 log = logging.getLogger("make_corpus")
 
@@ -73,6 +74,7 @@ class Template:
     hdu1: tuple[int, np.dtype, int]  #: (data offset, row dtype, rows)
     hdu2: tuple[int, np.dtype]
     cards: dict[str, int]  #: primary header card -> byte offset
+    specobjid_tzero: int  #: TZERO of HDU2's SPECOBJID when it is an integer column (BOSS: 2**63)
     loglam_index: np.ndarray  #: lattice index of each pixel (int64)
     flux: np.ndarray
     ivar: np.ndarray
@@ -100,17 +102,26 @@ def load_templates(release_name: str = "dr16") -> list[Template]:
     # science-primary is about duplicates among real objects; every template is distinct
     masks.pop("science primary", None)
     keep = np.logical_and.reduce(list(masks.values()))
+    preprocessor = Preprocessor(release)
     out = []
     for i in np.flatnonzero(keep):
         run2d = str(cat["RUN2D"][i])
+        if run2d not in release.run2ds:  # the release has no archive path for this reduction
+            continue
         rel = spec_lite_relpath(run2d, cat["PLATE"][i], cat["MJD"][i], cat["FIBERID"][i])
         path = SAMPLE / "sdss" / rel
+        try:  # a real galaxy the ETL rejects at its own z (e.g. BADFLAT everywhere) is no template
+            preprocessor.preprocess_file(path, float(cat["Z"][i]))
+        except SpectrumRejected as err:
+            log.info("not a template: %s", err)
+            continue
         data = path.read_bytes()
         # astropy once per template: public record layouts and data offsets of each HDU
         with fits.open(path, memmap=False) as hdul:
             p0, p1, p2 = (hdul.fileinfo(k)["datLoc"] for k in range(3))
             dt1, dt2 = hdul[1].columns.dtype.newbyteorder(">"), hdul[2].columns.dtype
             n1 = hdul[1].header["NAXIS2"]
+            tzero = int(hdul[2].columns["SPECOBJID"].bzero or 0)
             cols = {k: np.asarray(hdul[1].data[k], dtype=np.float64) for k in COLS}
         cards = {}
         for key in ("PLATEID", "MJD"):
@@ -126,6 +137,7 @@ def load_templates(release_name: str = "dr16") -> list[Template]:
                 hdu1=(p1, dt1, int(n1)),
                 hdu2=(p2, dt2.newbyteorder(">")),
                 cards=cards,
+                specobjid_tzero=tzero,
                 loglam_index=np.rint((cols["loglam"] - LOGLAM0) / DLOGLAM).astype(np.int64),
                 flux=cols["flux"],
                 ivar=cols["ivar"],
@@ -202,7 +214,10 @@ def _make_plate(args: tuple[Path, int, int, int, str, list[Template] | None]) ->
         row = np.frombuffer(buf, dtype=dt2, count=1, offset=p2)
         row["PLATE"], row["MJD"], row["FIBERID"], row["Z"] = plate, mjd, fiberid, z_new
         if "SPECOBJID" in (dt2.names or ()) and dt2["SPECOBJID"].kind == "S":
-            row["SPECOBJID"] = str(sid).encode()
+            row["SPECOBJID"] = str(sid).encode()  # SDSS-I/II HDU2: a padded string
+        elif "SPECOBJID" in (dt2.names or ()):
+            # BOSS HDU2: int64 with TZERO = 2**63 (FITS's unsigned convention); store raw bytes
+            row["SPECOBJID"] = np.array(sid - t.specobjid_tzero, dtype=np.uint64).view(np.int64)
         if "PLATEID" in t.cards:
             _set_card(buf, t.cards["PLATEID"], plate)
         if "MJD" in t.cards:
