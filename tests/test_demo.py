@@ -32,10 +32,10 @@ def test_demo_end_to_end(tmp_path):
 
     # fetch went through the real downloader: every selected object verified, nothing failed
     report = json.loads((out / "data" / "dr16" / "fetch-report.json").read_text())
-    assert report["selected"] == 13 and report["downloaded"] == 13
+    assert report["selected"] == 86 and report["downloaded"] == 86
     assert not report.get("failed")
     index = json.loads((out / "data" / "dr16" / "shards" / "index.json").read_text())
-    assert sum(s["rows"] for s in index["shards"]) == 13
+    assert sum(s["rows"] for s in index["shards"]) == 84  # two real galaxies rejected
     assert {s["split"] for s in index["shards"]} == {"train", "valid", "test"}
 
     # the Table-1-style table: one row per objective, and the figures exist
@@ -56,4 +56,4 @@ def test_demo_end_to_end(tmp_path):
     # a rerun reuses everything: nothing downloaded, no shard rewritten, no run retrained
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "13 already present" in again.stderr and "reusing" in again.stderr
+    assert "86 already present" in again.stderr and "reusing" in again.stderr
