@@ -1,6 +1,13 @@
 """Generate a SYNTHETIC corpus of spec-lite files + catalogue for scale tests and benchmarks.
 
-THE CORPUS IS SYNTHETIC. Every file is one of the bundled *real* SDSS galaxy spectra
+Two kinds (subcommands), both in the archive layout that ``specetl build-shards`` reads:
+
+- ``population``: a continuous, bimodal population of bagpipes galaxies with known physical
+  parameters, observed through real SDSS noise and masks (``benchmarks/population_corpus.py``,
+  physics in ``benchmarks/population.py``, priors in ``docs/population.md``);
+- ``from-real``: the bundled real galaxies moved to new redshifts (below).
+
+``from-real``: THE CORPUS IS SYNTHETIC. Every file is one of the bundled *real* SDSS galaxy spectra
 (``sample/sdss``, the galaxies that pass the release's catalogue cuts) moved to a new redshift:
 
 - restframe shift on the log grid: the file's ``loglam`` moves by an integer number of 1e-4 dex
@@ -22,8 +29,12 @@ and a few HDU2 fields overwritten in place (a structured numpy view on a bytearr
 costs ~0.1 ms of CPU plus the write. Objects are generated per plate (1000 files) from
 ``SeedSequence([seed, plate])``: the corpus is identical whatever the number of processes.
 
-Usage: ``python benchmarks/make_corpus.py DATA --n 50000 [--seed 0] [--release dr16]``
-writes ``DATA/<release>/spectra/<run2d>/<plate>/spec-….fits`` and ``DATA/<release>/catalog.fits``.
+Usage::
+
+    python benchmarks/make_corpus.py population --n 20000 --data-dir DATA [--seed 0] [--release dr16]
+    python benchmarks/make_corpus.py from-real --n 50000 --data-dir DATA [--seed 0] [--release dr16]
+
+write ``DATA/<release>/spectra/<run2d>/<plate>/spec-….fits`` and ``DATA/<release>/catalog.fits``.
 """
 
 from __future__ import annotations
@@ -271,15 +282,31 @@ def make_corpus(
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("out_dir", type=Path, help="data folder (files go to OUT/<release>/...)")
-    ap.add_argument("--n", type=int, default=20000, help="number of files (default 20000)")
-    ap.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    ap.add_argument("--release", default="dr16", help="release manifest (default dr16)")
-    ap.add_argument("--processes", type=int, default=os.cpu_count() or 1)
+    sub = ap.add_subparsers(dest="kind", required=True)
+    kinds = {
+        "population": "bagpipes galaxies with known parameters, real SDSS noise and masks",
+        "from-real": "the bundled real galaxies moved to new redshifts",
+    }
+    for kind, text in kinds.items():
+        p = sub.add_parser(kind, help=text, description=f"SYNTHETIC corpus: {text}")
+        p.add_argument(
+            "--data-dir", type=Path, required=True, help="files go to DATA/<release>/..."
+        )
+        p.add_argument("--n", type=int, default=20000, help="number of files (default 20000)")
+        p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+        p.add_argument("--release", default="dr16", help="release manifest (default dr16)")
+        p.add_argument("--processes", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    print(BANNER)
-    make_corpus(args.out_dir, args.n, args.seed, args.release, args.processes)
+    if args.kind == "population":
+        from population_corpus import BANNER as POP_BANNER
+        from population_corpus import make_population
+
+        print(POP_BANNER)
+        make_population(args.data_dir, args.n, args.seed, args.release, args.processes)
+    else:
+        print(BANNER)
+        make_corpus(args.data_dir, args.n, args.seed, args.release, args.processes)
 
 
 if __name__ == "__main__":
