@@ -1,0 +1,202 @@
+"""What the trained models know about the SYNTHETIC population's physics, and about real galaxies.
+
+Used by ``benchmarks/table1.py --population``:
+
+- :func:`encode_split`: the 2-D latents of every spectrum of a split, with its specobjid;
+- :func:`interpretability`: k-nearest-neighbour regression of each true parameter from the
+  latents, fitted on the train split, k chosen on the validation split, R² on the test split;
+- :func:`scale_free_shift`: mean |s − s_aug| over the median latent distance between different
+  galaxies (a latent space without a fixed scale cannot shrink it by shrinking);
+- :func:`real_sample_shards`: shards of the real bundled DR16 galaxies (all in one split), to
+  evaluate the population-trained models on real spectra;
+- :func:`plot_latent_maps`: latents coloured by log sSFR and by z, one column per objective.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from etl.build import build_shards
+from etl.catalog import as_catalog, selection_masks, write_catalog
+from etl.release import Release, Splits, spec_lite_relpath
+from model.data import list_shards
+from model.train import load_model
+
+ROOT = Path(__file__).resolve().parent.parent
+#: the true parameters the latents are asked to predict: catalogue column -> label
+TARGETS = {
+    "TRUE_LOG_SSFR": "log sSFR [1/yr]",
+    "TRUE_AGE_MW": "mass-weighted age [Gyr]",
+    "TRUE_AV": "A_V [mag]",
+    "TRUE_LOG_ZMET": "log Z/Z☉",
+    "TRUE_SIGMA": "σ [km/s]",
+    "TRUE_Z": "z",
+}
+K_CHOICES = (5, 10, 20, 50, 100)
+
+
+def _as_int_ids(ids: np.ndarray) -> np.ndarray:
+    """specobjid column of a shard (v1: uint64; v2: ASCII bytes) as Python ints."""
+    if ids.dtype.kind in "SU":
+        return np.array([int(v.decode() if isinstance(v, bytes) else v) for v in ids], dtype=object)
+    return np.array([int(v) for v in ids], dtype=object)
+
+
+@torch.no_grad()
+def encode_split(
+    run: str | Path, shards_dir: str | Path, split: str, batch: int = 512
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(latents (n, S), specobjids (n,) as ints, z (n,)) of every row of ``split``, in order."""
+    model, _ = load_model(run, device="cpu")
+    model.eval()
+    lat, ids, zs = [], [], []
+    for shard in list_shards(shards_dir, split, verify=False):
+        with h5py.File(shard.path, "r") as f:
+            n = f["flux"].shape[0]
+            ids.append(_as_int_ids(f["specobjid"][:]))
+            zs.append(f["z"][:])
+            for i in range(0, n, batch):
+                flux = torch.from_numpy(f["flux"][i : i + batch])
+                ivar = torch.from_numpy(f["ivar"][i : i + batch])
+                lat.append(model.encoder(flux, ivar).float().numpy())
+    return np.concatenate(lat), np.concatenate(ids), np.concatenate(zs)
+
+
+def truths_for(catalog: Mapping[str, np.ndarray], ids: np.ndarray) -> dict[str, np.ndarray]:
+    """The TRUE_* catalogue columns, row-aligned with ``ids`` (specobjids as ints)."""
+    where = {int(s): i for i, s in enumerate(catalog["SPECOBJID"])}
+    rows = np.array([where[int(s)] for s in ids])
+    return {k: np.asarray(v)[rows] for k, v in catalog.items() if k.startswith("TRUE_")}
+
+
+def read_truth_catalog(path: str | Path) -> dict[str, np.ndarray]:
+    """SPECOBJID and the TRUE_* columns of a population catalogue."""
+    from astropy.table import Table
+
+    t = Table.read(path)
+    out = {"SPECOBJID": np.array([int(v) for v in t["SPECOBJID"]], dtype=object)}
+    out.update({c: np.asarray(t[c], dtype=np.float64) for c in t.colnames if c.startswith("TRUE_")})
+    return out
+
+
+def _knn_r2(x_fit, y_fit, x_eval, y_eval, k: int) -> float:
+    from sklearn.metrics import r2_score
+    from sklearn.neighbors import KNeighborsRegressor
+
+    reg = KNeighborsRegressor(n_neighbors=min(k, len(x_fit)), weights="uniform")
+    return float(r2_score(y_eval, reg.fit(x_fit, y_fit).predict(x_eval)))
+
+
+def interpretability(
+    latents: Mapping[str, np.ndarray], truths: Mapping[str, Mapping[str, np.ndarray]]
+) -> dict[str, dict[str, float]]:
+    """R² on the test split of a kNN regression of each :data:`TARGETS` parameter.
+
+    ``latents`` and ``truths`` are keyed by split ("train", "valid", "test"). The regressor is
+    fitted on train; k is the one of :data:`K_CHOICES` with the best R² on valid. Returns
+    {parameter: {"r2": test R², "k": k}}.
+    """
+    out = {}
+    for param in TARGETS:
+        best = max(
+            K_CHOICES,
+            key=lambda k: _knn_r2(
+                latents["train"], truths["train"][param], latents["valid"],
+                truths["valid"][param], k,
+            ),
+        )  # fmt: skip
+        r2 = _knn_r2(
+            latents["train"], truths["train"][param], latents["test"], truths["test"][param], best
+        )
+        out[param] = {"r2": r2, "k": best}
+    return out
+
+
+def scale_free_shift(latents: np.ndarray, latent_shift: float, seed: int = 0) -> dict:
+    """mean |s − s_aug| / median |s_i − s_j| over random pairs i != j of different spectra."""
+    rng = np.random.default_rng(seed)
+    n = len(latents)
+    i = rng.integers(n, size=20000)
+    j = (i + rng.integers(1, n, size=20000)) % n  # never i itself
+    typical = float(np.median(np.linalg.norm(latents[i] - latents[j], axis=1)))
+    return {"median_pair_distance": typical, "scale_free_shift": latent_shift / typical}
+
+
+def real_sample_shards(release: Release, work: str | Path) -> Path:
+    """Shards of the bundled real galaxies that pass ``release``'s cuts, all in the test split.
+
+    Copies the files into ``work/<release>/spectra`` (archive layout) with a catalogue of their
+    real HDU2 values (``sample/catalog.csv``), then runs the real ``build_shards``.
+    """
+    work = Path(work)
+    with open(ROOT / "sample" / "catalog.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    raw = {c: np.array([r[c] for r in rows]) for c in rows[0]}
+    cat = as_catalog(raw, "sample/catalog.csv")
+    cat["SCIENCEPRIMARY"] = raw["SCIENCEPRIMARY"].astype(int)
+    keep = np.logical_and.reduce(list(selection_masks(cat, release.selection).values()))
+    keep &= np.isin(cat["RUN2D"], release.run2ds)
+    root = work / release.name
+    for i in np.flatnonzero(keep):
+        rel = spec_lite_relpath(cat["RUN2D"][i], cat["PLATE"][i], cat["MJD"][i], cat["FIBERID"][i])
+        dest = root / "spectra" / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ROOT / "sample" / "sdss" / rel, dest)
+    write_catalog({k: v[keep] for k, v in cat.items()}, root / "catalog.fits")
+    one_split = dataclasses.replace(
+        release, splits=Splits(train=0.0, valid=0.0, test=1.0, salt=release.splits.salt)
+    )
+    return build_shards(one_split, work, workers=1, progress=False).shards_dir
+
+
+def plot_latent_maps(
+    latents: Mapping[str, np.ndarray],
+    truths: Mapping[str, np.ndarray],
+    path: str | Path,
+    title: str,
+    colour_by: Sequence[tuple[str, str, str]] = (
+        ("TRUE_LOG_SSFR", "log sSFR [1/yr]", "coolwarm_r"),
+        ("TRUE_Z", "z", "viridis"),
+    ),
+) -> Path:
+    """Latent maps (one column per objective), one row per colouring parameter."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(latents)
+    fig, axes = plt.subplots(
+        len(colour_by), len(names), figsize=(4.2 * len(names), 3.8 * len(colour_by)),
+        squeeze=False,
+    )  # fmt: skip
+    for col, name in enumerate(names):
+        s = latents[name]
+        order = np.random.default_rng(0).permutation(len(s))  # no colour painted over the rest
+        for row, (param, label, cmap) in enumerate(colour_by):
+            ax = axes[row, col]
+            c = truths[param]
+            lo, hi = np.percentile(c, [2, 98])
+            sc = ax.scatter(
+                s[order, 0], s[order, 1], c=c[order], s=3, cmap=cmap, vmin=lo, vmax=hi,
+                rasterized=True, linewidths=0,
+            )  # fmt: skip
+            ax.set_xlabel("s₁")
+            ax.set_ylabel("s₂")
+            if row == 0:
+                ax.set_title(name)
+            fig.colorbar(sc, ax=ax, label=label)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
