@@ -165,3 +165,20 @@ def test_population_is_byte_identical_per_seed_whatever_the_processes(corpus, tm
     other = tmp_path / "other-seed"
     population_corpus.make_population(other, 3, seed=6, processes=1, chunk=120)
     assert digest(other)[0][1] != digest(corpus)[0][1]
+
+
+def test_knn_r2_and_scale_free_shift_measure_what_they_claim():
+    pytest.importorskip("sklearn")
+    import population_science as ps
+
+    rng = np.random.default_rng(3)
+    truth = {s: rng.normal(size=n) for s, n in (("train", 600), ("valid", 200), ("test", 200))}
+    informative = {s: np.c_[t, rng.normal(0, 0.05, len(t))] for s, t in truth.items()}
+    useless = {s: rng.normal(size=(len(t), 2)) for s, t in truth.items()}
+    truths = {s: {p: t for p in ps.TARGETS} for s, t in truth.items()}
+    assert ps.interpretability(informative, truths)["TRUE_Z"]["r2"] > 0.9
+    assert ps.interpretability(useless, truths)["TRUE_Z"]["r2"] < 0.1
+    # scale-free: shrinking every latent by 10 leaves the ratio unchanged
+    s = informative["test"]
+    a, b = ps.scale_free_shift(s, 0.1), ps.scale_free_shift(s / 10, 0.01)
+    assert a["scale_free_shift"] == pytest.approx(b["scale_free_shift"])
