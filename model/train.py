@@ -3,11 +3,18 @@
 Run layout (RUN/):
   config.json     the TrainConfig and ModelConfig of the run
   metrics.jsonl   one JSON line per epoch (train and validation losses, lr, k1, spectra/s)
-  last.pt         latest checkpoint (every `checkpoint_every` epochs and at the end)
-  best.pt         checkpoint with the lowest validation total loss
-Checkpoints hold only tensors and plain python values, so `torch.load(p, weights_only=True)`
-reads them. Every epoch reseeds dropout and augmentation from (seed, epoch) and draws its data
-order from (seed, epoch), so `--resume` from an epoch boundary reproduces an uninterrupted run.
+  best.pt         the model with the lowest validation total loss: weights, model config,
+                  provenance (TrainConfig, index.json sha256, epoch) and metrics; what inference
+                  and `--init` need, nothing more
+  last.pt         the latest epoch (every `checkpoint_every` epochs and at the end). While the
+                  run is unfinished it also holds the optimizer, scheduler and RNG state that
+                  `--resume` needs; after the last epoch there is nothing left to resume (the LR
+                  schedule has ended), so it is written like best.pt, without them.
+Slim checkpoints are a third of a full one (Adam keeps two moments per weight). Checkpoints of
+version 1 (full state in best.pt too) still load. Checkpoints hold only tensors and plain python
+values, so `torch.load(p, weights_only=True)` reads them; load models with `load_model(run)`.
+Every epoch reseeds dropout and augmentation from (seed, epoch) and draws its data order from
+(seed, epoch), so `--resume` from an epoch boundary reproduces an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -39,6 +46,10 @@ from model.evaluation import OBJECTIVES, evaluate, step_losses, terms_for
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "specetl-checkpoint"
+# 1: best.pt and last.pt both held the full training state. 2: best.pt and a finished run's
+# last.pt hold the model only; an unfinished run's last.pt adds TRAINING_STATE.
+CHECKPOINT_VERSION = 2
+TRAINING_STATE = ("optimizer", "scheduler", "rng")
 
 
 class TrainError(RuntimeError):
@@ -134,8 +145,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except (OSError, RuntimeError) as e:
         raise TrainError(f"cannot load checkpoint {path}: {e}") from e
-    if ckpt.get("format") != CHECKPOINT_FORMAT:
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise TrainError(f"{path} is not a specetl checkpoint")
+    version = ckpt.get("version", 1)
+    if version > CHECKPOINT_VERSION:
+        raise TrainError(
+            f"{path} is a checkpoint of version {version}; this specetl reads up to "
+            f"{CHECKPOINT_VERSION} (upgrade specetl)"
+        )
+    missing = [k for k in ("model", "model_config", "config") if k not in ckpt]
+    if missing:
+        raise TrainError(f"{path} lacks {', '.join(missing)}; it is damaged or not a model")
     return ckpt
 
 
@@ -229,6 +249,16 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
     if cfg.resume:
         ckpt = load_checkpoint(run / "last.pt", device)
         _check_resume(ckpt["config"], cfg)
+        if ckpt["epoch"] >= cfg.epochs:
+            if main:
+                log.info("%s finished all %d epochs; nothing to resume", run, cfg.epochs)
+            return ckpt.get("metrics", {}) if main else {}
+        missing = [k for k in TRAINING_STATE if k not in ckpt]
+        if missing:
+            raise TrainError(
+                f"--resume: {run / 'last.pt'} holds no {'/'.join(missing)} state "
+                f"(a model-only checkpoint); start a new run with --init {run}"
+            )
         core.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
@@ -341,14 +371,11 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
                 valid["fidelity"],
                 metrics["spectra_per_s"],
             )
-            ckpt = {
+            slim = {
                 "format": CHECKPOINT_FORMAT,
-                "version": 1,
+                "version": CHECKPOINT_VERSION,
                 "model": core.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
                 "epoch": epoch + 1,
-                "rng": _rng_state(),
                 "config": asdict(cfg),
                 "model_config": mcfg.to_dict(),
                 "index_sha256": index_sha256(cfg.shards),
@@ -357,10 +384,17 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
             }
             if valid["total"] < best:
                 best = valid["total"]
-                _atomic_save(ckpt, run / "best.pt")
-            last = epoch + 1 == cfg.epochs or epoch + 1 == stop_after_epoch
+                _atomic_save(slim, run / "best.pt")
+            finished = epoch + 1 == cfg.epochs
+            last = finished or epoch + 1 == stop_after_epoch
             if (epoch + 1) % cfg.checkpoint_every == 0 or last:
-                _atomic_save(ckpt, run / "last.pt")
+                full = {
+                    **slim,
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "rng": _rng_state(),
+                }
+                _atomic_save(slim if finished else full, run / "last.pt")
         if world > 1:
             dist.barrier()
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
