@@ -3,18 +3,12 @@
 Run layout (RUN/):
   config.json     the TrainConfig and ModelConfig of the run
   metrics.jsonl   one JSON line per epoch (train and validation losses, lr, k1, spectra/s)
-  best.pt         the model with the lowest validation total loss: weights, model config,
-                  provenance (TrainConfig, index.json sha256, epoch) and metrics; what inference
-                  and `--init` need, nothing more
-  last.pt         the latest epoch (every `checkpoint_every` epochs and at the end). While the
-                  run is unfinished it also holds the optimizer, scheduler and RNG state that
-                  `--resume` needs; after the last epoch there is nothing left to resume (the LR
-                  schedule has ended), so it is written like best.pt, without them.
-Slim checkpoints are a third of a full one (Adam keeps two moments per weight). Checkpoints of
-version 1 (full state in best.pt too) still load. Checkpoints hold only tensors and plain python
-values, so `torch.load(p, weights_only=True)` reads them; load models with `load_model(run)`.
-Every epoch reseeds dropout and augmentation from (seed, epoch) and draws its data order from
-(seed, epoch), so `--resume` from an epoch boundary reproduces an uninterrupted run.
+  best.pt         the model with the lowest validation total loss (model only)
+  last.pt         the latest epoch (every `checkpoint_every` epochs and at the end), with the
+                  state `--resume` needs until the run has finished
+What each checkpoint holds, and loading them: model/checkpoint.py (`load_model` is re-exported
+here). Every epoch reseeds dropout and augmentation from (seed, epoch) and draws its data order
+from (seed, epoch), so `--resume` from an epoch boundary reproduces an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -32,6 +26,17 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from model.autoencoder import PRESET_BATCH, PRESETS, ModelConfig, SpectrumAutoencoder
+from model.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    TrainError,
+    load_checkpoint,
+    load_model,
+    require_training_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from model.data import (
     DeviceCache,
     ShardStream,
@@ -44,16 +49,6 @@ from model.data import (
 from model.evaluation import OBJECTIVES, evaluate, step_losses, terms_for
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_FORMAT = "specetl-checkpoint"
-# 1: best.pt and last.pt both held the full training state. 2: best.pt and a finished run's
-# last.pt hold the model only; an unfinished run's last.pt adds TRAINING_STATE.
-CHECKPOINT_VERSION = 2
-TRAINING_STATE = ("optimizer", "scheduler", "rng")
-
-
-class TrainError(RuntimeError):
-    """A user-facing training error (bad run dir, incompatible resume/init); one-line message."""
 
 
 @dataclass
@@ -132,62 +127,6 @@ def _dist_setup(device: torch.device) -> tuple[int, int]:
     return 0, 1
 
 
-def _atomic_save(obj: dict, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # a crash mid-write never leaves a truncated checkpoint
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint with `weights_only=True` (no pickled code); raises TrainError."""
-    path = Path(path)
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (OSError, RuntimeError) as e:
-        raise TrainError(f"cannot load checkpoint {path}: {e}") from e
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise TrainError(f"{path} is not a specetl checkpoint")
-    version = ckpt.get("version", 1)
-    if version > CHECKPOINT_VERSION:
-        raise TrainError(
-            f"{path} is a checkpoint of version {version}; this specetl reads up to "
-            f"{CHECKPOINT_VERSION} (upgrade specetl)"
-        )
-    missing = [k for k in ("model", "model_config", "config") if k not in ckpt]
-    if missing:
-        raise TrainError(f"{path} lacks {', '.join(missing)}; it is damaged or not a model")
-    return ckpt
-
-
-def load_model(
-    run: str | Path, which: str = "best", device: str | torch.device = "cpu"
-) -> tuple[SpectrumAutoencoder, dict]:
-    """The trained model of a run dir (`best.pt`, falling back to `last.pt`) and its checkpoint."""
-    run = Path(run)
-    path = run / f"{which}.pt"
-    if not path.exists():
-        path = run / "last.pt"
-    if not path.exists():
-        raise TrainError(f"no checkpoint in {run} (expected best.pt or last.pt)")
-    ckpt = load_checkpoint(path, device)
-    model = SpectrumAutoencoder(ModelConfig.from_dict(ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
-    return model.to(device), ckpt
-
-
-def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
     """Train per `cfg`; returns the last epoch's metrics (rank 0; others get {}).
 
@@ -253,16 +192,11 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
             if main:
                 log.info("%s finished all %d epochs; nothing to resume", run, cfg.epochs)
             return ckpt.get("metrics", {}) if main else {}
-        missing = [k for k in TRAINING_STATE if k not in ckpt]
-        if missing:
-            raise TrainError(
-                f"--resume: {run / 'last.pt'} holds no {'/'.join(missing)} state "
-                f"(a model-only checkpoint); start a new run with --init {run}"
-            )
+        require_training_state(ckpt, run / "last.pt")
         core.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
-        _set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"])
         start_epoch, best = ckpt["epoch"], ckpt["best_valid"]
         if ckpt["index_sha256"] != index_sha256(cfg.shards) and main:
             log.warning("resuming on different shards than the checkpoint was trained on")
@@ -384,7 +318,7 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
             }
             if valid["total"] < best:
                 best = valid["total"]
-                _atomic_save(slim, run / "best.pt")
+                save_checkpoint(slim, run / "best.pt")
             finished = epoch + 1 == cfg.epochs
             last = finished or epoch + 1 == stop_after_epoch
             if (epoch + 1) % cfg.checkpoint_every == 0 or last:
@@ -392,9 +326,9 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
                     **slim,
                     "optimizer": opt.state_dict(),
                     "scheduler": sched.state_dict(),
-                    "rng": _rng_state(),
+                    "rng": rng_state(),
                 }
-                _atomic_save(slim if finished else full, run / "last.pt")
+                save_checkpoint(slim if finished else full, run / "last.pt")
         if world > 1:
             dist.barrier()
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
