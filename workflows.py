@@ -124,31 +124,47 @@ def train_objectives(
 ) -> list[Path]:
     """Train one cpu-small run per objective of `plan` into RUNS/<objective>; returns the runs.
 
-    A run that already finished (config.json and last.pt present) is reused, not retrained.
+    A run that finished (its last.pt reached the epochs it was started with) is reused, not
+    retrained; an interrupted one (a Ctrl-C mid-run) is resumed from its last.pt. Raises
+    WorkflowError when a run cannot be trained or resumed.
     """
-    from model.train import TrainConfig, train
+    from model.train import TrainConfig, TrainError, load_checkpoint, train
 
     done = []
     for objective, share, init in plan:
         run = runs / objective
         done.append(run)
         n_epochs = max(1, int(epochs * share))
+        resume = False
         if (run / "config.json").exists() and (run / "last.pt").exists():
-            step(f"train {objective}: reusing {run}")
-            continue
-        step(f"train {objective} ({n_epochs} epochs, cpu-small)")
-        train(
-            TrainConfig(
-                shards=str(shards_dir),
-                run=str(run),
-                objective=objective,
-                preset="cpu-small",
-                epochs=n_epochs,
-                batch_size=batch_size,
-                init=str(runs / init) if init else None,
-                progress=sys.stderr.isatty(),
+            try:
+                last = load_checkpoint(run / "last.pt")
+            except TrainError as e:
+                raise WorkflowError(str(e)) from None
+            if last["epoch"] >= last["config"]["epochs"]:
+                step(f"train {objective}: reusing {run}")
+                continue
+            resume = True
+            n_epochs = last["config"]["epochs"]  # --resume needs the run's own settings
+            step(f"train {objective}: resuming {run} after epoch {last['epoch']}/{n_epochs}")
+        else:
+            step(f"train {objective} ({n_epochs} epochs, cpu-small)")
+        try:
+            train(
+                TrainConfig(
+                    shards=str(shards_dir),
+                    run=str(run),
+                    objective=objective,
+                    preset="cpu-small",
+                    epochs=n_epochs,
+                    batch_size=batch_size,
+                    init=str(runs / init) if init else None,
+                    resume=resume,
+                    progress=sys.stderr.isatty(),
+                )
             )
-        )
+        except TrainError as e:
+            raise WorkflowError(f"train {objective}: {e}") from None
     return done
 
 

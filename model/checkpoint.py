@@ -46,8 +46,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (OSError, RuntimeError) as e:
-        raise TrainError(f"cannot load checkpoint {path}: {e}") from e
+    except Exception as e:  # torch raises many kinds (pickle, zip, EOF, OS) for a bad file
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise TrainError(f"cannot load checkpoint {path}: {first}") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise TrainError(f"{path} is not a specetl checkpoint")
     version = ckpt.get("version", 1)
