@@ -22,6 +22,8 @@ are real. Each galaxy is:
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import warnings
 from dataclasses import dataclass
@@ -58,7 +60,8 @@ DERIVED = ("LOG_MSTAR", "LOG_SSFR", "AGE_MW", "D4000", "HA_EW")
 
 def age_of_universe(z: np.ndarray) -> np.ndarray:
     """Age of the universe at redshift ``z`` in Gyr (bagpipes' cosmology table)."""
-    from bagpipes import utils
+    with contextlib.redirect_stdout(io.StringIO()):  # its import prints banners to stdout
+        from bagpipes import utils
 
     return np.interp(z, utils.z_array, utils.age_at_z)
 
@@ -237,8 +240,9 @@ class Synthesiser:
 
     def __post_init__(self) -> None:
         os.environ.setdefault("MPLBACKEND", "Agg")
-        import bagpipes
-        from bagpipes import config
+        with contextlib.redirect_stdout(io.StringIO()):  # its import prints banners to stdout
+            import bagpipes
+            from bagpipes import config
 
         # bagpipes samples its model at R_spec over [λ_min/(1+max_redshift), λ_max]; our z <= 0.5
         # and SDSS's R ~ 2000 make a far smaller (faster) grid than its defaults (1000, z 10)
