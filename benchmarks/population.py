@@ -215,7 +215,8 @@ def broaden_and_redshift(
 
 def _fast_model_class(bagpipes):
     """bagpipes' model_galaxy with its last step vectorised: ``spectres`` loops in Python over
-    output pixels and takes ~75 % of a model's time; :func:`rebin` gives the same numbers."""
+    output pixels and takes most of a model's time; :func:`rebin` computes the same flux-
+    conserving averages (benchmarks/population_speed.py times both and compares them)."""
 
     class FastSpectrumModel(bagpipes.model_galaxy):
         def _calculate_spectrum(self, model_comp):
