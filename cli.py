@@ -47,6 +47,8 @@ def main(verbose: int) -> None:
       specetl build-shards  grid, mask, normalise, write sharded HDF5 with 70/15/15 splits
       specetl train         train the autoencoder (fidelity / similarity / consistency)
       specetl evaluate      Table 1 metrics and Figure 2 plots
+      specetl embed         latents, chi2 and outlier scores of every object (FITS table)
+      specetl explore       an offline HTML page of an embedding: latent map, spectra, outliers
       specetl demo          all of the above on the bundled real sample, offline
     """
     _setup_logging(verbose)
@@ -494,6 +496,175 @@ def evaluate_cmd(
         for name in ("figure2", "training"):
             if r["figures"].get(name):
                 click.echo(f"  {name}: {r['figures'][name]}")
+
+
+@main.command("embed")
+@click.option(
+    "--run",
+    "run_dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="Trained run folder (its best.pt, else last.pt).",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="FITS table to write (one row per object); replaced atomically.",
+)
+@click.option(
+    "--shards",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Shards folder with index.json (default: the one the run was trained on).",
+)
+@click.option(
+    "--split",
+    type=click.Choice(["train", "valid", "test", "all"]),
+    default="all",
+    show_default=True,
+    help="Which split of the shards to embed.",
+)
+@click.option(
+    "--spectra",
+    "spectra_mode",
+    is_flag=True,
+    help="Embed the spec-lite files (or folders of spec-*.fits) given as arguments instead of "
+    "shards: same preprocessing, scored against the run's outlier model.",
+)
+@click.argument("paths", nargs=-1, metavar="[PATH ...]", type=click.Path(exists=True))
+@click.option(
+    "--catalog",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="With --spectra: CSV/FITS with PLATE, MJD, FIBERID, Z (and SPECOBJID, CLASS) whose Z "
+    "replaces each file's HDU 2 redshift.",
+)
+@click.option(
+    "--release",
+    default=None,
+    help="With --spectra: release whose preprocessing to apply (default: that of the run's shards).",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option(
+    "--device", default="auto", show_default=True, help="auto (GPU if visible), cpu or cuda[:N]."
+)
+def embed_cmd(
+    run_dir: str,
+    out: str,
+    shards: str | None,
+    split: str,
+    spectra_mode: bool,
+    paths: tuple[str, ...],
+    catalog: str | None,
+    release: str | None,
+    batch_size: int,
+    device: str,
+) -> None:
+    """Latents, reconstruction chi2 and outlier scores of every object, as a FITS table.
+
+    \b
+    Columns: SPECOBJID (exact, as text), the release's object key (PLATE, MJD, FIBERID), RA, DEC
+    (when stored), Z, SPLIT, S (latent vector), CHI2 (fidelity term per valid pixel), LOGP,
+    R_DENSITY, R_CHI2, OUTLIER_SCORE, OUTLIER_RANK (1 = most anomalous), SHARD/ROW or FILE.
+    OUTLIER_SCORE = R_DENSITY + R_CHI2: robust z-scores, against the train split, of how far a
+    latent lies from the dense part of the training latents (a Gaussian mixture, fitted once
+    and saved as RUN/outliers.json) and of log chi2 (a spectrum the model cannot reconstruct).
+    The header records the run, checkpoint sha256 and shards index sha256.
+
+    \b
+    Examples:
+      specetl embed --run runs/con --out runs/con/embedding.fits
+      specetl embed --run runs/con --split test --out test.fits
+      specetl embed --run runs/con --out candidates.fits --spectra candidates/*.fits
+    """
+    from model.data import ShardError
+    from model.density import DensityError
+    from model.embed import EmbedError, embed_shards
+    from model.train import TrainError
+
+    try:
+        if spectra_mode or paths:
+            if not paths:
+                raise click.ClickException("--spectra needs at least one file or folder")
+            from workflows import embed_spectra
+
+            files = [
+                f
+                for p in map(Path, paths)
+                for f in (sorted(p.rglob("spec-*.fits")) if p.is_dir() else [p])
+            ]
+            path, errors = embed_spectra(
+                run_dir, files, out, catalog, release, shards, device, batch_size
+            )
+            for e in errors:
+                click.echo(f"skipped {e}", err=True)
+            click.echo(f"{path}: {len(files) - len(errors)} of {len(files)} spectra embedded")
+        else:
+            path = embed_shards(run_dir, out, shards, split, device, batch_size)
+            click.echo(f"{path}: split {split} embedded")
+    except (EmbedError, DensityError, ShardError, TrainError) as e:
+        raise click.ClickException(str(e)) from None
+
+
+@main.command("explore")
+@click.option(
+    "--embedding",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="FITS table written by `specetl embed`.",
+)
+@click.option(
+    "--run",
+    "run_dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="The run that made the embedding (draws the reconstructions).",
+)
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="HTML file to write.")
+@click.option(
+    "--top", type=click.IntRange(min=1), default=50, show_default=True, help="Top outliers listed."
+)
+@click.option(
+    "--sample",
+    type=click.IntRange(min=0),
+    default=150,
+    show_default=True,
+    help="Other objects whose spectra the page carries (random), besides the top outliers.",
+)
+@click.option(
+    "--max-points",
+    type=click.IntRange(min=1000),
+    default=100_000,
+    show_default=True,
+    help="Points drawn on the map; beyond, a random sample (said on the page).",
+)
+@click.option(
+    "--device", default="auto", show_default=True, help="auto (GPU if visible), cpu or cuda[:N]."
+)
+def explore_cmd(
+    embedding: str, run_dir: str, out: str, top: int, sample: int, max_points: int, device: str
+) -> None:
+    """One self-contained HTML page to explore an embedding (opens from file://, no network).
+
+    \b
+    The latent map (colour by z, OUTLIER_SCORE, CHI2, split, ...), hover for id, z and score,
+    click for the object's observed spectrum, reconstruction and restframe model and its
+    SkyServer page; the top outliers one click away.
+
+    \b
+    Example:
+      specetl explore --embedding runs/con/embedding.fits --run runs/con --out explore.html
+    """
+    from model.embed import EmbedError
+    from model.train import TrainError
+    from workflows import explore_page
+
+    try:
+        path = explore_page(embedding, run_dir, out, top, sample, max_points, device)
+    except (EmbedError, TrainError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"{path} ({path.stat().st_size / 1e6:.1f} MB); open it in a browser")
 
 
 @main.command("demo")
