@@ -162,8 +162,9 @@ def shown_rows(n: int, top: np.ndarray, max_points: int, seed: int = 0) -> np.nd
     if n <= max_points:
         return np.arange(n)
     rng = np.random.default_rng(seed)
-    keep = set(rng.choice(n, max_points - len(top), replace=False).tolist()) | set(top.tolist())
-    return np.array(sorted(keep))
+    others = np.setdiff1d(np.arange(n), top)
+    keep = rng.choice(others, max(0, max_points - len(top)), replace=False)
+    return np.sort(np.concatenate([keep, np.asarray(top)]))
 
 
 def write_page(

@@ -288,7 +288,7 @@ def write_embedding(table: dict[str, np.ndarray], path: str | Path, header: dict
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(tmp, overwrite=True, checksum=True)
+        fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(tmp, overwrite=True)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -95,3 +95,36 @@ def build_galaxy_shards(out: Path) -> tuple[Path, list[Path]]:
     (shards_dir / "index.json").write_text(json.dumps(index, indent=1))
     held_out = [r["path"] for s in ("valid", "test") for r, _ in splits[s]]
     return shards_dir, held_out
+
+
+_RUNS: dict[str, tuple[Path, Path, list[Path]]] = {}
+
+
+def trained_galaxy_run(tmp_path_factory) -> tuple[Path, Path, list[Path]]:
+    """(shards, run, held-out galaxy files): one short fidelity run on the real galaxies, made
+    once per test session (the test modules that need it share it).
+
+    One epoch: enough for the machinery (ids, files, pages), not for the science (see
+    test_outliers.py for a model that separates quasars and stars from galaxies).
+    """
+    from model.train import TrainConfig, train
+
+    if "run" in _RUNS:
+        return _RUNS["run"]
+    root = tmp_path_factory.mktemp("embed")
+    shards, held_out = build_galaxy_shards(root)
+    run = root / "run"
+    train(
+        TrainConfig(
+            shards=str(shards),
+            run=str(run),
+            objective="fidelity",
+            preset="cpu-small",
+            epochs=1,
+            batch_size=8,
+            seed=1,
+            progress=False,
+        )
+    )
+    _RUNS["run"] = (shards, run, held_out)
+    return _RUNS["run"]
