@@ -209,11 +209,13 @@ def ensure_outlier_model(
     device: torch.device,
     batch_size: int = 256,
     refit: bool = False,
+    train_table: dict[str, np.ndarray] | None = None,
 ) -> OutlierModel:
     """The run's outlier model (RUN/outliers.json); fitted on the train split if missing or stale.
 
     Stale means fitted for another checkpoint (its sha256 differs); new spectra are then scored
-    against the latents of the model that embeds them.
+    against the latents of the model that embeds them. `train_table` (the train split already
+    embedded, with `s` and `chi2`) spares embedding it again.
     """
     run = Path(run)
     path = run / OUTLIERS_FILE
@@ -224,7 +226,9 @@ def ensure_outlier_model(
             return om
         log.info("%s was fitted for another checkpoint; refitting", path)
     log.info("fitting the latent density on the train split of %s", shards_dir)
-    train = embed_stream(model, iter_shard_batches(shards_dir, ["train"], batch_size), device)
+    train = train_table or embed_stream(
+        model, iter_shard_batches(shards_dir, ["train"], batch_size), device
+    )
     om = fit_outlier_model(
         train["s"],
         train["chi2"],
@@ -363,8 +367,10 @@ def embed_shards(
     if verify:
         for s in splits:
             list_shards(shards_dir, s, verify=True)
-    om = ensure_outlier_model(run, shards_dir, model, dev, batch_size)
     table = embed_stream(model, iter_shard_batches(shards_dir, splits, batch_size), dev)
+    is_train = table["split"] == "train"
+    train = {"s": table["s"][is_train], "chi2": table["chi2"][is_train]} if is_train.any() else None
+    om = ensure_outlier_model(run, shards_dir, model, dev, batch_size, train_table=train)
     add_scores(table, om)
     header = provenance_header(run, shards_dir, om, ckpt)
     header["SPLIT"] = split
