@@ -438,8 +438,7 @@ def _run_partitions(
     from distributed import as_completed
     from tqdm import tqdm
 
-    info = client.scheduler_info()  # type: ignore[attr-defined]
-    slots = max(1, sum(w.get("nthreads", 1) for w in info.get("workers", {}).values()))
+    slots = max(1, sum(client.nthreads().values()))  # type: ignore[attr-defined]
     queue = list(reversed(parts))
 
     def submit() -> object:
