@@ -588,10 +588,16 @@ def build_shards(
         log.info("%d shard(s) planned: %d unchanged, %d to write", len(tasks), len(done), len(todo))
         if todo:
             try:
-                with open(journal_path, "a") as jfh:
-                    for task, out in _run_tasks(
-                        todo, release, shards_dir, compression, workers, scheduler, progress
-                    ):
+                # closing(): a stop in this loop closes the cluster before the cleanup below
+                with (
+                    open(journal_path, "a") as jfh,
+                    contextlib.closing(
+                        _run_tasks(
+                            todo, release, shards_dir, compression, workers, scheduler, progress
+                        )
+                    ) as results,
+                ):
+                    for task, out in results:
                         jfh.write(json.dumps(out) + "\n")
                         jfh.flush()
                         os.fsync(jfh.fileno())

@@ -184,6 +184,15 @@ def space_report(
             f"the downloads fit (~{human_bytes(need)} of {human_bytes(free)} free in {data_dir}) "
             f"but the shards built from them need up to {human_bytes(shards_bytes)} more"
         )
+    log.info(
+        "dry run: %d file(s) to download, ~%s; %s free in %s",
+        files,
+        "?" if need is None else human_bytes(need),
+        human_bytes(free),
+        data_dir,
+    )
+    if warning:
+        log.warning("dry run: %s", warning)
     return {
         "to_download_bytes_estimate": need,
         "shards_bytes_max": shards_bytes,

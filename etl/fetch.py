@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -46,7 +45,7 @@ from etl.catalog import (
     iter_table_columns,
     write_catalog,
 )
-from etl.diskspace import DiskFull, SizeSample, human_bytes, is_disk_full, space_report
+from etl.diskspace import DiskFull, SizeSample, is_disk_full, space_report
 from etl.download import (
     BatchResult,
     DownloadConfig,
@@ -57,6 +56,7 @@ from etl.download import (
     download_jobs,
     download_resumable,
     make_session,
+    remove_partials,
 )
 from etl.release import Release, UnknownRun2d, spec_lite_relpath
 
@@ -342,7 +342,7 @@ def fetch(
         finally:
             _compact_unless_full(ledger_dir)
         if report.stopped:  # tasks cut short when the cluster closed may leave temporary files
-            _remove_partials(spectra_dir)
+            remove_partials(spectra_dir)
     report.to_download = report.selected - report.already_present
     if report.stopped:  # going on cannot help: what was not tried is left for the rerun
         report.not_attempted = report.to_download - report.downloaded - report.n_failed
@@ -371,16 +371,6 @@ def _dry_run_space(
         )
     finally:
         session.close()  # type: ignore[attr-defined]
-    need = report.space["to_download_bytes_estimate"]
-    log.info(
-        "dry run: %d file(s) to download, ~%s; %s free in %s",
-        report.to_download,
-        "?" if need is None else human_bytes(need),
-        human_bytes(report.space["free_bytes"]),
-        rel_dir,
-    )
-    if report.space["warning"]:
-        log.warning("dry run: %s", report.space["warning"])
 
 
 def _compact_unless_full(ledger_dir: Path) -> None:
@@ -391,14 +381,6 @@ def _compact_unless_full(ledger_dir: Path) -> None:
         if not is_disk_full(err):
             raise
         log.warning("ledger: journals not merged (disk full); the next run merges them")
-
-
-def _remove_partials(spectra_dir: Path) -> None:
-    """Delete download temporaries (``.spec-….part``) left by tasks the stop cut short."""
-    for folder, _dirs, files in os.walk(spectra_dir):
-        for name in files:
-            if name.startswith(".spec-") and name.endswith(".part"):
-                Path(folder, name).unlink(missing_ok=True)
 
 
 def _stop_on_full_disk(report: FetchReport, rel_dir: Path) -> FetchReport:

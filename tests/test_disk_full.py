@@ -158,6 +158,33 @@ def test_dry_run_measures_bytes_to_download_against_free_space(
     assert doc["disk_space"]["fits"] is False
 
 
+def test_estimate_from_file_urls_and_unmeasured_reductions(tmp_path):
+    """file:// archives are measured with stat; a reduction none of whose sampled files answers
+    takes the mean of the others; nothing measured at all is "unknown", never 0."""
+    from etl.diskspace import SizeSample, space_report
+
+    files = sorted((SAMPLE_SDSS / "26").rglob("spec-*.fits"))[:30]
+    sample = SizeSample(k=10, seed=1)
+    for f in files:
+        sample.add("26", f.resolve().as_uri())
+    sample.add("v5_13_0", (tmp_path / "absent.fits").as_uri())
+    assert sample.counts == {"26": 30, "v5_13_0": 1} and len(sample.urls["26"]) == 10
+    assert len(set(sample.urls["26"])) == 10  # a sample without repeats
+    doc = space_report(sample, tmp_path, session=None, shards_bytes=0)
+    per = doc["estimate"]["by_run2d"]
+    mean_26 = per["26"]["mean_file_bytes"]
+    assert per["v5_13_0"] == {"files": 1, "sampled": 0, "mean_file_bytes": mean_26}
+    truth = sum(f.stat().st_size for f in files)
+    assert doc["to_download_bytes_estimate"] == pytest.approx(truth + mean_26, rel=0.02)
+    assert doc["fits"] is True and doc["warning"] is None
+
+    nothing = SizeSample()
+    nothing.add("26", (tmp_path / "absent.fits").as_uri())
+    doc = space_report(nothing, tmp_path, session=None)
+    assert doc["to_download_bytes_estimate"] is None and doc["fits"] is None
+    assert doc["warning"].startswith("could not measure")
+
+
 # --- fetch: injected ENOSPC ---------------------------------------------------------------------
 
 
