@@ -40,6 +40,7 @@ from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
@@ -667,7 +668,7 @@ def build_shards(
 
 def _stop_on_full_disk(
     shards_dir: Path, old_report: dict, err: OSError, finished: int, planned: int
-) -> None:
+) -> NoReturn:
     """Leave the folder consistent after a full disk, record the stop, raise one line."""
     removed = 0
     for split in SPLITS:  # temporaries of tasks cut short (finished shards stay: journal)

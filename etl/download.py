@@ -423,18 +423,6 @@ def _fetch_once(session: object, job: Job, dest: Path, cfg: DownloadConfig) -> t
         tmp.unlink(missing_ok=True)
 
 
-def remove_partials(spectra_dir: str | Path) -> int:
-    """Delete download temporaries (``.spec-….<hex>.part``) below ``spectra_dir``: those of tasks
-    cut short when a run stopped (a full disk). Walks the whole tree: only on that path."""
-    removed = 0
-    for folder, _dirs, files in os.walk(spectra_dir):
-        for name in files:
-            if name.startswith(".spec-") and name.endswith(".part"):
-                Path(folder, name).unlink(missing_ok=True)
-                removed += 1
-    return removed
-
-
 class _FileResponse:
     """Just enough of a ``requests.Response`` for a ``file://`` archive (a local mirror)."""
 

@@ -31,6 +31,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -56,7 +57,6 @@ from etl.download import (
     download_jobs,
     download_resumable,
     make_session,
-    remove_partials,
 )
 from etl.release import Release, UnknownRun2d, spec_lite_relpath
 
@@ -341,12 +341,10 @@ def fetch(
                 report.seconds = time.perf_counter() - t0
         finally:
             _compact_unless_full(ledger_dir)
-        if report.stopped:  # tasks cut short when the cluster closed may leave temporary files
-            remove_partials(spectra_dir)
     report.to_download = report.selected - report.already_present
     if report.stopped:  # going on cannot help: what was not tried is left for the rerun
         report.not_attempted = report.to_download - report.downloaded - report.n_failed
-        return _stop_on_full_disk(report, rel_dir)
+        _stop_on_full_disk(report, rel_dir)
     write_json_atomic(rel_dir / "fetch-report.json", report.to_dict(), indent=2)
     log.info(
         "fetch: %d downloaded, %d already present, %d failed (report: %s)",
@@ -383,7 +381,7 @@ def _compact_unless_full(ledger_dir: Path) -> None:
         log.warning("ledger: journals not merged (disk full); the next run merges them")
 
 
-def _stop_on_full_disk(report: FetchReport, rel_dir: Path) -> FetchReport:
+def _stop_on_full_disk(report: FetchReport, rel_dir: Path) -> NoReturn:
     """Record the stop in fetch-report.json (if it still fits) and raise one line."""
     left = report.to_download - report.downloaded - report.n_failed
     detail = (
