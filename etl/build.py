@@ -293,7 +293,7 @@ def build_one_shard(
     """
     try:
         return _build_one_shard(task, preprocessor, attrs, shards_dir, compression)
-    except OSError as err:
+    except (OSError, RuntimeError) as err:  # h5py raises either
         if not is_disk_full(err):
             raise
         return {

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import random
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -52,9 +53,16 @@ class DiskFull(OSError):
         return (type(self), (self.path, self.detail))
 
 
+#: how the C libraries' messages say it when no errno reaches Python (HDF5 via h5py)
+_NO_SPACE_TEXT = tuple(os.strerror(e) for e in sorted(NO_SPACE_ERRNOS))
+
+
 def is_disk_full(err: BaseException) -> bool:
-    """Whether ``err`` says the device (or the quota) has no room left."""
-    return isinstance(err, OSError) and err.errno in NO_SPACE_ERRNOS
+    """Whether ``err`` says the device (or the quota) has no room left: an ``OSError`` with
+    that errno, or an ``OSError``/``RuntimeError`` from h5py whose HDF5 message carries it."""
+    if isinstance(err, OSError) and err.errno in NO_SPACE_ERRNOS:
+        return True
+    return isinstance(err, OSError | RuntimeError) and any(s in str(err) for s in _NO_SPACE_TEXT)
 
 
 def free_bytes(path: str | Path) -> int:

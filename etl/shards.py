@@ -207,7 +207,7 @@ class ShardWriter:
         try:
             if self._h5.id.valid:
                 self._h5.close()
-        except OSError:
+        except (OSError, RuntimeError):
             pass  # closing after a failed write (a full disk) can fail again; the file goes anyway
         finally:
             self.tmp.unlink(missing_ok=True)

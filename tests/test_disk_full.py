@@ -368,3 +368,19 @@ def test_build_on_a_real_small_file_system(tmp_path, tmpfs):
     assert verify_shards(shards) == []
     listed = {e["path"] for e in read_index(shards)["shards"]}
     assert {f"{p.parent.name}/{p.name}" for p in shards.glob("*/*")} == listed
+
+
+def test_disk_full_is_recognised_as_python_and_hdf5_say_it():
+    from etl.diskspace import DiskFull, is_disk_full
+
+    h5_message = (  # the shape of h5py's message when HDF5's write fails (seen on a tmpfs)
+        "Can't decrement id ref count (file write failed: time = …, filename = 'x.h5', "
+        "file descriptor = 3, errno = 28, error message = 'No space left on device', …)"
+    )
+    assert is_disk_full(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "x"))
+    assert is_disk_full(OSError(errno.EDQUOT, os.strerror(errno.EDQUOT), "x"))  # a full quota
+    assert is_disk_full(RuntimeError(h5_message)) and is_disk_full(OSError(h5_message))
+    assert is_disk_full(DiskFull("DATA"))
+    assert not is_disk_full(OSError(errno.EACCES, os.strerror(errno.EACCES), "x"))
+    assert not is_disk_full(ValueError(os.strerror(errno.ENOSPC)))
+    assert str(DiskFull("DATA", "rerun")) == "disk full: no space left on the device of DATA; rerun"
