@@ -7,14 +7,14 @@ surprise. Two tools here:
   to download, measured by HEAD requests on a seeded random sample of the files still missing,
   per reduction (run2d), times the number of missing files of that reduction. A spec-lite file's
   size is set by its pixel count, which is nearly constant within a reduction (the bundled sample:
-  ~173 kB for SDSS-I/II, ~218 kB for BOSS/eBOSS, a few per cent spread), so
-  :data:`SAMPLE_PER_RUN2D` requests per reduction pin the total to a few per cent. Sizes are
-  measured, not tabulated, so a new release or mirror needs no table. A ``file://`` archive is
-  measured with ``stat``.
+  run2d 26, 132 files, mean 173.5 kB, standard deviation 0.7 %; v5_13_2, 32 files, 217.5 kB,
+  0.7 %), so :data:`SAMPLE_PER_RUN2D` requests per reduction pin the total to about a per cent.
+  Sizes are measured, not tabulated, so a new release or mirror needs no table. A ``file://``
+  archive is measured with ``stat``.
 - :class:`DiskFull` is the one exception for "no space left" (ENOSPC, or EDQUOT for a quota):
   where going on cannot help, the pipelines stop at once with one line instead of failing every
-  remaining file. :func:`is_disk_full` recognises the condition in any ``OSError`` (h5py reports
-  it as an ``OSError`` with errno 28 too).
+  remaining file. :func:`is_disk_full` recognises the condition in an ``OSError``'s errno and in
+  the messages h5py raises (HDF5 does not always pass the errno through).
 """
 
 from __future__ import annotations
