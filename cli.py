@@ -110,7 +110,9 @@ scheduler_option = click.option(
 @click.option(
     "--dry-run",
     is_flag=True,
-    help="Select and write the catalogue, report what would be downloaded, download nothing.",
+    help="Select and write the catalogue, report what would be downloaded and its estimated "
+    "size (HEAD requests on a sample) against the free space of DATA; download nothing. "
+    "Exits 1 when it will not fit.",
 )
 def fetch_cmd(
     release: str,
@@ -150,6 +152,20 @@ def fetch_cmd(
         )
     except (ManifestError, CatalogError, OSError) as err:
         raise click.ClickException(str(err)) from None
+    space = report.space or {}
+    if report.dry_run:
+        from etl.diskspace import human_bytes
+
+        need = space.get("to_download_bytes_estimate")
+        click.echo(
+            f"dry run: {report.to_download} file(s) to download, "
+            f"~{'?' if need is None else human_bytes(need)}; "
+            f"{human_bytes(space.get('free_bytes', 0))} free in {data_dir}"
+        )
+    if space.get("warning"):
+        click.echo(f"fetch --dry-run: WARNING: {space['warning']}", err=True)
+    if space.get("fits") is False:
+        sys.exit(1)
     if not report.ok:
         click.echo(
             f"fetch: {report.n_failed} object(s) failed; see "
