@@ -32,9 +32,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from model.autoencoder import PRESETS, ModelConfig, SpectrumAutoencoder  # noqa: E402
+from model.checkpoint import CHECKPOINT_FORMAT  # noqa: E402
 from model.data import list_shards, read_wave_obs  # noqa: E402
 from model.embed import embed_batch, embed_shards, read_rows  # noqa: E402
-from model.train import CHECKPOINT_FORMAT, pick_device  # noqa: E402
+from model.train import pick_device  # noqa: E402
 
 
 def make_run(run: Path, shards: Path, preset: str) -> None:
