@@ -560,7 +560,13 @@ def evaluate_cmd(
     default=None,
     help="With --spectra: release whose preprocessing to apply (default: that of the run's shards).",
 )
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="Spectra per forward pass (memory: ~120 kB of spectra per row, plus the model's).",
+)
 @click.option(
     "--device", default="auto", show_default=True, help="auto (GPU if visible), cpu or cuda[:N]."
 )
