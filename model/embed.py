@@ -31,6 +31,7 @@ from model.autoencoder import SpectrumAutoencoder
 from model.data import ShardError, file_sha256, index_sha256, list_shards
 from model.density import (
     OUTLIERS_FILE,
+    DensityError,
     OutlierModel,
     fit_outlier_model,
     load_outlier_model,
@@ -221,10 +222,14 @@ def ensure_outlier_model(
     path = run / OUTLIERS_FILE
     ckpt_sha = file_sha256(checkpoint_path(run))
     if path.exists() and not refit:
-        om = load_outlier_model(path)
-        if om.provenance.get("checkpoint_sha256") == ckpt_sha:
-            return om
-        log.info("%s was fitted for another checkpoint; refitting", path)
+        try:
+            om = load_outlier_model(path)
+        except DensityError as e:  # derived data: an old or damaged file is fitted again
+            log.warning("%s; refitting", e)
+        else:
+            if om.provenance.get("checkpoint_sha256") == ckpt_sha:
+                return om
+            log.info("%s was fitted for another checkpoint; refitting", path)
     log.info("fitting the latent density on the train split of %s", shards_dir)
     train = train_table or embed_stream(
         model, iter_shard_batches(shards_dir, ["train"], batch_size), device

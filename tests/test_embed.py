@@ -181,3 +181,14 @@ def test_rank_and_auc_on_scores():
     assert roc_auc(score, positive) == 1.0
     assert roc_auc(-score, positive) == 0.0
     assert roc_auc(np.zeros(5), positive) == 0.5
+
+
+def test_damaged_outlier_model_is_fitted_again(trained, tmp_path):
+    shards, run, _ = trained
+    good = (run / OUTLIERS_FILE).read_text() if (run / OUTLIERS_FILE).exists() else None
+    (run / OUTLIERS_FILE).write_text('{"format": "specetl-outliers", "truncated')
+    embed_shards(run, tmp_path / "e.fits", split="test", device="cpu")
+    om = load_outlier_model(run / OUTLIERS_FILE)  # readable again, for this checkpoint
+    assert om.provenance["checkpoint_sha256"] == file_sha256(run / "best.pt")
+    if good is not None:
+        assert json.loads(good)["mixture"] == om.to_dict()["mixture"]
