@@ -215,7 +215,10 @@
     let html = `<h3 id="obj-id">${id}</h3><table>`;
     for (const [k, v] of Object.entries(p.info)) html += `<tr><td>${k}</td><td>${typeof v[i] === "number" && !Number.isInteger(v[i]) ? fmt(v[i]) : v[i]}</td></tr>`;
     html += "</table>";
-    if (p.link[i]) html += `<p><a href="${p.link[i]}" target="_blank" rel="noopener">SkyServer page of ${id}</a></p>`;
+    if (p.linkable[i]) {
+      const url = D.link_template.replace("{id}", encodeURIComponent(id));
+      html += `<p><a id="obj-link" href="${url}" target="_blank" rel="noopener">SkyServer page of ${id}</a></p>`;
+    }
     $("info").innerHTML = html;
     const s = decoded(i), so = $("spec-obs"), sr = $("spec-rest");
     if (!s) {

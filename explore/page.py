@@ -110,12 +110,12 @@ def page_data(
             colour[k] = {"label": k.upper(), "values": _num(v, 4)}
     release = str(header.get("RELEASE", "dr16")).lower()
     plate = sub.get("plate")
-    links = [
-        skyserver_url(release, sid)
-        if plate is not None and 0 < int(plate[k]) < FIRST_SYNTHETIC_PLATE
-        else ""
-        for k, sid in enumerate(sub["specobjid"].tolist())
-    ]
+    # real SDSS objects link to SkyServer; the page builds each URL from this template
+    linkable = (
+        [int(0 < int(p) < FIRST_SYNTHETIC_PLATE) for p in plate.tolist()]
+        if plate is not None
+        else [0] * len(shown)
+    )
     info = {}
     for k in INFO:
         if k in sub:
@@ -129,6 +129,7 @@ def page_data(
             )
     return {
         "axes": axes,
+        "link_template": skyserver_url(release, "{id}"),
         "default_colour": "outlier_score" if "outlier_score" in colour else "z",
         "points": {
             "x": _num(xy[:, 0], 6),
@@ -137,7 +138,7 @@ def page_data(
             "z": _num(sub["z"]),
             "score": _num(sub["outlier_score"]),
             "rank": sub["outlier_rank"].astype(int).tolist(),
-            "link": links,
+            "linkable": linkable,
             "info": info,
             "colour": colour,
         },
@@ -158,7 +159,8 @@ def page_data(
 
 
 def shown_rows(n: int, top: np.ndarray, max_points: int, seed: int = 0) -> np.ndarray:
-    """Rows drawn on the map: all when n <= max_points, else a random sample plus every top row."""
+    """Rows drawn on the map: all when n <= max_points, else a random sample plus every `top`
+    row (the rows the page carries spectra of)."""
     if n <= max_points:
         return np.arange(n)
     rng = np.random.default_rng(seed)
@@ -181,7 +183,9 @@ def write_page(
 ) -> Path:
     """Write the page to `out` (temporary name, then rename); returns the path."""
     n = len(cols["z"])
-    shown = shown_rows(n, top, max_points)
+    # every row whose spectrum the page carries is drawn (top outliers first among them)
+    carried = np.union1d(np.asarray(top, dtype=np.int64), np.array(sorted(spectra), dtype=np.int64))
+    shown = shown_rows(n, carried, max_points)
     data = page_data(cols, header, spectra, wave_obs, wave_rest, top, shown)
     sampling = (
         f"The map shows all {n:,} objects."

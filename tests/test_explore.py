@@ -57,7 +57,8 @@ def test_page_is_self_contained_and_carries_the_top_outliers(page):
     assert set(data["top"]) <= carried and len(carried) == 9  # top 5 + a sample of 4
     assert "the page carries the spectra of the top 5 outliers" in html
     # real SDSS objects link to their SkyServer page
-    assert data["points"]["link"][0].startswith("https://skyserver.sdss.org/dr16/")
+    assert data["link_template"].startswith("https://skyserver.sdss.org/dr16/")
+    assert all(data["points"]["linkable"])
     assert {"z", "outlier_score", "log_chi2", "split", "class"} <= set(data["points"]["colour"])
 
 
@@ -111,6 +112,8 @@ def test_click_a_point_in_chromium_shows_its_id_and_spectrum(page, tmp_path):
         browser.find_element(By.CSS_SELECTOR, "#top li a").click()
         rank1 = int(np.flatnonzero(cols["outlier_rank"] == 1)[0])
         assert browser.find_element(By.ID, "obj-id").text == str(cols["specobjid"][rank1])
+        link = browser.find_element(By.ID, "obj-link").get_attribute("href")
+        assert link.endswith("sid=" + str(cols["specobjid"][rank1]))
         shot = os.environ.get("SPECETL_EXPLORE_SCREENSHOT")  # docs/explore.png is made this way
         browser.save_screenshot(shot or str(tmp_path / "explore.png"))
         assert browser.get_log("browser") == [] or all(
