@@ -46,6 +46,7 @@ def _shard_rows(shards: Path) -> dict[str, dict]:
     return out
 
 
+@pytest.mark.slow
 def test_embed_cli_writes_exact_ids_scores_and_provenance(trained, tmp_path):
     shards, run, _ = trained
     out = tmp_path / "emb.fits"
@@ -88,6 +89,7 @@ def test_embed_cli_writes_exact_ids_scores_and_provenance(trained, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["emb.fits"]
 
 
+@pytest.mark.slow
 def test_killed_embed_leaves_no_partial_file(trained, tmp_path, monkeypatch):
     shards, run, _ = trained
     out = tmp_path / "emb.fits"
@@ -105,6 +107,7 @@ def test_killed_embed_leaves_no_partial_file(trained, tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["emb.fits"]
 
 
+@pytest.mark.slow
 def test_embed_spectra_agrees_with_shards_and_scores_real_non_galaxies(trained, tmp_path):
     """A held-out galaxy file embedded with --spectra lands exactly where its shard row does."""
     shards, run, held_out = trained
@@ -128,6 +131,7 @@ def test_embed_spectra_agrees_with_shards_and_scores_real_non_galaxies(trained, 
         assert cols["outlier_score"][k] == pytest.approx(by_id["outlier_score"][j], abs=1e-3)
 
 
+@pytest.mark.slow
 def test_v2_shard_ids_as_bytes_with_object_key_and_sky_position(trained, tmp_path):
     """Shard format v2: specobjid as ASCII bytes, `object_key` attribute, ra/dec per row."""
     shards, run, _ = trained
@@ -155,6 +159,7 @@ def test_v2_shard_ids_as_bytes_with_object_key_and_sky_position(trained, tmp_pat
         assert (cols["ra"][k], cols["dec"][k]) == pytest.approx(ids[s])
 
 
+@pytest.mark.slow
 def test_outlier_model_round_trip_and_mixture_density(trained, tmp_path):
     shards, run, _ = trained
     emb = tmp_path / "e.fits"
@@ -183,6 +188,7 @@ def test_rank_and_auc_on_scores():
     assert roc_auc(np.zeros(5), positive) == 0.5
 
 
+@pytest.mark.slow
 def test_damaged_outlier_model_is_fitted_again(trained, tmp_path):
     shards, run, _ = trained
     good = (run / OUTLIERS_FILE).read_text() if (run / OUTLIERS_FILE).exists() else None

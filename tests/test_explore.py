@@ -43,6 +43,7 @@ def _data(html: str) -> dict:
     return json.loads(m.group(1))
 
 
+@pytest.mark.slow
 def test_page_is_self_contained_and_carries_the_top_outliers(page):
     out, cols = page
     html = out.read_text()
@@ -87,6 +88,7 @@ def _chrome():
     return webdriver.Chrome(options=opts, service=Service(driver))
 
 
+@pytest.mark.slow
 def test_click_a_point_in_chromium_shows_its_id_and_spectrum(page, tmp_path):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
