@@ -11,7 +11,7 @@ import logging
 
 import numpy as np
 
-from etl.catalog import CatalogError, _parse_csv_column
+from etl.catalog import SDSS_KEY, CatalogError, _parse_csv_column
 from etl.release import Selection
 
 log = logging.getLogger(__name__)
@@ -104,10 +104,11 @@ def iter_sql_pages(
     from astroquery.sdss import SDSS, conf
 
     table = release.catalog.sql_table
-    if not table:
+    if not table or tuple(release.key) != SDSS_KEY:
         raise CatalogError(
-            f"{release.name}: SkyServer has no table with what the cuts need for this release; "
-            f"use --catalog specobj (the bulk summary file) or --catalog PATH"
+            f"{release.name}: SkyServer has no table with this release's object key "
+            f"({', '.join(release.key)}) and the cuts' columns; use --catalog specobj (the bulk "
+            "summary file) or --catalog PATH"
         )
     after: int | None = None
     page = 0

@@ -47,12 +47,12 @@ class RealTable:
         return next(i for i in range(1, n + 1) if self.header[f"TTYPE{i}"] == name)
 
 
-def stack_hdu2(files: list[Path]) -> RealTable:
+def stack_hdu2(files: list[Path], hdu_index: int = 2) -> RealTable:
     """The HDU 2 rows of ``files`` (which must share one HDU 2 layout) as one table."""
     rows, header = [], None
     for path in files:
         with fits.open(path) as hdul:
-            hdu = hdul[2]
+            hdu = hdul[hdu_index]
             dtype = _big_endian(hdu.data.dtype)  # the raw (unscaled) record layout of the file
             offset = hdu.fileinfo()["datLoc"]
             cards = [(k, v) for k, v in hdu.header.items() if k.startswith(("TTYPE", "TFORM"))]
@@ -111,8 +111,10 @@ def spall_table(signed_ids: bool = False) -> RealTable:
 
 
 def sdssv_spall_table() -> RealTable:
-    """SDSS-V spAll-lite format: the HDU 2 (SPALL) rows of the three bundled SDSS-V files."""
-    return stack_hdu2(sorted(SAMPLE_SDSSV.rglob("spec-*.fits")))
+    """SDSS-V spAll-lite format: ``sample/sdss-v/spall-rows.fits``, the HDU 2 (SPALL) rows of the
+    three bundled SDSS-V files as they are (their string widths differ file to file, so they were
+    stacked with astropy, which widens each string column to its longest value)."""
+    return stack_hdu2([SAMPLE_SDSSV / "spall-rows.fits"], hdu_index=1)
 
 
 def repeat_rows(table: RealTable, copies: int) -> RealTable:
