@@ -193,3 +193,22 @@ def test_specprimary_and_scienceprimary_together(tmp_path):
     flipped = [dict(r, SPECPRIMARY=str(1 - int(r["SCIENCEPRIMARY"]))) for r in rows]
     with pytest.raises(CatalogError, match=r"SPECPRIMARY and SCIENCEPRIMARY disagree on 177 row"):
         build_catalog(release, tmp_path / "F", str(_write_rows(tmp_path / "b.csv", flipped)))
+
+
+def test_v1_shards_stay_readable(tmp_path):
+    """A shard written by format v1 (uint64 ids, int32 plate/mjd/fiberid) reads as before."""
+    import h5py
+
+    from etl.shards import V1_DATASETS, row_datasets
+
+    ids = np.array([2**63 + 2**50, 299489676975171584], dtype=np.uint64)
+    with h5py.File(tmp_path / "v1.h5", "w") as h5:
+        h5.attrs.update({"format": "specetl-shard", "format_version": 1})
+        for name, dtype in V1_DATASETS.items():
+            shape = (2, 4) if name in ("flux", "ivar") else (2,)
+            h5.create_dataset(name, data=np.ones(shape, dtype=dtype))
+        h5["specobjid"][:] = ids
+        h5.create_dataset("wave_obs", data=np.arange(4.0))
+    got = read_shard(tmp_path / "v1.h5")
+    assert got["specobjid"].tolist() == ids.tolist() and got["plate"].dtype == np.int32
+    assert set(row_datasets(got["attrs"])) == set(V1_DATASETS)
