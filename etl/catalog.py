@@ -22,7 +22,8 @@ object, so even a 5M-object release fits comfortably (spectra never do).
 
 Aliases (source names match case-insensitively): ``SPECOBJID`` also ``SPECOBJ_ID``; ``Z_ERR`` also
 ``ZERR`` (SkyServer's zErr). Position: the first *pair* present of RACAT/DECCAT (SDSS-V catalogue
-position), PLUG_RA/PLUG_DEC (fibre position: specObj, spAll), RA/DEC (SkyServer, user tables).
+position), PLUG_RA/PLUG_DEC (fibre position: specObj, spAll), RA/DEC (SkyServer, user tables);
+a row whose value there is missing or off the sky (NaN, -999) takes the next pair's, else NaN.
 The science-primary flag is ``SPECPRIMARY`` (specObj, spAll, SDSS-V spAll-lite, HDU 2 of every
 spec file) or ``SCIENCEPRIMARY`` (SkyServer's sciencePrimary): the same flag under two names. A
 table with both is accepted only if they agree on every row (otherwise it is an error: which one
@@ -36,7 +37,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -141,10 +142,11 @@ def _resolve(names: Sequence[str], key: Sequence[str], need_primary: bool) -> di
         hit = [by_upper[a] for a in aliases if a in by_upper]
         if hit and col not in found:
             found[col] = hit if col == "SPECPRIMARY" else hit[:1]
-    for ra, dec in POSITION_PAIRS:
-        if ra in by_upper and dec in by_upper:
-            found["RA"], found["DEC"] = [by_upper[ra]], [by_upper[dec]]
-            break
+    pairs = [
+        (by_upper[ra], by_upper[dec]) for ra, dec in POSITION_PAIRS if {ra, dec} <= set(by_upper)
+    ]
+    if pairs:  # every pair present, in precedence order (a later one fills a row's gap)
+        found["RA"], found["DEC"] = [p[0] for p in pairs], [p[1] for p in pairs]
     required = [c for c in catalog_columns(key) if c != "SPECPRIMARY" or need_primary]
     missing = [c for c in required if c not in found]
     if missing:
@@ -176,6 +178,11 @@ def as_catalog(
             n = len(np.asarray(columns[found["SPECOBJID"][0]]))
             out[name] = np.full(n, -1, dtype=np.int8)
             continue
+        if name == "RA":
+            out["RA"], out["DEC"] = _position(columns, found["RA"], found["DEC"], source)
+            continue
+        if name == "DEC":
+            continue
         values = np.asarray(columns[found[name][0]])
         if name == "SPECOBJID":
             out[name] = _ids(values, source)
@@ -198,6 +205,33 @@ def as_catalog(
             except (TypeError, ValueError) as err:
                 raise CatalogError(f"{source}: column {found[name][0]}: {err}") from None
     return out
+
+
+def _position(
+    columns: Mapping[str, object], ras: list[str], decs: list[str], source: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """RA, DEC (degrees) from the first pair present; a row whose value is missing or outside
+    the sky (NaN, or a sentinel such as -999 where an object has no catalogue position) takes the
+    next pair's. Rows no pair places stay NaN."""
+    try:
+        ra = np.asarray(columns[ras[0]], dtype=np.float64).copy()
+        dec = np.asarray(columns[decs[0]], dtype=np.float64).copy()
+        for r_name, d_name in zip(ras[1:], decs[1:], strict=True):
+            bad = ~_on_sky(ra, dec)
+            if not bad.any():
+                break
+            ra[bad] = np.asarray(columns[r_name], dtype=np.float64)[bad]
+            dec[bad] = np.asarray(columns[d_name], dtype=np.float64)[bad]
+    except (TypeError, ValueError) as err:
+        raise CatalogError(f"{source}: position column: {err}") from None
+    bad = ~_on_sky(ra, dec)
+    ra[bad], dec[bad] = np.nan, np.nan
+    return ra, dec
+
+
+def _on_sky(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore"):
+        return (ra >= 0) & (ra <= 360) & (dec >= -90) & (dec <= 90)
 
 
 def _flag(values: object, source: str, name: str) -> np.ndarray:
@@ -234,7 +268,10 @@ def read_catalog(path: str | Path, key: Sequence[str] = SDSS_KEY) -> Catalog:
         table = Table.read(path, format="fits", character_as_bytes=False)
     except (OSError, ValueError) as err:
         raise CatalogError(f"{path}: unreadable catalogue ({err})") from None
-    return as_catalog({name: np.asarray(table[name]) for name in table.colnames}, str(path), key)
+    try:
+        return as_catalog({n: np.asarray(table[n]) for n in table.colnames}, str(path), key)
+    except CatalogError as err:  # e.g. written by an older specetl (no RA/DEC) or another release
+        raise CatalogError(f"{err} (run `specetl fetch` again to rewrite it)") from None
 
 
 def selection_masks(catalog: Mapping[str, np.ndarray], cuts: Selection) -> dict[str, np.ndarray]:
@@ -325,105 +362,3 @@ def select(
     sel = Selector(cuts, source, key)
     sel.add(columns)
     return sel.result()
-
-
-def _int(text: str) -> int:
-    text = text.strip()
-    try:
-        return int(text) if text else 0
-    except ValueError:
-        value = float(text)  # "3.0" from a spreadsheet: accepted only if integral
-        if not value.is_integer():
-            raise
-        return int(value)
-
-
-# --- reading tables ------------------------------------------------------------------------------
-
-
-def iter_fits_columns(
-    path: str | Path, key: Sequence[str] = SDSS_KEY, chunk_rows: int = 100_000
-) -> Iterator[dict[str, np.ndarray]]:
-    """Yield ``{COLUMN: array}`` chunks of HDU1 of a FITS table (plain or ``.gz``).
-
-    Reads the file forward in chunks of ``chunk_rows`` whole rows and decodes only the columns
-    the contract can use (:func:`source_names`), so peak memory is O(chunk_rows × row width)
-    whatever the file's length (5M rows for the real specObj; the gzip-compressed SDSS-V
-    ``spAll-lite`` is decompressed on the fly, never to disk or to memory as a whole). The first
-    chunk is yielded even for a table with no rows, so its columns are checked.
-    """
-    import gzip
-
-    from etl.fitsread import FitsError, iter_table_rows
-
-    path = Path(path)
-    with open(path, "rb") as raw:
-        gz = raw.read(2) == b"\x1f\x8b"
-    opener = gzip.open if gz else open
-    try:
-        with opener(path, "rb") as stream:
-            yield from iter_table_rows(stream, 1, sorted(source_names(key)), chunk_rows)
-    except (FitsError, EOFError, gzip.BadGzipFile) as err:
-        raise CatalogError(f"{path}: HDU1 is not a readable binary table ({err})") from None
-
-
-def iter_table_columns(path: str | Path, key: Sequence[str] = SDSS_KEY, chunk_rows: int = 100_000):
-    """Yield column chunks from a local FITS (optionally .gz), CSV or ECSV table."""
-    path = Path(path)
-    if not path.is_file():
-        raise CatalogError(f"{path}: no such catalogue file")
-    suffix = "".join(path.suffixes[-2:]).lower()
-    if suffix.endswith((".fits", ".fit", ".fits.gz", ".fit.gz")):
-        yield from iter_fits_columns(path, key, chunk_rows=chunk_rows)
-    elif suffix.endswith(".ecsv"):
-        from astropy.table import Table
-
-        table = Table.read(path, format="ascii.ecsv")
-        yield {n: np.asarray(table[n]) for n in table.colnames}
-    elif suffix.endswith(".csv"):
-        yield from _iter_csv(path, key, chunk_rows)
-    else:
-        raise CatalogError(f"{path}: unknown table format (use .fits, .fits.gz, .csv or .ecsv)")
-
-
-def _iter_csv(path: Path, key: Sequence[str], chunk_rows: int):
-    # The csv module keeps every value a string, so long ids never pass through float.
-    import csv
-
-    wanted = source_names(key)
-    with open(path, newline="", encoding="utf-8") as f:
-        lines = (line for line in f if not line.startswith("#"))
-        reader = csv.reader(lines)
-        try:
-            header = [h.strip() for h in next(reader)]
-        except StopIteration:
-            raise CatalogError(f"{path}: empty CSV (no header line)") from None
-        keep = [(i, h) for i, h in enumerate(header) if h.upper() in wanted]
-        first = True
-        while True:
-            rows = [r for _, r in zip(range(chunk_rows), reader, strict=False)]
-            if not rows and not first:
-                return
-            first = False
-            if any(len(r) != len(header) for r in rows):
-                raise CatalogError(f"{path}: a row has not {len(header)} fields")
-            cols: dict = dict.fromkeys(header)  # unread columns still name themselves in errors
-            cols.update((h, _parse_csv_column([r[i] for r in rows], h)) for i, h in keep)
-            yield cols
-            if not rows:
-                return
-
-
-def _parse_csv_column(values: list[str], name: str) -> np.ndarray:
-    """A CSV column: ids and strings stay text; numbers parsed exactly (ints never via float)."""
-    upper = name.upper()
-    if upper in SOURCE_ALIASES["SPECOBJID"] or upper in ("RUN2D", "CLASS"):
-        return np.array(values, dtype=str)
-    if upper in SOURCE_ALIASES["SPECPRIMARY"]:
-        return np.array(values, dtype=str)  # 0/1 or True/False: _flag reads both
-    try:
-        if upper in {n for pair in POSITION_PAIRS for n in pair} | {"Z", "Z_ERR", "ZERR"}:
-            return np.array([float(v) if v.strip() else np.nan for v in values], dtype=np.float64)
-        return np.array([_int(v) for v in values], dtype=np.int64)
-    except ValueError as err:
-        raise CatalogError(f"column {name}: {err}") from None

@@ -39,8 +39,6 @@ from etl.catalog import (
     Catalog,
     CatalogError,
     Selector,
-    iter_fits_columns,
-    iter_table_columns,
     write_catalog,
 )
 from etl.download import (
@@ -55,6 +53,7 @@ from etl.download import (
 )
 from etl.release import Release, UnknownRun2d
 from etl.skyserver import iter_sql_pages
+from etl.tables import iter_fits_columns, iter_table_columns
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,9 @@ import logging
 
 import numpy as np
 
-from etl.catalog import SDSS_KEY, CatalogError, _parse_csv_column
+from etl.catalog import SDSS_KEY, CatalogError
 from etl.release import Selection
+from etl.tables import parse_csv_column
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def parse_skyserver_csv(text: str) -> tuple[dict[str, np.ndarray], int | None]:
     rows = list(csv.reader(lines[1:]))
     if any(len(r) != len(header) for r in rows):
         raise SqlError("SkyServer answer has rows of the wrong width (truncated?)")
-    cols = {name: _parse_csv_column([r[i] for r in rows], name) for i, name in enumerate(header)}
+    cols = {name: parse_csv_column([r[i] for r in rows], name) for i, name in enumerate(header)}
     # SkyServer's bigint is signed: ids of plates >= 8192 come back negative. Keep the signed
     # value for paging, store the unsigned one (the bit pattern SDSS defines).
     signed = [int(v) for v in cols["SPECOBJID"].tolist()]

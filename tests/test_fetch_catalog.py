@@ -17,10 +17,11 @@ from astropy.io import fits
 from astropy.table import Table
 from fetch_support import FAST, SAMPLE_CATALOG, sample_rows
 
-from etl.catalog import Selector, iter_fits_columns, read_catalog, select
+from etl.catalog import Selector, read_catalog, select
 from etl.fetch import build_catalog
 from etl.mirror import ArchiveMirror
 from etl.skyserver import SqlError, parse_skyserver_csv
+from etl.tables import iter_fits_columns
 
 DATA = Path(__file__).parent / "data" / "fetch"
 

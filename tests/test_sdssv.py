@@ -173,3 +173,19 @@ def test_missing_key_column_names_the_release_key(dr20qso, tmp_path):
     path = specobj_table().write(tmp_path / "specobj.fits")
     with pytest.raises(CatalogError, match=r"missing column\(s\) FIELD, CATALOGID; the table has"):
         build_catalog(dr20qso, tmp_path / "DATA", str(path))
+
+
+def test_a_row_without_catalogue_position_takes_the_fibre_position(dr20qso, tmp_path):
+    table = sdssv_spall_table()
+    table.rows["RACAT"][0] = -999.0  # injected: an object without a catalogue position
+    table.rows["DECCAT"][0] = -999.0
+    path = table.write(tmp_path / "spall.fits")
+    with fits.open(path) as hdul:
+        d = hdul[1].data
+        plug = dict(zip(d["SPECOBJID"].tolist(), d["PLUG_RA"].tolist(), strict=True))
+        cat_ra = dict(zip(d["SPECOBJID"].tolist(), d["RACAT"].tolist(), strict=True))
+    cat, _ = build_catalog(dr20qso, tmp_path / "DATA", str(path))
+    for sid, ra in zip(cat["SPECOBJID"].tolist(), cat["RA"].tolist(), strict=True):
+        want = plug[sid] if cat_ra[sid] == -999.0 else cat_ra[sid]
+        assert ra == want
+    assert -999.0 in cat_ra.values()
