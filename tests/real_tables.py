@@ -10,6 +10,7 @@ value except where a function says so.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +49,14 @@ class RealTable:
 
 
 def stack_hdu2(files: list[Path], hdu_index: int = 2) -> RealTable:
-    """The HDU 2 rows of ``files`` (which must share one HDU 2 layout) as one table."""
+    """The HDU 2 rows of ``files`` (which must share one HDU 2 layout) as one table (a copy:
+    callers may change it; the stack itself is made once per test session)."""
+    header, rows = _stack(tuple(files), hdu_index)
+    return RealTable(header.copy(), rows.copy())
+
+
+@functools.lru_cache(maxsize=8)
+def _stack(files: tuple[Path, ...], hdu_index: int) -> tuple[fits.Header, np.ndarray]:
     rows, header = [], None
     for path in files:
         with fits.open(path) as hdul:
@@ -63,7 +71,7 @@ def stack_hdu2(files: list[Path], hdu_index: int = 2) -> RealTable:
         raw = np.fromfile(path, dtype=dtype, count=int(hdu.header["NAXIS2"]), offset=offset)
         rows.append(raw.tobytes())
     # (np.concatenate would turn the big-endian fields native: join the bytes instead)
-    return RealTable(header, np.frombuffer(b"".join(rows), dtype=dtype).copy())
+    return header, np.frombuffer(b"".join(rows), dtype=dtype).copy()
 
 
 def _big_endian(dtype: np.dtype) -> np.dtype:
