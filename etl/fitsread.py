@@ -23,6 +23,8 @@ import numpy as np
 
 BLOCK = 2880
 CARD = 80
+#: most bytes of table rows :func:`iter_table_rows` holds at once
+CHUNK_BYTES = 16 << 20
 
 # TFORM letter -> (numpy big-endian dtype, bytes per element)
 _TFORM = {
@@ -247,7 +249,7 @@ def decode_column(values: np.ndarray, header: Mapping[str, str], i: int) -> np.n
     zero = _value(header[f"TZERO{i}"]) if f"TZERO{i}" in header else None
     tform = _str(header, f"TFORM{i}").upper()
     if values.dtype.kind == "S":
-        return np.char.decode(np.char.rstrip(values), "ascii", "replace")
+        return _decode_ascii(values)
     if tform.endswith("L"):
         return values == ord("T")
     native = values.astype(values.dtype.newbyteorder("="))
@@ -260,6 +262,16 @@ def decode_column(values: np.ndarray, header: Mapping[str, str], i: int) -> np.n
     if scale is not None or zero is not None:
         return native * float(scale or 1) + float(zero or 0)
     return native
+
+
+def _decode_ascii(values: np.ndarray) -> np.ndarray:
+    """Right-stripped str of a bytes column: numpy's ASCII cast (C speed, ~5x np.char.decode),
+    falling back to a decode that replaces what is not ASCII."""
+    try:
+        text = values.astype(f"U{max(1, values.dtype.itemsize)}")
+    except UnicodeDecodeError:
+        return np.char.decode(np.char.rstrip(values), "ascii", "replace")
+    return getattr(np, "strings", np.char).rstrip(text)
 
 
 def read_header(stream: BinaryIO) -> tuple[Mapping[str, str], bytes]:
@@ -284,7 +296,8 @@ def read_header(stream: BinaryIO) -> tuple[Mapping[str, str], bytes]:
 def iter_table_rows(
     stream: BinaryIO, hdu: int, columns: Iterable[str], chunk_rows: int
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Stream binary-table HDU ``hdu`` of a FITS byte stream in chunks of ``chunk_rows`` rows.
+    """Stream binary-table HDU ``hdu`` of a FITS byte stream in chunks of at most ``chunk_rows``
+    rows and :data:`CHUNK_BYTES` bytes.
 
     Yields ``{TTYPE as written: values}`` for the ``columns`` present (case-insensitive; absent
     ones skipped), decoded by :func:`decode_column`; every other column of the table maps to
@@ -301,6 +314,8 @@ def iter_table_rows(
     dtype, index = _row_layout_cached(raw)
     nrows = _int(header, "NAXIS2")
     wanted = [index[c.lower()] for c in columns if c.lower() in index]
+    # whole rows are read: bound a chunk's bytes too (a specObj row is ~1-4 kB)
+    chunk_rows = max(1, min(chunk_rows, CHUNK_BYTES // max(1, dtype.itemsize)))
     done = 0
     while True:
         n = min(chunk_rows, nrows - done)
