@@ -16,6 +16,10 @@ THE CORPUS IS SYNTHETIC. Every file is one of the bundled *real* SDSS galaxy spe
 - new unique ids: plate 13000 + i // 1000 (above every real SDSS plate), fiberid 1 + i % 1000,
   mjd 58000 + plate offset, specobjid bit-packed like SDSS's (plate, fiber, mjd, run2d). HDU2's
   SPECOBJID/PLATE/MJD/FIBERID/Z and HDU0's PLATEID/MJD cards are patched to match.
+- synthetic positions: each plate gets a centre uniform on the sky at |dec| < 60 deg, its fibres
+  uniform in a disc of 1.49 deg radius around it (an SDSS plate's field), from their own random
+  stream ``SeedSequence([seed, plate, 1])``; RA/DEC go to the catalogue and to HDU2's
+  PLUG_RA/PLUG_DEC.
 
 Speed: each template is parsed once; a file is the template's bytes with three HDU1 columns
 and a few HDU2 fields overwritten in place (a structured numpy view on a bytearray), so a file
@@ -179,6 +183,18 @@ def draw_redshifts(rng: np.random.Generator, n: int) -> np.ndarray:
     return z
 
 
+def plate_positions(rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """SYNTHETIC (ra, dec) in degrees of ``count`` fibres of one plate: a centre uniform on the
+    sky at |dec| < 60, fibres uniform in a 1.49 deg disc around it (flat-sky offsets)."""
+    ra0 = rng.uniform(0.0, 360.0)
+    dec0 = np.degrees(np.arcsin(rng.uniform(-np.sin(np.radians(60)), np.sin(np.radians(60)))))
+    r = 1.49 * np.sqrt(rng.random(count))
+    phi = rng.uniform(0.0, 2 * np.pi, count)
+    dec = dec0 + r * np.sin(phi)
+    ra = (ra0 + r * np.cos(phi) / np.cos(np.radians(dec))) % 360.0
+    return ra, dec
+
+
 def _set_card(buf: bytearray, at: int, value: int) -> None:
     # FITS fixed format: the value right-justified in columns 11-30
     buf[at + 10 : at + 30] = f"{value:>20d}".encode()
@@ -194,6 +210,10 @@ def _make_plate(args: tuple[Path, int, int, int, str, list[Template] | None]) ->
     z_target = draw_redshifts(rng, count)
     rows: dict[str, list] = {k: [] for k in ("SPECOBJID", "PLATE", "MJD", "FIBERID", "RUN2D")}
     rows.update(Z=[], Z_ERR=[])
+    ra, dec = plate_positions(
+        np.random.default_rng(np.random.SeedSequence([seed, plate, 1])), count
+    )
+    rows.update(RA=ra.tolist(), DEC=dec.tolist())
     for j in range(count):
         fiberid = j + 1
         near = np.argsort(np.abs(tz - np.log10(1 + z_target[j])))[:NEAREST]
@@ -213,6 +233,9 @@ def _make_plate(args: tuple[Path, int, int, int, str, list[Template] | None]) ->
         p2, dt2 = t.hdu2
         row = np.frombuffer(buf, dtype=dt2, count=1, offset=p2)
         row["PLATE"], row["MJD"], row["FIBERID"], row["Z"] = plate, mjd, fiberid, z_new
+        for name, value in (("PLUG_RA", ra[j]), ("PLUG_DEC", dec[j])):
+            if name in (dt2.names or ()):
+                row[name] = value
         if "SPECOBJID" in (dt2.names or ()) and dt2["SPECOBJID"].kind == "S":
             row["SPECOBJID"] = str(sid).encode()  # SDSS-I/II HDU2: a padded string
         elif "SPECOBJID" in (dt2.names or ()):

@@ -12,7 +12,12 @@ CLASS       str       GALAXY / QSO / STAR
 Z           float64   redshift
 Z_ERR       float64   redshift error (-1: failed fit)
 ZWARNING    int32     0 = no problem flagged
+RA          float64   right ascension of the object, degrees (PLUG_RA in specObj)
+DEC         float64   declination of the object, degrees (PLUG_DEC in specObj)
 =========== ========= ===========================================
+
+RA/DEC place the object on the sky: the train/valid/test split is keyed on them
+(:mod:`etl.splits`), so every source must provide them.
 
 In memory a catalogue is a ``dict[str, np.ndarray]`` with those upper-case keys: a few dozen
 bytes per object, so even a 5M-object release fits comfortably (spectra never do).
@@ -41,6 +46,8 @@ CATALOG_COLUMNS: Mapping[str, str] = {
     "Z": "float64",
     "Z_ERR": "float64",
     "ZWARNING": "int32",
+    "RA": "float64",
+    "DEC": "float64",
 }
 
 Catalog = dict[str, np.ndarray]
@@ -124,17 +131,30 @@ def selection_masks(catalog: Mapping[str, np.ndarray], cuts: Selection) -> dict[
 # --- selection ---------------------------------------------------------------------------------
 
 #: Upper-cased source column names that mean a contract column (SkyServer spells zErr, ...).
-_ALIASES = {"ZERR": "Z_ERR", "SPECOBJ_ID": "SPECOBJID"}
+#: An alias is used only when the source lacks the contract name itself (specObj has PLUG_RA).
+_ALIASES = {"ZERR": "Z_ERR", "SPECOBJ_ID": "SPECOBJID", "PLUG_RA": "RA", "PLUG_DEC": "DEC"}
 #: The columns a source must provide: the contract plus the science-primary flag.
 SOURCE_COLUMNS = (*CATALOG_COLUMNS, "SCIENCEPRIMARY")
 
 
-def _upper(columns: Mapping[str, object]) -> dict[str, np.ndarray]:
+def _canonical(names: list[str]) -> dict[str, str]:
+    """Source column name -> contract name, for the names that mean a contract column.
+
+    A contract name present in the source wins over any alias of it (RA over PLUG_RA).
+    """
+    upper = {str(n): str(n).upper() for n in names}
+    present = set(upper.values())
     out = {}
-    for k, v in columns.items():
-        key = str(k).upper()
-        out[_ALIASES.get(key, key)] = v
+    for name, up in upper.items():
+        canon = _ALIASES.get(up, up)
+        if canon != up and canon in present:
+            continue  # the source has the contract column itself
+        out[name] = canon
     return out
+
+
+def _upper(columns: Mapping[str, object]) -> dict[str, np.ndarray]:
+    return {canon: columns[name] for name, canon in _canonical(list(columns)).items()}
 
 
 class Selector:
@@ -213,9 +233,11 @@ def iter_fits_columns(
         nrows = int(hdu.header["NAXIS2"])
         offset = int(hdu.fileinfo()["datLoc"])
         raw_dtype = cols.dtype.newbyteorder(">")
-        by_upper = {c.name.upper(): c for c in cols}
+        by_name = {c.name: c for c in cols}
         wanted = [
-            (_ALIASES.get(n, n), by_upper[n]) for n in by_upper if _ALIASES.get(n, n) in columns
+            (canon, by_name[n])
+            for n, canon in _canonical(list(by_name)).items()
+            if canon in columns
         ]
     if nrows == 0:
         return
@@ -275,11 +297,8 @@ def _iter_csv(path: Path, chunk_rows: int):
             header = [h.strip() for h in next(reader)]
         except StopIteration:
             raise CatalogError(f"{path}: empty CSV") from None
-        keep = [
-            (i, _ALIASES.get(h.upper(), h.upper()))
-            for i, h in enumerate(header)
-            if _ALIASES.get(h.upper(), h.upper()) in SOURCE_COLUMNS
-        ]
+        canon = _canonical(header)
+        keep = [(i, canon[h]) for i, h in enumerate(header) if canon.get(h) in SOURCE_COLUMNS]
         while True:
             rows = [r for _, r in zip(range(chunk_rows), reader, strict=False)]
             if not rows:
@@ -302,8 +321,13 @@ def _parse_csv_column(values: list[str], name: str) -> np.ndarray:
 # --- SkyServer SQL -----------------------------------------------------------------------------
 
 #: What we ask SkyServer for, and (upper-cased) what a valid answer must contain.
-SQL_SELECT = "specObjID, plate, mjd, fiberID, run2d, class, z, zErr, zWarning, sciencePrimary"
-_SQL_EXPECTED = ("SPECOBJID", "PLATE", "MJD", "FIBERID", "RUN2D", "CLASS", "Z", "ZERR", "ZWARNING")
+SQL_SELECT = (
+    "specObjID, plate, mjd, fiberID, run2d, class, z, zErr, zWarning, sciencePrimary, ra, dec"
+)
+_SQL_EXPECTED = (
+    *("SPECOBJID", "PLATE", "MJD", "FIBERID", "RUN2D", "CLASS", "Z", "ZERR", "ZWARNING"),
+    *("RA", "DEC"),
+)
 
 
 class SqlError(CatalogError):

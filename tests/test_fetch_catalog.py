@@ -17,6 +17,7 @@ from astropy.table import Table
 from fetch_support import FAST, SAMPLE_CATALOG, sample_rows
 
 from etl.catalog import (
+    CatalogError,
     Selector,
     SqlError,
     iter_fits_columns,
@@ -97,7 +98,7 @@ def test_recorded_skyserver_answer_without_columns_is_an_error():
 
 # --- SkyServer on loopback ---------------------------------------------------------------------
 
-SKY_COLS = "specObjID,plate,mjd,fiberID,run2d,class,z,zErr,zWarning,sciencePrimary"
+SKY_COLS = "specObjID,plate,mjd,fiberID,run2d,class,z,zErr,zWarning,sciencePrimary,ra,dec"
 
 
 class FakeSkyServer:
@@ -137,7 +138,9 @@ class FakeSkyServer:
                 after = re.search(r"specObjID > (-?\d+)", sql)
                 lo = int(after.group(1)) if after else -(2**63)
                 page = [r for r in outer.rows if int(r["SPECOBJID"]) > lo][:top]
-                keys = "SPECOBJID,PLATE,MJD,FIBERID,RUN2D,CLASS,Z,Z_ERR,ZWARNING,SCIENCEPRIMARY"
+                keys = (
+                    "SPECOBJID,PLATE,MJD,FIBERID,RUN2D,CLASS,Z,Z_ERR,ZWARNING,SCIENCEPRIMARY,RA,DEC"
+                )
                 lines = ["#Table1", SKY_COLS]
                 lines += [",".join(r[k] for k in keys.split(",")) for r in page]
                 self._send(200, ("\n".join(lines) + "\n").encode())
@@ -177,7 +180,8 @@ def _qso_rows() -> list[dict[str, str]]:
         rows = list(csv.DictReader(f))
     return [
         dict(SPECOBJID=r["specobjID"], PLATE=r["plate"], MJD=r["mjd"], FIBERID=r["fiberID"],
-             RUN2D="26", CLASS="QSO", Z=r["z"], Z_ERR="1e-05", ZWARNING="0", SCIENCEPRIMARY="1")
+             RUN2D="26", CLASS="QSO", Z=r["z"], Z_ERR="1e-05", ZWARNING="0", SCIENCEPRIMARY="1",
+             RA="0", DEC="0")
         for r in rows
     ]  # fmt: skip
 
@@ -304,3 +308,29 @@ def test_select_in_memory_matches(release):
     cat, _ = select(cols, release.selection)
     assert cat["SPECOBJID"].tolist() == _expected_ids(release)
     assert csv  # the module reads CSVs through fetch_support
+
+
+def test_positions_from_plug_ra_dec_and_ra_dec_wins(release, tmp_path):
+    # specObj spells the position PLUG_RA/PLUG_DEC (as in the real specObj rows); SkyServer ra/dec
+    t = _sample_table()
+    t.rename_columns(["RA", "DEC"], ["PLUG_RA", "PLUG_DEC"])
+    t.write(tmp_path / "plug.fits")
+    (chunk,) = list(iter_fits_columns(tmp_path / "plug.fits"))
+    want = {int(r["SPECOBJID"]): (float(r["RA"]), float(r["DEC"])) for r in sample_rows()}
+    got = dict(
+        zip(chunk["SPECOBJID"].tolist(), zip(chunk["RA"], chunk["DEC"], strict=True), strict=True)
+    )
+    assert got == want
+    t["RA"] = t["PLUG_RA"] + 1.0  # both spellings present: the contract's own name is used
+    t.write(tmp_path / "both.fits")
+    (chunk,) = list(iter_fits_columns(tmp_path / "both.fits"))
+    assert np.allclose(chunk["RA"], np.asarray(t["PLUG_RA"]) + 1.0)
+    cat, _ = build_catalog(release, tmp_path, str(tmp_path / "plug.fits"))
+    assert cat["RA"].dtype == np.float64
+    assert [want[i] for i in cat["SPECOBJID"].tolist()] == list(
+        zip(cat["RA"], cat["DEC"], strict=True)
+    )
+    t.remove_columns(["RA", "PLUG_RA"])
+    t.write(tmp_path / "nora.fits")
+    with pytest.raises(CatalogError, match="missing column.*RA"):
+        build_catalog(release, tmp_path, str(tmp_path / "nora.fits"))
