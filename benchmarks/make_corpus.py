@@ -16,10 +16,9 @@ THE CORPUS IS SYNTHETIC. Every file is one of the bundled *real* SDSS galaxy spe
 - new unique ids: plate 13000 + i // 1000 (above every real SDSS plate), fiberid 1 + i % 1000,
   mjd 58000 + plate offset, specobjid bit-packed like SDSS's (plate, fiber, mjd, run2d). HDU2's
   SPECOBJID/PLATE/MJD/FIBERID/Z and HDU0's PLATEID/MJD cards are patched to match.
-- synthetic positions: each plate gets a centre uniform on the sky at |dec| < 60 deg, its fibres
-  uniform in a disc of 1.49 deg radius around it (an SDSS plate's field), from their own random
-  stream ``SeedSequence([seed, plate, 1])``; RA/DEC go to the catalogue and to HDU2's
-  PLUG_RA/PLUG_DEC.
+- synthetic positions: uniform on the sky at |dec| < 60 deg (not plate-like, so that the
+  sky-keyed splits of a small corpus are all filled), from their own random stream
+  ``SeedSequence([seed, plate, 1])``; RA/DEC go to the catalogue and to HDU2's PLUG_RA/PLUG_DEC.
 
 Speed: each template is parsed once; a file is the template's bytes with three HDU1 columns
 and a few HDU2 fields overwritten in place (a structured numpy view on a bytearray), so a file
@@ -184,14 +183,14 @@ def draw_redshifts(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 def plate_positions(rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """SYNTHETIC (ra, dec) in degrees of ``count`` fibres of one plate: a centre uniform on the
-    sky at |dec| < 60, fibres uniform in a 1.49 deg disc around it (flat-sky offsets)."""
-    ra0 = rng.uniform(0.0, 360.0)
-    dec0 = np.degrees(np.arcsin(rng.uniform(-np.sin(np.radians(60)), np.sin(np.radians(60)))))
-    r = 1.49 * np.sqrt(rng.random(count))
-    phi = rng.uniform(0.0, 2 * np.pi, count)
-    dec = dec0 + r * np.sin(phi)
-    ra = (ra0 + r * np.cos(phi) / np.cos(np.radians(dec))) % 360.0
+    """SYNTHETIC (ra, dec) in degrees of ``count`` fibres: uniform on the sky at |dec| < 60.
+
+    Spread over the whole sky, not in a plate's 1.49 deg disc, on purpose: the split is keyed
+    on the sky cell, and a corpus of a few synthetic plates would otherwise put each plate in a
+    handful of cells and leave a split empty.
+    """
+    ra = rng.uniform(0.0, 360.0, count)
+    dec = np.degrees(np.arcsin(rng.uniform(-np.sin(np.radians(60)), np.sin(np.radians(60)), count)))
     return ra, dec
 
 

@@ -1,4 +1,4 @@
-"""Shard files: write and read one HDF5 shard; assign objects to splits by a keyed hash.
+"""Shard files: write and read one HDF5 shard.
 
 The format is documented in ``docs/shard-format.md``; the model's loader depends on it and
 nothing else. Every write goes to a temporary name in the same folder and is renamed when the
@@ -18,7 +18,9 @@ import numpy as np
 from etl.release import Release
 
 FORMAT = "specetl-shard"
-FORMAT_VERSION = 1
+#: 2: the split is keyed on the sky position (etl.splits), and rows carry ``ra``/``dec``.
+#: Shards of an older version are rebuilt by build-shards, never mixed with new ones.
+FORMAT_VERSION = 2
 SPLITS = ("train", "valid", "test")
 CHUNK_ROWS = 256
 
@@ -33,27 +35,15 @@ ROW_DATASETS: Mapping[str, str] = {
     "plate": "int32",
     "mjd": "int32",
     "fiberid": "int32",
+    "ra": "float64",
+    "dec": "float64",
 }
+#: datasets that shards of format version 1 lack (readers skip them there)
+NEW_IN_V2 = ("ra", "dec")
 
 
 class ShardError(ValueError):
     """A shard file is missing, unreadable or does not match its index entry."""
-
-
-def split_of(specobjid: np.ndarray, salt: str, fractions: tuple[float, float, float]) -> np.ndarray:
-    """Split name ("train"/"valid"/"test") of each specobjid, from a keyed BLAKE2b hash.
-
-    Depends only on the id and the salt: not on row order, on which other objects exist, or on
-    the data release, so an object keeps its split across releases.
-    """
-    ids = np.asarray(specobjid, dtype=np.uint64)
-    key = salt.encode("utf-8")[:64]
-    u = np.empty(len(ids), dtype=np.float64)
-    for i, sid in enumerate(ids.tolist()):
-        digest = hashlib.blake2b(int(sid).to_bytes(8, "little"), digest_size=8, key=key).digest()
-        u[i] = int.from_bytes(digest, "little") / 2.0**64
-    edges = np.cumsum(fractions)[:-1]
-    return np.asarray(SPLITS)[np.searchsorted(edges, u, side="right")]
 
 
 def shard_attrs(release: Release, split: str) -> dict[str, object]:
@@ -109,7 +99,11 @@ def read_shard(path: str | Path, rows: slice | None = None) -> dict[str, np.ndar
     sel = rows if rows is not None else slice(None)
     try:
         with h5py.File(path, "r") as h5:
-            out: dict[str, np.ndarray] = {name: h5[name][sel] for name in ROW_DATASETS}
+            out: dict[str, np.ndarray] = {
+                name: h5[name][sel]
+                for name in ROW_DATASETS
+                if name in h5 or name not in NEW_IN_V2  # v1 shards have no ra/dec
+            }
             out["wave_obs"] = h5["wave_obs"][:]
             out["attrs"] = dict(h5.attrs)  # type: ignore[assignment]
     except FileNotFoundError:
