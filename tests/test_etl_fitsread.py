@@ -48,6 +48,8 @@ def test_uint64_ids_survive_a_round_trip(tmp_path):
         "Z": np.array([0.1, 2.0, 0.0]),
         "Z_ERR": np.array([1e-5, -1.0, 2e-5]),
         "ZWARNING": np.array([0, 4, 0]),
+        "RA": np.array([146.71421, 0.0, 359.9]),
+        "DEC": np.array([-1.0413043, 0.0, -89.9]),
     }
     write_catalog(cat, tmp_path / "catalog.fits")
     assert np.array_equal(
