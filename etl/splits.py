@@ -12,7 +12,10 @@ they share a cell. Their positions can differ by a fraction of an arcsecond (ano
 reduction, float32 rounding); should a cell boundary run between them, the spectra within
 ``splits.repeat_radius`` arcsec of each other (linked transitively) are one object and all take
 the cell of their earliest observation (smallest MJD, then smallest cell): later observations
-joining in a later release do not move the object.
+joining in a later release do not move the object. Groups are searched only among positions
+within two fine cells (>= 8 radii, ~26" at 3") of a cell edge, which holds every pair that an
+edge separates; a chain of repeats reaching further from the edge than that (more than ~8
+links of 3") would be cut there.
 
 Pure functions on arrays; nothing here reads files.
 """
