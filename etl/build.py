@@ -161,20 +161,12 @@ def _take_stats(item: tuple[list[int], object], size: np.ndarray, mtime: np.ndar
 
 
 def _inputs_fingerprint(split: str, rows: Mapping[str, np.ndarray], settings: str) -> str:
-    """sha256 over the split, settings and, per object, its ids, z, z_err and file size/mtime."""
+    """sha256 over the split, settings and, per object, every task column (ids, z, z_err,
+    position) and its file size/mtime."""
     h = hashlib.sha256(f"{split}\0{settings}\0".encode())
-    for name in (
-        "SPECOBJID",
-        "PLATE",
-        "MJD",
-        "FIBERID",
-        "Z",
-        "Z_ERR",
-        "RA",
-        "DEC",
-        "SIZE",
-        "MTIME",
-    ):
+    for name in (*_TASK_COLUMNS, "SIZE", "MTIME"):
+        if name == "RUN2D":
+            continue  # strings: hashed below
         h.update(np.ascontiguousarray(rows[name]).tobytes())
     h.update("\0".join(rows["RUN2D"].tolist()).encode())
     return h.hexdigest()
@@ -575,7 +567,8 @@ def build_shards(
                 previous = old_index["shards"] + old_index.get("empty", [])
             with contextlib.suppress(OSError, ValueError):
                 old_report = json.loads((shards_dir / REPORT_NAME).read_text())
-        if old_version is not None and old_version != INDEX_FORMAT_VERSION:
+        replaced = old_version if old_version not in (None, INDEX_FORMAT_VERSION) else None
+        if replaced is not None:
             # older shards were split by another key: never keep them next to new ones
             log.warning(
                 "%s: shards are format v%s, this specetl writes v%d (split keyed on the sky "
@@ -585,8 +578,6 @@ def build_shards(
                 INDEX_FORMAT_VERSION,
             )
             previous, old_report = [], {}
-            with contextlib.suppress(OSError, ValueError):
-                old_report = json.loads((shards_dir / REPORT_NAME).read_text())
         journal_path = shards_dir / JOURNAL_NAME
         journal = [] if rebuild else _read_journal(journal_path)
         tasks, rejected = plan_shards(
@@ -605,9 +596,7 @@ def build_shards(
             e = j["entry"]
             reusable.setdefault(e["inputs_sha256"], (e, j["rejected"]))
 
-        result = BuildResult(shards_dir, replaced_format_version=old_version)
-        if old_version == INDEX_FORMAT_VERSION:
-            result.replaced_format_version = None
+        result = BuildResult(shards_dir, replaced_format_version=replaced)
         todo: list[ShardTask] = []
         done: list[tuple[ShardTask, dict, list[dict]]] = []
         for task in tasks:
