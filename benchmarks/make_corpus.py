@@ -100,7 +100,6 @@ def load_templates(release_name: str = "dr16") -> list[Template]:
     release = load_release(release_name)
     raw = _sample_catalog()
     cat = as_catalog(raw, "sample/catalog.csv")
-    cat["SCIENCEPRIMARY"] = raw["SCIENCEPRIMARY"].astype(int)
     masks = selection_masks(cat, release.selection)
     # science-primary is about duplicates among real objects; every template is distinct
     masks.pop("science primary", None)
@@ -285,6 +284,13 @@ def make_corpus(
     columns["SPECOBJID"] = columns["SPECOBJID"].astype(np.uint64)
     columns["CLASS"] = np.full(n, "GALAXY")
     columns["ZWARNING"] = np.zeros(n, dtype=np.int32)
+    # SYNTHETIC positions: each plate a 1.5 deg field on a spiral over the sky, fibres spread on
+    # it (deterministic; spreads objects over the sky so that position-keyed splits are mixed)
+    k = columns["PLATE"].astype(np.float64) - FIRST_PLATE
+    fib = columns["FIBERID"].astype(np.float64)
+    columns["RA"] = (k * 137.508 + 1.5 * np.cos(fib)) % 360.0
+    columns["DEC"] = np.degrees(np.arcsin(np.clip(2 * ((k * 0.618034) % 1.0) - 1, -1, 1)))
+    columns["DEC"] = np.clip(columns["DEC"] + 0.75 * np.sin(fib), -90.0, 90.0)
     catalog_path = root / "catalog.fits"
     write_catalog(as_catalog(columns, "synthetic corpus"), catalog_path)
     log.warning("%s: %d files + %s in %.1f s", BANNER, n, catalog_path, time.perf_counter() - t0)

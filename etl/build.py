@@ -15,9 +15,14 @@ Changed shards go to *new* file names, so the previous index stays valid until t
 replaces it: a SIGKILL at any moment leaves either the old or the new index, each consistent.
 
 Shard boundaries are stable across catalogue growth: each split's objects are sorted by
-specobjid and assigned to the id ranges of the previous index's shards; a range that grew past
-``shard_size`` is cut into equal pieces. New objects therefore touch only the shards whose range
-they fall into (for SDSS, new plates have larger ids and land at the end).
+specobjid (numerically: ids are decimal strings, compared zero-padded) and assigned to the id
+ranges of the previous index's shards; a range that grew past ``shard_size`` is cut into equal
+pieces. New objects therefore touch only the shards whose range they fall into (for SDSS, new
+plates have larger ids and land at the end).
+
+Objects are identified by the release's object key (``[object] key`` of the manifest: plate, mjd,
+fiberid for SDSS-I–IV; field, mjd, catalogid for SDSS-V); it names each input file and is
+checked against the file's HDU 2, and it is stored per row in the shards (format v2).
 """
 
 from __future__ import annotations
@@ -39,16 +44,9 @@ from pathlib import Path
 import numpy as np
 
 from etl.atomic import fsync_dir, write_json_atomic
-from etl.catalog import CatalogError, read_catalog
-from etl.release import Release, spec_lite_name, spec_lite_relpath
-from etl.shards import (
-    CHUNK_ROWS,
-    FORMAT_VERSION,
-    SPLITS,
-    ShardError,
-    ShardWriter,
-    shard_attrs,
-)
+from etl.catalog import CatalogError, id_sort_key, read_catalog
+from etl.release import ObjectLayout, Release
+from etl.shards import CHUNK_ROWS, FORMAT_VERSION, SPLITS, ShardError, ShardWriter, shard_attrs
 from etl.spectrum import Preprocessor, SpectrumRejected
 from etl.splits import split_of, valid_position
 
@@ -62,8 +60,11 @@ INDEX_FORMAT = "specetl-shard-index"
 INDEX_FORMAT_VERSION = FORMAT_VERSION  # index and shards change version together
 COMPRESSIONS = ("none", "lzf", "gzip")
 _SHARD_RE = re.compile(r"^shard-(\d{5,})\.h5$")
-#: catalogue columns a task needs (and nothing else: memory per task is bounded by its rows)
-_TASK_COLUMNS = ("SPECOBJID", "PLATE", "MJD", "FIBERID", "RUN2D", "Z", "Z_ERR", "RA", "DEC")
+
+
+def _task_columns(release: Release) -> tuple[str, ...]:
+    """Catalogue columns a task needs (and nothing else: memory per task is bounded by its rows)."""
+    return ("SPECOBJID", *(k.upper() for k in release.key), "RUN2D", "Z", "Z_ERR", "RA", "DEC")
 
 
 class BuildError(RuntimeError):
@@ -74,7 +75,7 @@ class BuildError(RuntimeError):
 class ShardTask:
     """One planned output shard: its rows of the catalogue and where it goes.
 
-    ``rows`` holds only this shard's candidates (catalogue columns of :data:`_TASK_COLUMNS` plus
+    ``rows`` holds only this shard's candidates (catalogue columns of :func:`_task_columns` plus
     the input files' ``SIZE`` and ``MTIME``), sorted by specobjid. File paths are derived from
     the ids in the task, not stored: ~300 bytes per object saved on the driver.
     """
@@ -83,19 +84,22 @@ class ShardTask:
     rows: dict[str, np.ndarray]
     inputs_sha256: str
     spectra_dir: str
+    layout: ObjectLayout
     path: str = ""  #: relative to the shards folder; set when the shard is (re)written
+
+    def key(self, i: int) -> tuple[int, ...]:
+        """Object key of row ``i`` (the release's key fields, in order)."""
+        return tuple(int(self.rows[k.upper()][i]) for k in self.layout.key)
 
     def file(self, i: int) -> str:
         """Input spec-lite path of row ``i``."""
-        # ids were validated while planning (spec_lite_relpath); here only the cheap string
-        r = self.rows
-        plate, mjd, fiberid = int(r["PLATE"][i]), int(r["MJD"][i]), int(r["FIBERID"][i])
-        name = spec_lite_name(plate, mjd, fiberid)
-        return os.path.join(self.spectra_dir, str(r["RUN2D"][i]), f"{plate:04d}", name)
+        # ids were validated while planning (Release.spec_lite_relpath); here only the string
+        rel = self.layout.path.format(**self.layout.fields(self.key(i)))
+        return os.path.join(self.spectra_dir, str(self.rows["RUN2D"][i]), rel)
 
     @property
-    def candidate_min(self) -> int:
-        return int(self.rows["SPECOBJID"][0])
+    def candidate_min(self) -> str:
+        return str(self.rows["SPECOBJID"][0])
 
     def __len__(self) -> int:
         return len(self.rows["SPECOBJID"])
@@ -161,28 +165,29 @@ def _take_stats(item: tuple[list[int], object], size: np.ndarray, mtime: np.ndar
 
 
 def _inputs_fingerprint(split: str, rows: Mapping[str, np.ndarray], settings: str) -> str:
-    """sha256 over the split, settings and, per object, every task column (ids, z, z_err,
-    position) and its file size/mtime."""
+    """sha256 over the split, settings and, per object, its id, key, position, z, z_err and
+    file size/mtime (every catalogue value a shard stores or is read with)."""
     h = hashlib.sha256(f"{split}\0{settings}\0".encode())
-    for name in (*_TASK_COLUMNS, "SIZE", "MTIME"):
-        if name == "RUN2D":
-            continue  # strings: hashed below
-        h.update(np.ascontiguousarray(rows[name]).tobytes())
-    h.update("\0".join(rows["RUN2D"].tolist()).encode())
+    for name, values in rows.items():
+        if name not in ("SPECOBJID", "RUN2D"):
+            h.update(name.encode() + np.ascontiguousarray(values).tobytes())
+    for name in ("SPECOBJID", "RUN2D"):
+        h.update(("\0".join(rows[name].tolist()) + "\0").encode())
     return h.hexdigest()
 
 
 # --- planning -----------------------------------------------------------------------------------
 
 
-def _cut(ids: np.ndarray, lower_bounds: list[int], shard_size: int) -> list[np.ndarray]:
+def _cut(ids: np.ndarray, lower_bounds: list[str], shard_size: int) -> list[np.ndarray]:
     """Row-index groups: bucket sorted ``ids`` by ``lower_bounds``, then cut big buckets evenly.
 
+    ``ids`` and ``lower_bounds`` are :func:`~etl.catalog.id_sort_key` strings (numeric order).
     Bucket i holds ids in [lower_bounds[i], lower_bounds[i+1]); the first bucket also takes
     everything below. A bucket of n > shard_size ids becomes ceil(n / shard_size) equal pieces,
     so no shard exceeds shard_size and none is tiny after a split.
     """
-    bounds = np.asarray(sorted(lower_bounds)[1:], dtype=np.uint64)
+    bounds = np.asarray(sorted(lower_bounds)[1:], dtype=ids.dtype)
     bucket = np.searchsorted(bounds, ids, side="right")
     groups: list[np.ndarray] = []
     starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]]) if len(ids) else []
@@ -216,6 +221,7 @@ def plan_shards(
     size = np.full(n, -1, dtype=np.int64)
     mtime = np.full(n, -1, dtype=np.int64)
     ok = np.ones(n, dtype=bool)
+    key_cols = [k.upper() for k in release.key]
     # stat in blocks on a thread pool (hides file-system latency, e.g. on network storage)
     # while holding only a block of path strings at a time
     block = 4096
@@ -225,12 +231,8 @@ def plan_shards(
             rows_ok, paths = [], []
             for i in range(start, min(start + block, n)):
                 try:
-                    rel = spec_lite_relpath(
-                        catalog["RUN2D"][i],
-                        int(catalog["PLATE"][i]),
-                        int(catalog["MJD"][i]),
-                        int(catalog["FIBERID"][i]),
-                    )
+                    key = (int(catalog[k][i]) for k in key_cols)
+                    rel = release.spec_lite_relpath(catalog["RUN2D"][i], *key)
                 except ValueError as err:
                     ok[i] = False
                     rejected.append(_rejection(catalog, i, "", "invalid id", str(err)))
@@ -247,7 +249,7 @@ def plan_shards(
         ok[i] = False
         detail = f"ra {catalog['RA'][i]!r}, dec {catalog['DEC'][i]!r} (degrees)"
         rejected.append(_rejection(catalog, i, "", "invalid position", detail))
-    ids = np.asarray(catalog["SPECOBJID"], dtype=np.uint64)
+    ids = id_sort_key(catalog["SPECOBJID"])
     order = np.argsort(ids, kind="stable")
     dup = np.zeros(n, dtype=bool)
     dup[order[1:]] = ids[order[1:]] == ids[order[:-1]]
@@ -256,35 +258,48 @@ def plan_shards(
         rejected.append(_rejection(catalog, i, "", "duplicate id", "specobjid seen before"))
 
     keep = np.flatnonzero(ok)
-    rows = {name: np.asarray(catalog[name])[keep] for name in _TASK_COLUMNS}
+    rows = {name: np.asarray(catalog[name])[keep] for name in _task_columns(release)}
     rows["SIZE"], rows["MTIME"] = size[keep], mtime[keep]
-    split = split_of(rows["RA"], rows["DEC"], rows["MJD"], release.splits)
+    sort_key = ids[keep]
+    # the split: the object's place on the sky (repeats follow their earliest observation)
+    mjd = rows["MJD"] if "MJD" in rows else np.zeros(len(keep), dtype=np.int64)
+    split = split_of(rows["RA"], rows["DEC"], mjd, release.splits)
     settings = settings_fingerprint(release, compression)
 
     tasks: list[ShardTask] = []
     for name in SPLITS:
         sel = np.flatnonzero(split == name)
-        sel = sel[np.argsort(rows["SPECOBJID"][sel], kind="stable")]
-        bounds = [0] + [int(e["candidate_min"]) for e in previous or () if e["split"] == name]
-        for group in _cut(rows["SPECOBJID"][sel], bounds, shard_size):
+        sel = sel[np.argsort(sort_key[sel], kind="stable")]
+        bounds = [""] + [
+            str(id_sort_key([str(e["candidate_min"])])[0])
+            for e in previous or ()
+            if e["split"] == name
+        ]
+        for group in _cut(sort_key[sel], bounds, shard_size):
             part = {k: v[sel[group]] for k, v in rows.items()}
             fingerprint = _inputs_fingerprint(name, part, settings)
-            tasks.append(ShardTask(name, part, fingerprint, str(spectra_dir)))
+            tasks.append(ShardTask(name, part, fingerprint, str(spectra_dir), release.object))
     return tasks, rejected
 
 
 def _rejection(
     catalog: Mapping[str, np.ndarray], i: int, file: str, reason: str, detail: str
 ) -> dict:
+    keys = [k for k in catalog if k not in _NOT_KEY]
     return {
-        "specobjid": int(catalog["SPECOBJID"][i]),
-        "plate": int(catalog["PLATE"][i]),
-        "mjd": int(catalog["MJD"][i]),
-        "fiberid": int(catalog["FIBERID"][i]),
+        "specobjid": str(catalog["SPECOBJID"][i]),
+        **{k.lower(): int(catalog[k][i]) for k in keys},
         "file": str(file),
         "reason": reason,
         "detail": detail,
     }
+
+
+#: catalogue columns that are not part of an object key (so the key columns are the rest)
+_NOT_KEY = frozenset(
+    ("SPECOBJID", "RUN2D", "CLASS", "Z", "Z_ERR", "ZWARNING", "RA", "DEC", "SPECPRIMARY")
+    + ("SIZE", "MTIME")
+)
 
 
 # --- the task (runs on a worker) ----------------------------------------------------------------
@@ -321,7 +336,7 @@ def build_one_shard(
             norm = np.zeros(len(idx), dtype=np.float32)
             good = np.zeros(len(idx), dtype=bool)
             for j, i in enumerate(idx.tolist()):
-                expect = (int(rows["PLATE"][i]), int(rows["MJD"][i]), int(rows["FIBERID"][i]))
+                expect = task.key(i)
                 path = task.file(i)
                 try:
                     pre = preprocessor.preprocess_file(path, float(rows["Z"][i]), expect)
@@ -345,11 +360,9 @@ def build_one_shard(
                     "z": rows["Z"][sel],
                     "zerr": rows["Z_ERR"][sel],
                     "specobjid": rows["SPECOBJID"][sel],
-                    "plate": rows["PLATE"][sel],
-                    "mjd": rows["MJD"][sel],
-                    "fiberid": rows["FIBERID"][sel],
                     "ra": rows["RA"][sel],
                     "dec": rows["DEC"][sel],
+                    **{k: rows[k.upper()][sel] for k in task.layout.key},
                 }
             )
             kept.append(sel)
@@ -362,16 +375,15 @@ def build_one_shard(
                 staging.unlink(missing_ok=True)
             size = final.stat().st_size
     keep = np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
-    columns = {"specobjid": rows["SPECOBJID"][keep]}
-    ids = columns["specobjid"]
+    ids = rows["SPECOBJID"][keep]  # sorted by numeric id (planning)
     entry = {
         "path": task.path,
         "split": task.split,
         "rows": int(len(keep)),
         "sha256": digest,
         "bytes": size,
-        "specobjid_min": int(ids.min()) if len(ids) else None,
-        "specobjid_max": int(ids.max()) if len(ids) else None,
+        "specobjid_min": str(ids[0]) if len(ids) else None,
+        "specobjid_max": str(ids[-1]) if len(ids) else None,
         "candidate_min": task.candidate_min,
         "candidates": n,
         "inputs_sha256": task.inputs_sha256,
@@ -548,7 +560,7 @@ def build_shards(
     if shard_size <= 0:
         raise BuildError(f"shard size must be positive, got {shard_size}")
     try:
-        catalog = read_catalog(root / "catalog.fits")
+        catalog = read_catalog(root / "catalog.fits", release.key)
     except CatalogError as err:
         if "missing column" not in str(err):
             raise
@@ -628,7 +640,7 @@ def build_shards(
         # "empty" (no file; kept only so that their inputs are not reprocessed every run)
         empty: list[dict] = []
         order = {name: i for i, name in enumerate(SPLITS)}
-        done.sort(key=lambda d: (order[d[0].split], d[0].candidate_min))
+        done.sort(key=lambda d: (order[d[0].split], int(d[0].candidate_min)))
         for task, entry, rejects in done:
             for r in rejects:
                 result.rejected.append(dict(r, shard=task.path))
@@ -640,6 +652,7 @@ def build_shards(
             "format_version": INDEX_FORMAT_VERSION,
             "release": release.name,
             "manifest_sha256": release.manifest_sha256,
+            "object_key": list(release.key),
             "npix": release.grid.npix,
             "shard_size": shard_size,
             "compression": compression,

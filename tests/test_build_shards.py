@@ -24,7 +24,7 @@ import pytest
 from etl.build import BuildError, build_shards, read_index, verify_shards
 from etl.catalog import as_catalog, read_catalog, write_catalog
 from etl.release import load_release, spec_lite_relpath
-from etl.shards import ROW_DATASETS, read_shard, sha256_file
+from etl.shards import read_shard, row_datasets, sha256_file
 from etl.spectrum import Preprocessor, SpectrumRejected
 from etl.splits import split_of
 
@@ -58,14 +58,15 @@ def layout_sample(data_dir: Path, release: str = "dr16") -> dict[str, np.ndarray
 
 
 def shard_rows(shards_dir: Path) -> dict[int, tuple[str, dict]]:
-    """specobjid -> (shard path, that object's row) over every shard listed in the index."""
-    out: dict[int, tuple[str, dict]] = {}
+    """specobjid (decimal str) -> (shard path, that object's row) over every indexed shard."""
+    out: dict[str, tuple[str, dict]] = {}
     for e in read_index(shards_dir)["shards"]:
         data = read_shard(shards_dir / e["path"])
         assert data["attrs"]["split"] == e["split"]
-        for i, sid in enumerate(data["specobjid"].tolist()):
+        names = row_datasets(data["attrs"])
+        for i, sid in enumerate(data["specobjid"].astype(str).tolist()):
             assert sid not in out, f"{sid} in two shards"
-            out[sid] = (e["path"], {k: data[k][i] for k in ROW_DATASETS})
+            out[sid] = (e["path"], {k: data[k][i] for k in names})
     return out
 
 
@@ -143,20 +144,21 @@ def test_shard_files_format_and_index(sample_build):
         with h5py.File(shards_dir / e["path"], "r") as h5:
             assert h5["flux"].dtype == np.float32 and h5["flux"].shape == (e["rows"], 3921)
             assert h5["flux"].chunks[1] == 3921  # whole rows per chunk
-            assert h5["specobjid"].dtype == np.uint64
-            assert h5["plate"].dtype == np.int32
-            assert h5["ra"].dtype == h5["dec"].dtype == np.float64
-            assert h5.attrs["format_version"] == 2
+            assert h5["specobjid"].dtype == np.dtype("S32")  # format v2: exact ASCII ids
+            assert h5["plate"].dtype == np.int64 and h5["ra"].dtype == np.float64
+            assert h5["dec"].dtype == np.float64 and h5.attrs["format_version"] == 2
             np.testing.assert_allclose(h5["wave_obs"][:], release.grid.wave_obs)
             attrs = dict(h5.attrs)
             assert attrs["split"] == e["split"] and attrs["inputs_sha256"] == e["inputs_sha256"]
-            ids = h5["specobjid"][:]
-            assert (np.diff(ids.astype(np.float64)) > 0).all()
-            assert (e["specobjid_min"], e["specobjid_max"]) == (int(ids[0]), int(ids[-1]))
+            ids = [int(v) for v in h5["specobjid"][:]]
+            assert ids == sorted(ids) and len(set(ids)) == len(ids)
+            assert (e["specobjid_min"], e["specobjid_max"]) == (str(ids[0]), str(ids[-1]))
+            assert json.loads(attrs["object_key"]) == ["plate", "mjd", "fiberid"]
         assert e["rows"] <= 8
     # ordered by split, then ids
     keys = [
-        (("train", "valid", "test").index(e["split"]), e["specobjid_min"]) for e in index["shards"]
+        (("train", "valid", "test").index(e["split"]), int(e["specobjid_min"]))
+        for e in index["shards"]
     ]
     assert keys == sorted(keys)
 
