@@ -8,8 +8,8 @@ do not straddle train and test. The cell size is a manifest setting (``splits.ns
 reasoning behind the shipped value is in ``docs/shard-format.md``.
 
 Repeat observations of one object (several plates, several nights) have the same position, so
-they share a cell. Their positions can differ by a fraction of an arcsecond (another imaging
-reduction, float32 rounding); should a cell boundary run between them, the spectra within
+they share a cell. Their positions can differ (float32 rounding, another targeting catalogue:
+real repeats in tests/data/splits are 2.1" and 2.2" apart); should a cell boundary run between them, the spectra within
 ``splits.repeat_radius`` arcsec of each other (linked transitively) are one object and all take
 the cell of their earliest observation (smallest MJD, then smallest cell): later observations
 joining in a later release do not move the object. Groups are searched only among positions
