@@ -16,6 +16,9 @@ THE CORPUS IS SYNTHETIC. Every file is one of the bundled *real* SDSS galaxy spe
 - new unique ids: plate 13000 + i // 1000 (above every real SDSS plate), fiberid 1 + i % 1000,
   mjd 58000 + plate offset, specobjid bit-packed like SDSS's (plate, fiber, mjd, run2d). HDU2's
   SPECOBJID/PLATE/MJD/FIBERID/Z and HDU0's PLATEID/MJD cards are patched to match.
+- synthetic positions: uniform on the sky at |dec| < 60 deg (not plate-like, so that the
+  sky-keyed splits of a small corpus are all filled), from their own random stream
+  ``SeedSequence([seed, plate, 1])``; RA/DEC go to the catalogue and to HDU2's PLUG_RA/PLUG_DEC.
 
 Speed: each template is parsed once; a file is the template's bytes with three HDU1 columns
 and a few HDU2 fields overwritten in place (a structured numpy view on a bytearray), so a file
@@ -178,6 +181,18 @@ def draw_redshifts(rng: np.random.Generator, n: int) -> np.ndarray:
     return z
 
 
+def plate_positions(rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """SYNTHETIC (ra, dec) in degrees of ``count`` fibres: uniform on the sky at |dec| < 60.
+
+    Spread over the whole sky, not in a plate's 1.49 deg disc, on purpose: the split is keyed
+    on the sky cell, and a corpus of a few synthetic plates would otherwise put each plate in a
+    handful of cells and leave a split empty.
+    """
+    ra = rng.uniform(0.0, 360.0, count)
+    dec = np.degrees(np.arcsin(rng.uniform(-np.sin(np.radians(60)), np.sin(np.radians(60)), count)))
+    return ra, dec
+
+
 def _set_card(buf: bytearray, at: int, value: int) -> None:
     # FITS fixed format: the value right-justified in columns 11-30
     buf[at + 10 : at + 30] = f"{value:>20d}".encode()
@@ -193,6 +208,10 @@ def _make_plate(args: tuple[Path, int, int, int, str, list[Template] | None]) ->
     z_target = draw_redshifts(rng, count)
     rows: dict[str, list] = {k: [] for k in ("SPECOBJID", "PLATE", "MJD", "FIBERID", "RUN2D")}
     rows.update(Z=[], Z_ERR=[])
+    ra, dec = plate_positions(
+        np.random.default_rng(np.random.SeedSequence([seed, plate, 1])), count
+    )
+    rows.update(RA=ra.tolist(), DEC=dec.tolist())
     for j in range(count):
         fiberid = j + 1
         near = np.argsort(np.abs(tz - np.log10(1 + z_target[j])))[:NEAREST]
@@ -212,6 +231,9 @@ def _make_plate(args: tuple[Path, int, int, int, str, list[Template] | None]) ->
         p2, dt2 = t.hdu2
         row = np.frombuffer(buf, dtype=dt2, count=1, offset=p2)
         row["PLATE"], row["MJD"], row["FIBERID"], row["Z"] = plate, mjd, fiberid, z_new
+        for name, value in (("PLUG_RA", ra[j]), ("PLUG_DEC", dec[j])):
+            if name in (dt2.names or ()):
+                row[name] = value
         if "SPECOBJID" in (dt2.names or ()) and dt2["SPECOBJID"].kind == "S":
             row["SPECOBJID"] = str(sid).encode()  # SDSS-I/II HDU2: a padded string
         elif "SPECOBJID" in (dt2.names or ()):

@@ -44,10 +44,11 @@ from pathlib import Path
 import numpy as np
 
 from etl.atomic import fsync_dir, write_json_atomic
-from etl.catalog import id_sort_key, read_catalog
+from etl.catalog import CatalogError, id_sort_key, read_catalog
 from etl.release import ObjectLayout, Release
-from etl.shards import CHUNK_ROWS, SPLITS, ShardError, ShardWriter, shard_attrs, split_of
+from etl.shards import CHUNK_ROWS, FORMAT_VERSION, SPLITS, ShardError, ShardWriter, shard_attrs
 from etl.spectrum import Preprocessor, SpectrumRejected
+from etl.splits import split_of, valid_position
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ REPORT_NAME = "build-report.json"
 JOURNAL_NAME = ".journal.jsonl"
 LOCK_NAME = ".lock"
 INDEX_FORMAT = "specetl-shard-index"
-INDEX_FORMAT_VERSION = 2
+INDEX_FORMAT_VERSION = FORMAT_VERSION  # index and shards change version together
 COMPRESSIONS = ("none", "lzf", "gzip")
 _SHARD_RE = re.compile(r"^shard-(\d{5,})\.h5$")
 
@@ -115,6 +116,8 @@ class BuildResult:
     accepted: int = 0
     rejected: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    #: format version of the shards this build replaced wholesale (None: same format or none)
+    replaced_format_version: int | None = None
 
     @property
     def rejected_by_reason(self) -> dict[str, int]:
@@ -206,9 +209,12 @@ def plan_shards(
 ) -> tuple[list[ShardTask], list[dict]]:
     """Split, order and cut the catalogue into shard tasks; return (tasks, early rejections).
 
-    Objects are ordered by split, then specobjid. ``previous`` (index entries of an earlier
-    build) supplies the shard boundaries, so growth changes only the shards it lands in.
-    Rows with an invalid id or a duplicate specobjid are rejected here, before any work.
+    Each object's split comes from its position on the sky (:func:`etl.splits.split_of`:
+    HEALPix cell, salt, fractions; repeat observations together), computed over the whole
+    catalogue at once. Objects are ordered by split, then specobjid. ``previous`` (index
+    entries of an earlier build) supplies the shard boundaries, so growth changes only the
+    shards it lands in. Rows with an invalid id, an invalid position or a duplicate specobjid
+    are rejected here, before any work.
     """
     n = len(catalog["SPECOBJID"])
     rejected: list[dict] = []
@@ -238,6 +244,11 @@ def plan_shards(
                 _take_stats(pending.pop(0), size, mtime)
         for item in pending:
             _take_stats(item, size, mtime)
+    bad_pos = ~valid_position(catalog["RA"], catalog["DEC"])
+    for i in np.flatnonzero(bad_pos & ok):
+        ok[i] = False
+        detail = f"ra {catalog['RA'][i]!r}, dec {catalog['DEC'][i]!r} (degrees)"
+        rejected.append(_rejection(catalog, i, "", "invalid position", detail))
     ids = id_sort_key(catalog["SPECOBJID"])
     order = np.argsort(ids, kind="stable")
     dup = np.zeros(n, dtype=bool)
@@ -250,8 +261,9 @@ def plan_shards(
     rows = {name: np.asarray(catalog[name])[keep] for name in _task_columns(release)}
     rows["SIZE"], rows["MTIME"] = size[keep], mtime[keep]
     sort_key = ids[keep]
-    s = release.splits
-    split = split_of(rows["SPECOBJID"], s.salt, (s.train, s.valid, s.test))
+    # the split: the object's place on the sky (repeats follow their earliest observation)
+    mjd = rows["MJD"] if "MJD" in rows else np.zeros(len(keep), dtype=np.int64)
+    split = split_of(rows["RA"], rows["DEC"], mjd, release.splits)
     settings = settings_fingerprint(release, compression)
 
     tasks: list[ShardTask] = []
@@ -505,6 +517,19 @@ def _sweep(shards_dir: Path, listed: set[str]) -> int:
     return removed
 
 
+def _split_key(release: Release) -> dict:
+    """What every object's split depends on (written to index.json)."""
+    s = release.splits
+    return {
+        "key": "healpix",
+        "order": "nested",
+        "nside": s.nside,
+        "salt": s.salt,
+        "fractions": [s.train, s.valid, s.test],
+        "repeat_radius_arcsec": s.repeat_radius,
+    }
+
+
 # --- the build ----------------------------------------------------------------------------------
 
 
@@ -534,18 +559,37 @@ def build_shards(
     shard_size = shard_size or release.shards.shard_size
     if shard_size <= 0:
         raise BuildError(f"shard size must be positive, got {shard_size}")
-    catalog = read_catalog(root / "catalog.fits", release.key)
+    try:
+        catalog = read_catalog(root / "catalog.fits", release.key)
+    except CatalogError as err:
+        if "missing column" not in str(err):
+            raise
+        # e.g. a catalogue fetched before positions were required (the split needs RA/DEC)
+        raise BuildError(f"{err}; run `specetl fetch` again to rewrite it") from None
     log.info("%s: %d objects in the catalogue", release.name, len(catalog["SPECOBJID"]))
 
     with _locked(shards_dir):
         previous: list[dict] = []
         old_report: dict = {}
+        old_version = None
         if not rebuild:
             with contextlib.suppress(ShardError):
                 old_index = read_index(shards_dir)
+                old_version = old_index.get("format_version")
                 previous = old_index["shards"] + old_index.get("empty", [])
             with contextlib.suppress(OSError, ValueError):
                 old_report = json.loads((shards_dir / REPORT_NAME).read_text())
+        replaced = old_version if old_version not in (None, INDEX_FORMAT_VERSION) else None
+        if replaced is not None:
+            # older shards were split by another key: never keep them next to new ones
+            log.warning(
+                "%s: shards are format v%s, this specetl writes v%d (split keyed on the sky "
+                "position, rows carry ra/dec): rebuilding every shard",
+                shards_dir,
+                old_version,
+                INDEX_FORMAT_VERSION,
+            )
+            previous, old_report = [], {}
         journal_path = shards_dir / JOURNAL_NAME
         journal = [] if rebuild else _read_journal(journal_path)
         tasks, rejected = plan_shards(
@@ -564,7 +608,7 @@ def build_shards(
             e = j["entry"]
             reusable.setdefault(e["inputs_sha256"], (e, j["rejected"]))
 
-        result = BuildResult(shards_dir)
+        result = BuildResult(shards_dir, replaced_format_version=replaced)
         todo: list[ShardTask] = []
         done: list[tuple[ShardTask, dict, list[dict]]] = []
         for task in tasks:
@@ -612,6 +656,7 @@ def build_shards(
             "npix": release.grid.npix,
             "shard_size": shard_size,
             "compression": compression,
+            "split": _split_key(release),
             "shards": result.shards,
             "empty": empty,
         }
@@ -626,6 +671,7 @@ def build_shards(
             "shards_written": result.written,
             "shards_kept": result.kept,
             "seconds": round(result.seconds, 3),
+            "replaced_format_version": result.replaced_format_version,
             "rejected": result.rejected,
         }
         # the report first, then the index (the commit point), then clean up what it replaced

@@ -165,12 +165,15 @@ class Normalisation:
 
 @dataclass(frozen=True)
 class Splits:
-    """Train/valid/test fractions and the salt of the keyed hash that assigns objects."""
+    """Train/valid/test fractions and how objects are assigned: a keyed hash (``salt``) of the
+    object's HEALPix cell at ``nside`` (nested); see :mod:`etl.splits`."""
 
     train: float
     valid: float
     test: float
     salt: str
+    nside: int  #: HEALPix resolution of the cells that are hashed (a power of two)
+    repeat_radius: float  #: arcsec: spectra closer than this are one object (same split)
 
 
 @dataclass(frozen=True)
@@ -413,6 +416,10 @@ def _check(r: Release, path: Path) -> None:
     s = r.splits
     if min(s.train, s.valid, s.test) < 0 or abs(s.train + s.valid + s.test - 1.0) > 1e-9:
         raise ManifestError(f"{path}: splits must be non-negative and sum to 1")
+    if not (1 <= s.nside <= 2**29 and s.nside & (s.nside - 1) == 0):
+        raise ManifestError(f"{path}: splits.nside must be a power of two, got {s.nside}")
+    if not 0.0 <= s.repeat_radius <= 60.0:
+        raise ManifestError(f"{path}: splits.repeat_radius must be 0 to 60 arcsec")
     if r.grid.npix <= 0 or r.grid.dloglam <= 0:
         raise ManifestError(f"{path}: grid.npix and grid.dloglam must be positive")
     if r.telluric.line_list_units not in ("nm", "angstrom"):

@@ -1,4 +1,4 @@
-"""Shard files: write and read one HDF5 shard; assign objects to splits by a keyed hash.
+"""Shard files: write and read one HDF5 shard.
 
 The format is documented in ``docs/shard-format.md``; the model's loader depends on it and
 nothing else. Every write goes to a temporary name in the same folder and is renamed when the
@@ -19,6 +19,9 @@ import numpy as np
 from etl.release import Release
 
 FORMAT = "specetl-shard"
+#: 2: exact string ids, the release's object key, per-row ``ra``/``dec``, and the split keyed
+#: on the sky position (etl.splits). build-shards rebuilds shards of an older version rather
+#: than mixing them with new ones.
 FORMAT_VERSION = 2
 SPLITS = ("train", "valid", "test")
 CHUNK_ROWS = 256
@@ -64,24 +67,6 @@ def row_datasets(attrs: Mapping[str, object]) -> dict[str, str]:
 
 class ShardError(ValueError):
     """A shard file is missing, unreadable or does not match its index entry."""
-
-
-def split_of(specobjid: np.ndarray, salt: str, fractions: tuple[float, float, float]) -> np.ndarray:
-    """Split name ("train"/"valid"/"test") of each specobjid, from a keyed BLAKE2b hash.
-
-    Depends only on the id and the salt: not on row order, on which other objects exist, or on
-    the data release, so an object keeps its split across releases. Ids may be integers or
-    decimal strings (SDSS-V ids exceed 64 bits and are hashed as 16 bytes).
-    """
-    ids = [int(v) for v in np.asarray(specobjid).tolist()]
-    key = salt.encode("utf-8")[:64]
-    u = np.empty(len(ids), dtype=np.float64)
-    for i, sid in enumerate(ids):
-        raw = sid.to_bytes(8 if sid < 2**64 else 16, "little")
-        digest = hashlib.blake2b(raw, digest_size=8, key=key).digest()
-        u[i] = int.from_bytes(digest, "little") / 2.0**64
-    edges = np.cumsum(fractions)[:-1]
-    return np.asarray(SPLITS)[np.searchsorted(edges, u, side="right")]
 
 
 def shard_attrs(release: Release, split: str) -> dict[str, object]:
