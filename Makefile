@@ -9,11 +9,18 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup check-python demo test test-fast lint bench clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# A fresh Debian/Ubuntu has python3 without venv's ensurepip (package python3-venv): say so here
+# instead of letting `python3 -m venv` fail half-way with a traceback.
+check-python:
+	@$(PYTHON) -c 'import sys, venv, ensurepip; ensurepip.version(); sys.exit(sys.version_info < (3, 10))' \
+	  2>/dev/null || { echo "make setup: $(PYTHON) must be Python >= 3.10 with venv and ensurepip;" \
+	  "on Debian/Ubuntu: sudo apt install python3-venv (or: make setup PYTHON=python3.X)" >&2; exit 1; }
+
+$(VENV)/.installed: pyproject.toml | check-python
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"

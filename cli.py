@@ -10,7 +10,6 @@ import logging
 import os
 import sys
 import time
-from pathlib import Path
 
 import click
 
@@ -112,7 +111,9 @@ scheduler_option = click.option(
 @click.option(
     "--dry-run",
     is_flag=True,
-    help="Select and write the catalogue, report what would be downloaded, download nothing.",
+    help="Select and write the catalogue, report what would be downloaded and its estimated "
+    "size (HEAD requests on a sample) against the free space of DATA; download nothing. "
+    "Exits 1 when it will not fit.",
 )
 def fetch_cmd(
     release: str,
@@ -152,6 +153,20 @@ def fetch_cmd(
         )
     except (ManifestError, CatalogError, OSError) as err:
         raise click.ClickException(str(err)) from None
+    space = report.space or {}
+    if report.dry_run:
+        from etl.diskspace import human_bytes
+
+        need = space.get("to_download_bytes_estimate")
+        click.echo(
+            f"dry run: {report.to_download} file(s) to download, "
+            f"~{'?' if need is None else human_bytes(need)}; "
+            f"{human_bytes(space.get('free_bytes', 0))} free in {data_dir}"
+        )
+    if space.get("warning"):
+        click.echo(f"fetch --dry-run: WARNING: {space['warning']}", err=True)
+    if space.get("fits") is False:
+        sys.exit(1)
     if not report.ok:
         click.echo(
             f"fetch: {report.n_failed} object(s) failed; see "
@@ -544,95 +559,17 @@ def demo_cmd(out_dir: str, release: str, epochs: int, workers: int | None) -> No
     Example:
       specetl demo --out demo-out
     """
-    from etl.build import build_shards
-    from etl.fetch import fetch
-    from etl.mirror import ArchiveMirror
-    from etl.release import load_release
-    from model.evaluate import compare_runs, format_table
-    from model.train import TrainConfig, train
+    from workflows import WorkflowError, run_demo
 
-    sample = Path(__file__).resolve().parent / "sample"
-    out = Path(out_dir)
-    data = out / "data"
-    runs = out / "runs"
-    rel = load_release(release)
     t0 = time.perf_counter()
 
     def step(text: str) -> None:
         click.secho(f"[{time.perf_counter() - t0:6.1f} s] {text}", fg="cyan", err=True)
 
-    # The sample holds a few files of older BOSS reductions (DR14's v5_10_0/v5_11_0) that the
-    # release's archive does not serve; a real release catalogue never lists them, so the demo's
-    # catalogue leaves them out rather than asking the archive for paths it does not have.
-    out.mkdir(parents=True, exist_ok=True)
-    lines = (sample / "catalog.csv").read_text().splitlines(keepends=True)
-    run2d_col = lines[0].strip().split(",").index("RUN2D")
-    kept = [ln for ln in lines[1:] if ln.split(",")[run2d_col] in rel.run2ds]
-    catalog_csv = out / "sample-catalog.csv"
-    catalog_csv.write_text(lines[0] + "".join(kept))
-    step(f"{len(kept)} of {len(lines) - 1} sample rows are of reductions {rel.name} serves")
-
-    with ArchiveMirror(sample / "sdss", rel) as mirror:
-        step(f"serving the bundled sample at {mirror.base_url} (archive layout)")
-        report = fetch(
-            rel,
-            data,
-            catalog_source=str(catalog_csv),
-            base_url=mirror.base_url,
-            workers=workers,
-        )
-    if not report.ok:
-        raise click.ClickException(
-            f"fetch failed for {report.n_failed} object(s); "
-            f"see {data / rel.name / 'fetch-report.json'}"
-        )
-    step(
-        f"fetched {report.selected} selected spectra "
-        f"({report.downloaded} downloaded, {report.already_present} already present)"
-    )
-    built = build_shards(rel, data, workers=workers, progress=sys.stderr.isatty())
-    step(
-        f"built {built.accepted} spectra into {len(built.shards)} shard(s), "
-        f"{len(built.rejected)} rejected -> {built.shards_dir}"
-    )
-    n_train = sum(s["rows"] for s in built.shards if s["split"] == "train")
-    batch_size = max(1, min(64, n_train // 2))  # at least two steps per epoch on a tiny sample
-    plan = [
-        ("fidelity", epochs, None),
-        ("similarity", epochs, None),
-        ("consistency", max(1, epochs // 2), runs / "similarity"),
-    ]
-    for objective, n_epochs, init in plan:
-        run = runs / objective
-        if (run / "config.json").exists() and (run / "last.pt").exists():
-            step(f"train {objective}: reusing {run}")
-            continue
-        step(f"train {objective} ({n_epochs} epochs, cpu-small)")
-        train(
-            TrainConfig(
-                shards=str(built.shards_dir),
-                run=str(run),
-                objective=objective,
-                preset="cpu-small",
-                epochs=n_epochs,
-                batch_size=batch_size,
-                init=str(init) if init else None,
-                progress=sys.stderr.isatty(),
-            )
-        )
-    step("evaluate on the test split")
-    rows = compare_runs([runs / name for name, _, _ in plan], split="test")
-    click.echo(format_table(rows, blank_untrained=True))
-    for r in rows:
-        for name, path in r["figures"].items():
-            if path:
-                click.echo(f"{r['run']} {name}: {path}")
-    step("done")
-    click.echo(
-        f"Note: only {built.accepted} bundled real galaxies pass the {rel.name} cuts, so these "
-        "numbers show the machinery, not the science; docs/table1.md has Table 1 on a larger "
-        "(synthetic-from-real) corpus."
-    )
+    try:
+        run_demo(out_dir, release, epochs, workers, step=step, echo=click.echo)
+    except WorkflowError as err:
+        raise click.ClickException(str(err)) from None
 
 
 if __name__ == "__main__":

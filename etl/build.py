@@ -23,6 +23,11 @@ plates have larger ids and land at the end).
 Objects are identified by the release's object key (``[object] key`` of the manifest: plate, mjd,
 fiberid for SDSS-I–IV; field, mjd, catalogid for SDSS-V); it names each input file and is
 checked against the file's HDU 2, and it is stored per row in the shards (format v2).
+
+A full disk stops the build at once (:class:`etl.diskspace.DiskFull`, one line): no new task
+starts, tasks in flight finish or stop, every finished shard is in the journal (the rerun keeps
+it), no temporary file remains, ``index.json`` is unchanged and ``build-report.json`` (still the
+report of that index) gains a ``stopped`` record. A rerun after space is freed completes.
 """
 
 from __future__ import annotations
@@ -40,11 +45,13 @@ from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
 from etl.atomic import fsync_dir, write_json_atomic
 from etl.catalog import CatalogError, id_sort_key, read_catalog
+from etl.diskspace import DiskFull, is_disk_full
 from etl.release import ObjectLayout, Release
 from etl.shards import CHUNK_ROWS, FORMAT_VERSION, SPLITS, ShardError, ShardWriter, shard_attrs
 from etl.spectrum import Preprocessor, SpectrumRejected
@@ -316,7 +323,28 @@ def build_one_shard(
 
     Runs in a worker process. Writes ``<shards_dir>/<task.path>`` through a temporary file and a
     hard link that refuses to overwrite (two runs can never clobber each other's shard).
+    A full disk is returned as ``{"disk_full": path}`` (no file left), not raised, so that the
+    driver stops the build without a traceback from every worker.
     """
+    try:
+        return _build_one_shard(task, preprocessor, attrs, shards_dir, compression)
+    except (OSError, RuntimeError) as err:  # h5py raises either
+        if not is_disk_full(err):
+            raise
+        return {
+            "entry": None,
+            "rejected": [],
+            "disk_full": str(Path(shards_dir) / task.path),  # where it was being written
+        }
+
+
+def _build_one_shard(
+    task: ShardTask,
+    preprocessor: Preprocessor,
+    attrs: Mapping[str, object],
+    shards_dir: str,
+    compression: str | None,
+) -> dict:
     rows = task.rows
     n = len(task)
     npix = len(preprocessor.wave_obs)
@@ -626,14 +654,25 @@ def build_shards(
             (shards_dir / task.split).mkdir(parents=True, exist_ok=True)
         log.info("%d shard(s) planned: %d unchanged, %d to write", len(tasks), len(done), len(todo))
         if todo:
-            with open(journal_path, "a") as jfh:
-                for task, out in _run_tasks(
-                    todo, release, shards_dir, compression, workers, scheduler, progress
+            try:
+                # closing(): a stop in this loop closes the cluster before the cleanup below
+                with (
+                    open(journal_path, "a") as jfh,
+                    contextlib.closing(
+                        _run_tasks(
+                            todo, release, shards_dir, compression, workers, scheduler, progress
+                        )
+                    ) as results,
                 ):
-                    jfh.write(json.dumps(out) + "\n")
-                    jfh.flush()
-                    os.fsync(jfh.fileno())
-                    done.append((task, out["entry"], out["rejected"]))
+                    for task, out in results:
+                        jfh.write(json.dumps(out) + "\n")
+                        jfh.flush()
+                        os.fsync(jfh.fileno())
+                        done.append((task, out["entry"], out["rejected"]))
+            except OSError as err:
+                if not is_disk_full(err):
+                    raise
+                _stop_on_full_disk(shards_dir, old_report, err, len(done) - result.kept, len(todo))
         result.written = len(todo)
 
         # index: one entry per shard, in split then id order; shards without rows go to
@@ -696,6 +735,35 @@ def build_shards(
     return result
 
 
+def _stop_on_full_disk(
+    shards_dir: Path, old_report: dict, err: OSError, finished: int, planned: int
+) -> NoReturn:
+    """Leave the folder consistent after a full disk, record the stop, raise one line."""
+    removed = 0
+    for split in SPLITS:  # temporaries of tasks cut short (finished shards stay: journal)
+        d = shards_dir / split
+        for p in d.iterdir() if d.is_dir() else ():
+            if p.name.startswith(".") and p.name.endswith((".tmp", ".part")):
+                p.unlink(missing_ok=True)
+                removed += 1
+    cause = str(err) if isinstance(err, DiskFull) else str(DiskFull(err.filename or shards_dir))
+    detail = (
+        f"build-shards stopped: {finished} of {planned} shard(s) to write were finished and are "
+        f"kept for the rerun; index.json is unchanged and no partial file remains: free space "
+        f"and rerun"
+    )
+    # build-report.json keeps describing the index it sits beside (still the old one)
+    stop = {"cause": cause, "shards_finished": finished, "shards_planned": planned}
+    try:
+        write_json_atomic(shards_dir / REPORT_NAME, dict(old_report, stopped=stop))
+    except OSError as again:
+        if not is_disk_full(again):
+            raise
+        detail += "; build-report.json could not be updated"
+    log.debug("removed %d temporary file(s) after the stop", removed)
+    raise DiskFull(shards_dir, detail) from None
+
+
 def _run_tasks(
     todo: list[ShardTask],
     release: Release,
@@ -743,6 +811,7 @@ def _run_tasks(
         bar = tqdm(
             total=len(todo), unit="shard", disable=None if progress else True, desc="build-shards"
         )
+        stop = ""  # a full disk: submit nothing more, let the tasks in flight finish, then raise
         try:
             for fut in pending:
                 task = futures.pop(fut.key)
@@ -753,9 +822,15 @@ def _run_tasks(
                 except Exception as err:
                     raise BuildError(f"shard {task.path}: task failed ({err})") from err
                 fut.release()
+                bar.update(1)
+                if out.get("disk_full"):
+                    stop = stop or out["disk_full"]
+                    queue.clear()
+                    continue
                 if queue:
                     pending.add(submit())
-                bar.update(1)
                 yield task, out
         finally:
             bar.close()
+        if stop:
+            raise DiskFull(stop)

@@ -17,6 +17,10 @@ object's FITS, an HTML page with status 200) is retried once, in case a mirror s
 error page, and then reported with the reason; it is not retried like a network error.
 404/410 mean "missing upstream": recorded, not retried.
 
+A full disk (ENOSPC/EDQUOT) is not a per-file failure: every remaining file would fail the same
+way. The batch stops at once (files not started are cancelled, files in flight finish or fail),
+leaves no partial file, and says so in :attr:`BatchResult.disk_full`; the caller stops the run.
+
 The ledger (``DATA/<release>/ledger/``) has two parts:
 
 - ``ledger.npy``: the compacted index, one fixed 48-byte record per verified file (64-bit key of
@@ -51,6 +55,7 @@ from typing import NamedTuple
 import numpy as np
 
 from etl.atomic import fsync_dir
+from etl.diskspace import DiskFull, is_disk_full
 from etl.spectrum import SpectrumRejected, read_spec_lite
 
 log = logging.getLogger(__name__)
@@ -136,6 +141,8 @@ class BatchResult:
     present: int = 0
     bytes: int = 0
     failed: list[Outcome] = field(default_factory=list)
+    not_attempted: int = 0  #: cancelled when the batch stopped on a full disk
+    disk_full: str = ""  #: why the batch stopped early (one line), "" when it did not
 
     def add(self, o: Outcome) -> None:
         if o.status == "downloaded":
@@ -148,7 +155,7 @@ class BatchResult:
 
     @property
     def total(self) -> int:
-        return self.downloaded + self.present + len(self.failed)
+        return self.downloaded + self.present + len(self.failed) + self.not_attempted
 
 
 # --- ledger ------------------------------------------------------------------------------------
@@ -471,7 +478,21 @@ def _backoff(attempt: int, err: DownloadFailed, cfg: DownloadConfig) -> float:
 def fetch_one(
     session: object, job: Job, spectra_dir: Path, cfg: DownloadConfig, ledger: LedgerWriter
 ) -> Outcome:
-    """Download and verify one file with retries; never raises for a per-file problem."""
+    """Download and verify one file with retries; never raises for a per-file problem.
+
+    Raises :class:`DiskFull` when the disk (or quota) is full: that is no per-file problem.
+    """
+    try:
+        return _fetch_one(session, job, spectra_dir, cfg, ledger)
+    except OSError as err:
+        if is_disk_full(err) and not isinstance(err, DiskFull):
+            raise DiskFull(spectra_dir / job.relpath) from None
+        raise
+
+
+def _fetch_one(
+    session: object, job: Job, spectra_dir: Path, cfg: DownloadConfig, ledger: LedgerWriter
+) -> Outcome:
     dest = spectra_dir / job.relpath
     dest.parent.mkdir(parents=True, exist_ok=True)
     if dest.exists():
@@ -499,6 +520,8 @@ def fetch_one(
             log.debug("%s: %s; retry %d in %.2f s", job.label, err, attempt, delay)
             time.sleep(delay)
         except OSError as err:  # local disk trouble: not the server's fault, do not hammer it
+            if is_disk_full(err):
+                raise  # not this file's problem: the batch stops (see fetch_one)
             return Outcome(job, "failed", "local I/O error", _short(err), attempts=attempt)
         else:
             ledger.add(job, size, sha)
@@ -526,23 +549,56 @@ def download_jobs(
     cfg: DownloadConfig | None = None,
     on_outcome: Callable[[Outcome], None] | None = None,
 ) -> BatchResult:
-    """Download a batch with ``cfg.connections`` threads; one ledger file for the batch."""
+    """Download a batch with ``cfg.connections`` threads; one ledger file for the batch.
+
+    On a full disk the batch stops: files not started are cancelled (``not_attempted``) and
+    ``disk_full`` says where; the result is returned, not raised, so that a Dask task can hand it
+    to the driver without a traceback per task.
+    """
     cfg = cfg or DownloadConfig()
     spectra_dir = Path(spectra_dir)
     result = BatchResult()
-    ledger = LedgerWriter(ledger_dir)
+    try:
+        ledger = LedgerWriter(ledger_dir)
+    except OSError as err:
+        if not is_disk_full(err):
+            raise
+        result.disk_full, result.not_attempted = str(DiskFull(ledger_dir)), len(list(jobs))
+        return result
     session = make_session(cfg.connections)
+    full = threading.Event()  # set by the first thread that meets a full disk
+
+    def one(job: Job) -> Outcome | None:
+        if full.is_set():
+            return None  # not attempted: files in flight finish (or fail alike), no new ones
+        try:
+            return fetch_one(session, job, spectra_dir, cfg, ledger)
+        except DiskFull:
+            full.set()
+            raise
+
     try:
         with ThreadPoolExecutor(max_workers=cfg.connections) as pool:
-            for outcome in pool.map(
-                lambda j: fetch_one(session, j, spectra_dir, cfg, ledger), list(jobs)
-            ):
+            for fut in [pool.submit(one, j) for j in jobs]:
+                try:
+                    outcome = fut.result()
+                except DiskFull as err:
+                    result.disk_full = result.disk_full or str(err)
+                    outcome = None
+                if outcome is None:
+                    result.not_attempted += 1
+                    continue
                 result.add(outcome)
                 if on_outcome is not None:
                     on_outcome(outcome)
     finally:
         session.close()  # type: ignore[attr-defined]
-        ledger.close()
+        try:
+            ledger.close()
+        except OSError as err:  # the last journal line could not be flushed: a torn line
+            if not is_disk_full(err):  # is ignored on reading; its file is re-verified
+                raise
+            result.disk_full = result.disk_full or str(DiskFull(ledger.path))
     return result
 
 
@@ -606,6 +662,10 @@ def download_resumable(
                 failure = DownloadFailed("connection error", _short(err))
             except DownloadFailed as err:
                 failure = err
+            except OSError as err:
+                if is_disk_full(err):  # the .part stays: the rerun continues from its end
+                    raise DiskFull(part, "the .part file is kept; free space and rerun") from None
+                raise
             if not failure.retryable or attempt == cfg.attempts:
                 raise failure
             time.sleep(_backoff(attempt, failure, cfg))

@@ -7,7 +7,9 @@ Layout under ``DATA/<release>/``:
   ``<plate:04d>/spec-<plate>-<mjd>-<fiberid>.fits``; DR20: ``015XXX/015023/59232/spec-….fits``);
 - ``ledger/`` (verified files with size and sha256: a compacted index plus per-task journals,
   merged when a run starts and ends; see :mod:`etl.download`);
-- ``fetch-report.json`` (selected, downloaded, already present, failed by reason with ids).
+- ``fetch-report.json`` (selected, downloaded, already present, failed by reason with ids;
+  for a dry run the estimated bytes to download against the free space; ``stopped`` when a full
+  disk stopped the run).
 
 The download is a Dask graph: the selected catalogue is cut into row ranges, one task per range.
 Each task builds its own work list (URLs, paths), looks its objects up in the mapped ledger index,
@@ -30,6 +32,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -41,6 +44,7 @@ from etl.catalog import (
     Selector,
     write_catalog,
 )
+from etl.diskspace import DiskFull, SizeSample, is_disk_full, space_report
 from etl.download import (
     BatchResult,
     DownloadConfig,
@@ -50,6 +54,7 @@ from etl.download import (
     compact_ledger,
     download_jobs,
     download_resumable,
+    make_session,
 )
 from etl.release import Release, UnknownRun2d
 from etl.skyserver import iter_sql_pages
@@ -82,6 +87,9 @@ class FetchReport:
     seconds: float = 0.0  #: wall time of the download phase
     dry_run: bool = False
     failed: dict[str, list[dict]] = field(default_factory=dict)
+    space: dict | None = None  #: dry run: estimated bytes to download vs free space
+    stopped: str = ""  #: why the run stopped early (a full disk), "" when it did not
+    not_attempted: int = 0  #: files left for the rerun when the run stopped
 
     @property
     def n_failed(self) -> int:
@@ -113,7 +121,9 @@ class FetchReport:
             "bytes_downloaded": self.bytes,
             "download_seconds": round(self.seconds, 3),
             "files_per_second": round(rate, 2),
-        }
+            "stopped": self.stopped or None,
+            "not_attempted": self.not_attempted,
+        } | ({"disk_space": self.space} if self.space is not None else {})
 
 
 # --- catalogue ---------------------------------------------------------------------------------
@@ -235,6 +245,7 @@ def fetch_partition(
         result.present += got.present
         result.bytes += got.bytes
         result.failed += got.failed
+        result.not_attempted, result.disk_full = got.not_attempted, got.disk_full
     return result
 
 
@@ -270,7 +281,12 @@ def fetch(
     progress: bool = True,
 ) -> FetchReport:
     """Select and download; write ``fetch-report.json``; return the report (never raises for a
-    per-file failure; :class:`CatalogError` when no catalogue can be built)."""
+    per-file failure; :class:`CatalogError` when no catalogue can be built).
+
+    A full disk stops the run at once: the report records the stop, then :class:`DiskFull`
+    (an ``OSError``) is raised with one line. Verified files stay; a rerun completes the rest.
+    A dry run measures the bytes still to download against the free space (``report.space``).
+    """
     from etl.cluster import dask_client
 
     config = config or DownloadConfig()
@@ -292,12 +308,16 @@ def fetch(
     if dry_run:
         report.dry_run = True
         ledger = Ledger(ledger_dir)
+        sizes = SizeSample()
         for part in parts:
             jobs, done = plan_jobs(release, part, spectra_dir, ledger, base_url)
             report.to_download += len(jobs)
             report.already_present += done.present
             for o in done.failed:
                 report.add_failure(o)
+            for job in jobs:
+                sizes.add(job.run2d, job.url)
+        _dry_run_space(report, release, sizes, rel_dir, config)
         doc = report.to_dict() | {"to_download": report.to_download}
         write_json_atomic(rel_dir / "fetch-report.json", doc, indent=2)
         return report
@@ -320,10 +340,14 @@ def fetch(
                     for o in result.failed:
                         log.warning("%s", o.line())
                         report.add_failure(o)
+                    report.stopped = report.stopped or result.disk_full
                 report.seconds = time.perf_counter() - t0
         finally:
-            compact_ledger(ledger_dir)
+            _compact_unless_full(ledger_dir)
     report.to_download = report.selected - report.already_present
+    if report.stopped:  # going on cannot help: what was not tried is left for the rerun
+        report.not_attempted = report.to_download - report.downloaded - report.n_failed
+        _stop_on_full_disk(report, rel_dir)
     write_json_atomic(rel_dir / "fetch-report.json", report.to_dict(), indent=2)
     log.info(
         "fetch: %d downloaded, %d already present, %d failed (report: %s)",
@@ -333,6 +357,47 @@ def fetch(
         rel_dir / "fetch-report.json",
     )
     return report
+
+
+def _dry_run_space(
+    report: FetchReport, release: Release, sizes: SizeSample, rel_dir: Path, cfg: DownloadConfig
+) -> None:
+    """Estimate the bytes still to download (HEAD on a sample) against the free space."""
+    # shards hold flux and ivar as float32 per pixel per object: an upper bound (rejects shrink it)
+    shards_bytes = (report.selected - report.n_failed) * release.grid.npix * 8
+    session = make_session(cfg.connections)
+    try:
+        report.space = space_report(
+            sizes, rel_dir, session, cfg.connections, cfg.connect_timeout, shards_bytes
+        )
+    finally:
+        session.close()  # type: ignore[attr-defined]
+
+
+def _compact_unless_full(ledger_dir: Path) -> None:
+    """Merge the journals; on a full disk leave them for the next run to merge (consistent)."""
+    try:
+        compact_ledger(ledger_dir)
+    except OSError as err:
+        if not is_disk_full(err):
+            raise
+        log.warning("ledger: journals not merged (disk full); the next run merges them")
+
+
+def _stop_on_full_disk(report: FetchReport, rel_dir: Path) -> NoReturn:
+    """Record the stop in fetch-report.json (if it still fits) and raise one line."""
+    left = report.to_download - report.downloaded - report.n_failed
+    detail = (
+        f"fetch stopped after {report.downloaded} download(s); {left} file(s) left. Verified "
+        f"files are kept and no partial file remains: free space and rerun"
+    )
+    try:
+        write_json_atomic(rel_dir / "fetch-report.json", report.to_dict(), indent=2)
+    except OSError as err:
+        if not is_disk_full(err):
+            raise
+        detail += "; fetch-report.json could not be written"
+    raise DiskFull(rel_dir / "spectra", detail)
 
 
 def _run_partitions(
@@ -345,25 +410,43 @@ def _run_partitions(
     config: DownloadConfig,
     progress: bool,
 ) -> Iterable[BatchResult]:
-    """Submit one task per partition; yield results as tasks finish, with a progress bar."""
+    """One task per partition; yield results as tasks finish, with a progress bar.
+
+    Tasks are submitted as worker threads free up (one task each; a task lasts minutes at scale,
+    so the round trip to submit the next one is nothing), so that a full disk stops the run at
+    once: after a result reports it nothing new is submitted, and the few tasks in flight (which
+    meet the same full disk within a file) are waited for, so that nothing is still writing
+    when the fetch returns. Partitions never run yield nothing.
+    """
     from distributed import as_completed
     from tqdm import tqdm
 
-    futures = client.map(  # type: ignore[attr-defined]
-        fetch_partition,
-        [release] * len(parts),
-        parts,
-        spectra_dir=str(spectra_dir),
-        ledger_dir=str(ledger_dir),
-        base_url=base_url,
-        cfg=config,
-        pure=False,
-    )
+    slots = max(1, sum(client.nthreads().values()))  # type: ignore[attr-defined]
+    queue = list(reversed(parts))
+
+    def submit() -> object:
+        return client.submit(  # type: ignore[attr-defined]
+            fetch_partition,
+            release,
+            queue.pop(),
+            spectra_dir=str(spectra_dir),
+            ledger_dir=str(ledger_dir),
+            base_url=base_url,
+            cfg=config,
+            pure=False,
+        )
+
     total = sum(len(p["SPECOBJID"]) for p in parts)
+    pending = as_completed([submit() for _ in range(min(slots, len(queue)))])
     with tqdm(
         total=total, unit="file", desc="fetch", disable=None if progress else True, smoothing=0.1
     ) as bar:
-        for future in as_completed(futures):
+        for future in pending:
             result = future.result()
+            future.release()
             bar.update(result.total)
+            if result.disk_full:
+                queue.clear()
+            elif queue:
+                pending.add(submit())
             yield result

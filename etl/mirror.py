@@ -23,6 +23,7 @@ import logging
 import re
 import socket
 import struct
+import sys
 import threading
 import time
 from collections import Counter
@@ -110,7 +111,7 @@ class ArchiveMirror:
         self.served: Counter[str] = Counter()  #: complete, unfaulted bodies per url path
         self._lock = threading.Lock()
         self.routes: dict[str, Path] = {}
-        self._server = ThreadingHTTPServer((host, port), _make_handler(self))
+        self._server = _Server((host, port), _make_handler(self))
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
         if root is not None:
@@ -173,6 +174,16 @@ class ArchiveMirror:
         with self._lock:
             self.hits[path] += 1
             return self.hits[path]
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        # a client that drops a keep-alive connection (an aborted download: a full disk, a
+        # killed fetch) is normal for an archive: no traceback on stderr
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            log.debug("mirror: %s dropped the connection", client_address)
+            return
+        super().handle_error(request, client_address)  # type: ignore[arg-type]
 
 
 def _make_handler(mirror: ArchiveMirror) -> type[BaseHTTPRequestHandler]:

@@ -31,7 +31,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-#: Where the manifests shipped with specetl live (the repository's ``data_manifests/``).
+#: Where the manifests shipped with specetl live: ``data_manifests/`` beside the ``etl`` package,
+#: in a checkout and in an installed wheel alike (pyproject.toml ships it as package data there).
 MANIFEST_DIR = Path(
     os.environ.get("SPECETL_MANIFESTS", Path(__file__).resolve().parent.parent / "data_manifests")
 )

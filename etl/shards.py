@@ -169,7 +169,11 @@ class ShardWriter:
         self._scalars: dict[str, list[np.ndarray]] = {
             k: [] for k in self.datasets if k not in ("flux", "ivar")
         }
-        self._h5 = h5py.File(self.tmp, "w")
+        # no chunk cache: a write that fails (a full disk) then fails in append(), where it is
+        # handled, not at a later cache eviction or at close, after which HDF5 (2.0 here) was
+        # seen to crash the process. At real sizes nothing changes: a 256-row chunk of float32
+        # flux (4 MB) is larger than the default 1 MB cache, so it bypassed the cache anyway.
+        self._h5 = h5py.File(self.tmp, "w", rdcc_nbytes=0)
         for name in ("flux", "ivar"):
             self._h5.create_dataset(
                 name,
@@ -221,6 +225,10 @@ class ShardWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._h5.id.valid:
-            self._h5.close()
-        self.tmp.unlink(missing_ok=True)
+        try:
+            if self._h5.id.valid:
+                self._h5.close()
+        except (OSError, RuntimeError):
+            pass  # closing after a failed write (a full disk) can fail again; the file goes anyway
+        finally:
+            self.tmp.unlink(missing_ok=True)

@@ -3,11 +3,12 @@
 Run layout (RUN/):
   config.json     the TrainConfig and ModelConfig of the run
   metrics.jsonl   one JSON line per epoch (train and validation losses, lr, k1, spectra/s)
-  last.pt         latest checkpoint (every `checkpoint_every` epochs and at the end)
-  best.pt         checkpoint with the lowest validation total loss
-Checkpoints hold only tensors and plain python values, so `torch.load(p, weights_only=True)`
-reads them. Every epoch reseeds dropout and augmentation from (seed, epoch) and draws its data
-order from (seed, epoch), so `--resume` from an epoch boundary reproduces an uninterrupted run.
+  best.pt         the model with the lowest validation total loss (model only)
+  last.pt         the latest epoch (every `checkpoint_every` epochs and at the end), with the
+                  state `--resume` needs until the run has finished
+What each checkpoint holds, and loading them: model/checkpoint.py (`load_model` is re-exported
+here). Every epoch reseeds dropout and augmentation from (seed, epoch) and draws its data order
+from (seed, epoch), so `--resume` from an epoch boundary reproduces an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -25,6 +26,17 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from model.autoencoder import PRESET_BATCH, PRESETS, ModelConfig, SpectrumAutoencoder
+from model.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    TrainError,
+    load_checkpoint,
+    load_model,
+    require_training_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from model.data import (
     DeviceCache,
     ShardStream,
@@ -37,12 +49,6 @@ from model.data import (
 from model.evaluation import OBJECTIVES, evaluate, step_losses, terms_for
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_FORMAT = "specetl-checkpoint"
-
-
-class TrainError(RuntimeError):
-    """A user-facing training error (bad run dir, incompatible resume/init); one-line message."""
 
 
 @dataclass
@@ -121,53 +127,6 @@ def _dist_setup(device: torch.device) -> tuple[int, int]:
     return 0, 1
 
 
-def _atomic_save(obj: dict, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # a crash mid-write never leaves a truncated checkpoint
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint with `weights_only=True` (no pickled code); raises TrainError."""
-    path = Path(path)
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (OSError, RuntimeError) as e:
-        raise TrainError(f"cannot load checkpoint {path}: {e}") from e
-    if ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise TrainError(f"{path} is not a specetl checkpoint")
-    return ckpt
-
-
-def load_model(
-    run: str | Path, which: str = "best", device: str | torch.device = "cpu"
-) -> tuple[SpectrumAutoencoder, dict]:
-    """The trained model of a run dir (`best.pt`, falling back to `last.pt`) and its checkpoint."""
-    run = Path(run)
-    path = run / f"{which}.pt"
-    if not path.exists():
-        path = run / "last.pt"
-    if not path.exists():
-        raise TrainError(f"no checkpoint in {run} (expected best.pt or last.pt)")
-    ckpt = load_checkpoint(path, device)
-    model = SpectrumAutoencoder(ModelConfig.from_dict(ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
-    return model.to(device), ckpt
-
-
-def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
     """Train per `cfg`; returns the last epoch's metrics (rank 0; others get {}).
 
@@ -229,10 +188,15 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
     if cfg.resume:
         ckpt = load_checkpoint(run / "last.pt", device)
         _check_resume(ckpt["config"], cfg)
+        if ckpt["epoch"] >= cfg.epochs:
+            if main:
+                log.info("%s finished all %d epochs; nothing to resume", run, cfg.epochs)
+            return ckpt.get("metrics", {}) if main else {}
+        require_training_state(ckpt, run / "last.pt")
         core.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
-        _set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"])
         start_epoch, best = ckpt["epoch"], ckpt["best_valid"]
         if ckpt["index_sha256"] != index_sha256(cfg.shards) and main:
             log.warning("resuming on different shards than the checkpoint was trained on")
@@ -341,14 +305,11 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
                 valid["fidelity"],
                 metrics["spectra_per_s"],
             )
-            ckpt = {
+            slim = {
                 "format": CHECKPOINT_FORMAT,
-                "version": 1,
+                "version": CHECKPOINT_VERSION,
                 "model": core.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
                 "epoch": epoch + 1,
-                "rng": _rng_state(),
                 "config": asdict(cfg),
                 "model_config": mcfg.to_dict(),
                 "index_sha256": index_sha256(cfg.shards),
@@ -357,10 +318,17 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
             }
             if valid["total"] < best:
                 best = valid["total"]
-                _atomic_save(ckpt, run / "best.pt")
-            last = epoch + 1 == cfg.epochs or epoch + 1 == stop_after_epoch
+                save_checkpoint(slim, run / "best.pt")
+            finished = epoch + 1 == cfg.epochs
+            last = finished or epoch + 1 == stop_after_epoch
             if (epoch + 1) % cfg.checkpoint_every == 0 or last:
-                _atomic_save(ckpt, run / "last.pt")
+                full = {
+                    **slim,
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "rng": rng_state(),
+                }
+                save_checkpoint(slim if finished else full, run / "last.pt")
         if world > 1:
             dist.barrier()
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
@@ -389,7 +357,15 @@ def _check_resume(saved: dict, cfg: TrainConfig) -> None:
     diff = [k for k in _RESUME_KEYS if saved.get(k) != getattr(cfg, k)]
     if diff:
         pairs = ", ".join(f"{k}: {saved.get(k)!r} → {getattr(cfg, k)!r}" for k in diff)
-        raise TrainError(f"--resume with settings that differ from the checkpoint ({pairs})")
+        # --resume replays the interrupted run exactly (its LR schedule spans the epochs it was
+        # started with), so "more epochs" is a new run that starts from this one's weights
+        raise TrainError(
+            f"--resume with settings that differ from the checkpoint ({pairs}); --resume only "
+            f"finishes {cfg.run} as it was started. To train longer or with other settings, "
+            f"start a new run from its best model: specetl train --run NEW_RUN --init {cfg.run} "
+            f"--objective {cfg.objective} --preset {saved.get('preset', cfg.preset)} "
+            f"--epochs N (plus your other options)"
+        )
 
 
 def _truncate_metrics(path: Path, epoch: int) -> None:

@@ -51,6 +51,12 @@ def test_resume_2_plus_2_equals_4(shards, tmp_path):
     train(_cfg(shards, full, **kw))
     train(_cfg(shards, part, **kw), stop_after_epoch=2)
     assert load_checkpoint(part / "last.pt")["epoch"] == 2
+    # an interrupted run's last.pt holds what --resume needs; best.pt only the model
+    interrupted, best = load_checkpoint(part / "last.pt"), load_checkpoint(part / "best.pt")
+    assert {"optimizer", "scheduler", "rng"} <= interrupted.keys()
+    assert not {"optimizer", "scheduler", "rng"} & best.keys()
+    assert best["model_config"] == interrupted["model_config"] and best["metrics"]["epoch"] >= 1
+    assert (part / "best.pt").stat().st_size < 0.5 * (part / "last.pt").stat().st_size
     with pytest.raises(TrainError, match="already holds a run"):
         train(_cfg(shards, part, **kw))
     with pytest.raises(TrainError, match="differ"):
@@ -64,18 +70,60 @@ def test_resume_2_plus_2_equals_4(shards, tmp_path):
         {**r, "spectra_per_s": m["spectra_per_s"], "epoch_s": m["epoch_s"]}
         for r, m in zip(_metrics(part), _metrics(full), strict=True)
     ]
+    # a finished run has nothing left to resume: its last.pt is slim and --resume is a no-op
+    assert "optimizer" not in load_checkpoint(full / "last.pt")
+    before = (full / "metrics.jsonl").read_text()
+    assert train(_cfg(shards, full, **kw, resume=True))["epoch"] == 4
+    assert (full / "metrics.jsonl").read_text() == before
 
 
 def test_similarity_then_consistency_from_init(shards, tmp_path):
     sim = tmp_path / "sim"
     train(_cfg(shards, sim, objective="similarity", epochs=1))
     assert "valid_similarity" in _metrics(sim)[0]
+    assert "optimizer" not in load_checkpoint(sim / "best.pt")  # --init reads a slim best.pt
     con = tmp_path / "con"
     train(_cfg(shards, con, objective="consistency", epochs=1, init=str(sim)))
     m = _metrics(con)[0]
     assert 0 <= m["valid_consistency"] < 0.5 and m["valid_latent_shift"] >= 0
     with pytest.raises(TrainError, match="model config differs"):
         train(_cfg(shards, tmp_path / "x", preset="paper", epochs=1, init=str(sim)))
+
+
+def test_old_full_state_checkpoints_load_and_bad_ones_fail_clearly(shards, tmp_path):
+    """A version-1 run (full training state in best.pt and last.pt) still serves load_model,
+    --init and --resume; a newer or damaged checkpoint fails with a one-line TrainError."""
+    new = tmp_path / "new"
+    kw = dict(objective="fidelity", epochs=2)
+    train(_cfg(shards, new, **kw), stop_after_epoch=1)
+    full = torch.load(new / "last.pt", weights_only=True)
+    assert full["version"] == 2 and "optimizer" in full
+    old = tmp_path / "old"  # what specetl wrote before slim checkpoints
+    old.mkdir()
+    v1 = {**full, "version": 1}
+    torch.save(v1, old / "best.pt")
+    torch.save(v1, old / "last.pt")
+    (old / "config.json").write_text((new / "config.json").read_text())
+    (old / "metrics.jsonl").write_text((new / "metrics.jsonl").read_text())
+    model, ckpt = load_model(old)
+    assert ckpt["version"] == 1
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, full["model"][k]), k
+    train(_cfg(shards, tmp_path / "from-old", **kw, init=str(old)), stop_after_epoch=1)
+    train(_cfg(shards, old, **kw, resume=True))
+    assert load_checkpoint(old / "last.pt")["epoch"] == 2
+
+    # model-only last.pt of an unfinished run (e.g. a best.pt copied over it): no resume
+    slim = {k: v for k, v in full.items() if k not in ("optimizer", "scheduler", "rng")}
+    torch.save(slim, new / "last.pt")
+    with pytest.raises(TrainError, match="holds no optimizer/scheduler/rng state"):
+        train(_cfg(shards, new, **kw, resume=True))
+    torch.save({**slim, "version": 99}, new / "best.pt")
+    with pytest.raises(TrainError, match="version 99"):
+        load_model(new)
+    torch.save({k: v for k, v in slim.items() if k != "model"}, new / "best.pt")
+    with pytest.raises(TrainError, match="lacks model"):
+        load_model(new)
 
 
 def test_ddp_two_cpu_processes(shards, tmp_path):
@@ -149,3 +197,27 @@ def test_cache_on_device_trains_the_same_model_family(shards, tmp_path):
     train(_cfg(shards, part, **kw, resume=True))
     a, b = load_checkpoint(run / "last.pt")["model"], load_checkpoint(part / "last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_with_more_epochs_says_how_to_train_longer(shards, tmp_path):
+    """--resume refuses changed settings and names the way to train longer (a new run with
+    --init RUN); the command it suggests then runs."""
+    import shlex
+
+    from click.testing import CliRunner
+
+    from cli import main
+
+    run = tmp_path / "short"
+    train(_cfg(shards, run, objective="fidelity", epochs=1))
+    common = ["train", "--shards", str(shards), "--batch-size", "8", "--seed", "1"]
+    res = CliRunner().invoke(main, [*common, "--run", str(run), "--epochs", "3", "--resume"])
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    (line,) = [ln for ln in res.output.splitlines() if ln.startswith("Error:")]
+    assert "epochs: 1 → 3" in line and f"--init {run}" in line
+    suggested = shlex.split(line.split("specetl ", 1)[1].split(" (plus", 1)[0])
+    suggested = [str(tmp_path / "longer") if a == "NEW_RUN" else a for a in suggested]
+    suggested = ["1" if a == "N" else a for a in suggested]
+    again = CliRunner().invoke(main, [*suggested, *common[1:]])
+    assert again.exit_code == 0, again.output
+    assert _metrics(tmp_path / "longer")[0]["epoch"] == 1
