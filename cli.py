@@ -80,8 +80,9 @@ scheduler_option = click.option(
     "catalog_source",
     default="sql",
     show_default=True,
-    help="sql: SkyServer via astroquery; specobj: the bulk specObj FITS (resumable "
-    "download, bounded memory); or PATH to a local FITS/CSV/ECSV table.",
+    help="sql: SkyServer via astroquery (SDSS-I-IV releases); specobj: the release's bulk "
+    "summary table (specObj/spAll FITS, SDSS-V spAll-lite .fits.gz; resumable download, "
+    "bounded memory); or PATH to a local FITS(.gz)/CSV/ECSV table. Column names: README.",
 )
 @click.option(
     "--base-url",

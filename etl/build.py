@@ -15,9 +15,14 @@ Changed shards go to *new* file names, so the previous index stays valid until t
 replaces it: a SIGKILL at any moment leaves either the old or the new index, each consistent.
 
 Shard boundaries are stable across catalogue growth: each split's objects are sorted by
-specobjid and assigned to the id ranges of the previous index's shards; a range that grew past
-``shard_size`` is cut into equal pieces. New objects therefore touch only the shards whose range
-they fall into (for SDSS, new plates have larger ids and land at the end).
+specobjid (numerically: ids are decimal strings, compared zero-padded) and assigned to the id
+ranges of the previous index's shards; a range that grew past ``shard_size`` is cut into equal
+pieces. New objects therefore touch only the shards whose range they fall into (for SDSS, new
+plates have larger ids and land at the end).
+
+Objects are identified by the release's object key (``[object] key`` of the manifest: plate, mjd,
+fiberid for SDSS-I–IV; field, mjd, catalogid for SDSS-V); it names each input file and is
+checked against the file's HDU 2, and it is stored per row in the shards (format v2).
 
 A full disk stops the build at once (:class:`etl.diskspace.DiskFull`, one line): no new task
 starts, tasks in flight finish or stop, every finished shard is in the journal (the rerun keeps
@@ -45,11 +50,12 @@ from typing import NoReturn
 import numpy as np
 
 from etl.atomic import fsync_dir, write_json_atomic
-from etl.catalog import read_catalog
+from etl.catalog import CatalogError, id_sort_key, read_catalog
 from etl.diskspace import DiskFull, is_disk_full
-from etl.release import Release, spec_lite_name, spec_lite_relpath
-from etl.shards import CHUNK_ROWS, SPLITS, ShardError, ShardWriter, shard_attrs, split_of
+from etl.release import ObjectLayout, Release
+from etl.shards import CHUNK_ROWS, FORMAT_VERSION, SPLITS, ShardError, ShardWriter, shard_attrs
 from etl.spectrum import Preprocessor, SpectrumRejected
+from etl.splits import split_of, valid_position
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +64,14 @@ REPORT_NAME = "build-report.json"
 JOURNAL_NAME = ".journal.jsonl"
 LOCK_NAME = ".lock"
 INDEX_FORMAT = "specetl-shard-index"
-INDEX_FORMAT_VERSION = 1
+INDEX_FORMAT_VERSION = FORMAT_VERSION  # index and shards change version together
 COMPRESSIONS = ("none", "lzf", "gzip")
 _SHARD_RE = re.compile(r"^shard-(\d{5,})\.h5$")
-#: catalogue columns a task needs (and nothing else: memory per task is bounded by its rows)
-_TASK_COLUMNS = ("SPECOBJID", "PLATE", "MJD", "FIBERID", "RUN2D", "Z", "Z_ERR")
+
+
+def _task_columns(release: Release) -> tuple[str, ...]:
+    """Catalogue columns a task needs (and nothing else: memory per task is bounded by its rows)."""
+    return ("SPECOBJID", *(k.upper() for k in release.key), "RUN2D", "Z", "Z_ERR", "RA", "DEC")
 
 
 class BuildError(RuntimeError):
@@ -73,7 +82,7 @@ class BuildError(RuntimeError):
 class ShardTask:
     """One planned output shard: its rows of the catalogue and where it goes.
 
-    ``rows`` holds only this shard's candidates (catalogue columns of :data:`_TASK_COLUMNS` plus
+    ``rows`` holds only this shard's candidates (catalogue columns of :func:`_task_columns` plus
     the input files' ``SIZE`` and ``MTIME``), sorted by specobjid. File paths are derived from
     the ids in the task, not stored: ~300 bytes per object saved on the driver.
     """
@@ -82,19 +91,22 @@ class ShardTask:
     rows: dict[str, np.ndarray]
     inputs_sha256: str
     spectra_dir: str
+    layout: ObjectLayout
     path: str = ""  #: relative to the shards folder; set when the shard is (re)written
+
+    def key(self, i: int) -> tuple[int, ...]:
+        """Object key of row ``i`` (the release's key fields, in order)."""
+        return tuple(int(self.rows[k.upper()][i]) for k in self.layout.key)
 
     def file(self, i: int) -> str:
         """Input spec-lite path of row ``i``."""
-        # ids were validated while planning (spec_lite_relpath); here only the cheap string
-        r = self.rows
-        plate, mjd, fiberid = int(r["PLATE"][i]), int(r["MJD"][i]), int(r["FIBERID"][i])
-        name = spec_lite_name(plate, mjd, fiberid)
-        return os.path.join(self.spectra_dir, str(r["RUN2D"][i]), f"{plate:04d}", name)
+        # ids were validated while planning (Release.spec_lite_relpath); here only the string
+        rel = self.layout.path.format(**self.layout.fields(self.key(i)))
+        return os.path.join(self.spectra_dir, str(self.rows["RUN2D"][i]), rel)
 
     @property
-    def candidate_min(self) -> int:
-        return int(self.rows["SPECOBJID"][0])
+    def candidate_min(self) -> str:
+        return str(self.rows["SPECOBJID"][0])
 
     def __len__(self) -> int:
         return len(self.rows["SPECOBJID"])
@@ -111,6 +123,8 @@ class BuildResult:
     accepted: int = 0
     rejected: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    #: format version of the shards this build replaced wholesale (None: same format or none)
+    replaced_format_version: int | None = None
 
     @property
     def rejected_by_reason(self) -> dict[str, int]:
@@ -158,25 +172,29 @@ def _take_stats(item: tuple[list[int], object], size: np.ndarray, mtime: np.ndar
 
 
 def _inputs_fingerprint(split: str, rows: Mapping[str, np.ndarray], settings: str) -> str:
-    """sha256 over the split, settings and, per object, its ids, z, z_err and file size/mtime."""
+    """sha256 over the split, settings and, per object, its id, key, position, z, z_err and
+    file size/mtime (every catalogue value a shard stores or is read with)."""
     h = hashlib.sha256(f"{split}\0{settings}\0".encode())
-    for name in ("SPECOBJID", "PLATE", "MJD", "FIBERID", "Z", "Z_ERR", "SIZE", "MTIME"):
-        h.update(np.ascontiguousarray(rows[name]).tobytes())
-    h.update("\0".join(rows["RUN2D"].tolist()).encode())
+    for name, values in rows.items():
+        if name not in ("SPECOBJID", "RUN2D"):
+            h.update(name.encode() + np.ascontiguousarray(values).tobytes())
+    for name in ("SPECOBJID", "RUN2D"):
+        h.update(("\0".join(rows[name].tolist()) + "\0").encode())
     return h.hexdigest()
 
 
 # --- planning -----------------------------------------------------------------------------------
 
 
-def _cut(ids: np.ndarray, lower_bounds: list[int], shard_size: int) -> list[np.ndarray]:
+def _cut(ids: np.ndarray, lower_bounds: list[str], shard_size: int) -> list[np.ndarray]:
     """Row-index groups: bucket sorted ``ids`` by ``lower_bounds``, then cut big buckets evenly.
 
+    ``ids`` and ``lower_bounds`` are :func:`~etl.catalog.id_sort_key` strings (numeric order).
     Bucket i holds ids in [lower_bounds[i], lower_bounds[i+1]); the first bucket also takes
     everything below. A bucket of n > shard_size ids becomes ceil(n / shard_size) equal pieces,
     so no shard exceeds shard_size and none is tiny after a split.
     """
-    bounds = np.asarray(sorted(lower_bounds)[1:], dtype=np.uint64)
+    bounds = np.asarray(sorted(lower_bounds)[1:], dtype=ids.dtype)
     bucket = np.searchsorted(bounds, ids, side="right")
     groups: list[np.ndarray] = []
     starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]]) if len(ids) else []
@@ -198,15 +216,19 @@ def plan_shards(
 ) -> tuple[list[ShardTask], list[dict]]:
     """Split, order and cut the catalogue into shard tasks; return (tasks, early rejections).
 
-    Objects are ordered by split, then specobjid. ``previous`` (index entries of an earlier
-    build) supplies the shard boundaries, so growth changes only the shards it lands in.
-    Rows with an invalid id or a duplicate specobjid are rejected here, before any work.
+    Each object's split comes from its position on the sky (:func:`etl.splits.split_of`:
+    HEALPix cell, salt, fractions; repeat observations together), computed over the whole
+    catalogue at once. Objects are ordered by split, then specobjid. ``previous`` (index
+    entries of an earlier build) supplies the shard boundaries, so growth changes only the
+    shards it lands in. Rows with an invalid id, an invalid position or a duplicate specobjid
+    are rejected here, before any work.
     """
     n = len(catalog["SPECOBJID"])
     rejected: list[dict] = []
     size = np.full(n, -1, dtype=np.int64)
     mtime = np.full(n, -1, dtype=np.int64)
     ok = np.ones(n, dtype=bool)
+    key_cols = [k.upper() for k in release.key]
     # stat in blocks on a thread pool (hides file-system latency, e.g. on network storage)
     # while holding only a block of path strings at a time
     block = 4096
@@ -216,12 +238,8 @@ def plan_shards(
             rows_ok, paths = [], []
             for i in range(start, min(start + block, n)):
                 try:
-                    rel = spec_lite_relpath(
-                        catalog["RUN2D"][i],
-                        int(catalog["PLATE"][i]),
-                        int(catalog["MJD"][i]),
-                        int(catalog["FIBERID"][i]),
-                    )
+                    key = (int(catalog[k][i]) for k in key_cols)
+                    rel = release.spec_lite_relpath(catalog["RUN2D"][i], *key)
                 except ValueError as err:
                     ok[i] = False
                     rejected.append(_rejection(catalog, i, "", "invalid id", str(err)))
@@ -233,7 +251,12 @@ def plan_shards(
                 _take_stats(pending.pop(0), size, mtime)
         for item in pending:
             _take_stats(item, size, mtime)
-    ids = np.asarray(catalog["SPECOBJID"], dtype=np.uint64)
+    bad_pos = ~valid_position(catalog["RA"], catalog["DEC"])
+    for i in np.flatnonzero(bad_pos & ok):
+        ok[i] = False
+        detail = f"ra {catalog['RA'][i]!r}, dec {catalog['DEC'][i]!r} (degrees)"
+        rejected.append(_rejection(catalog, i, "", "invalid position", detail))
+    ids = id_sort_key(catalog["SPECOBJID"])
     order = np.argsort(ids, kind="stable")
     dup = np.zeros(n, dtype=bool)
     dup[order[1:]] = ids[order[1:]] == ids[order[:-1]]
@@ -242,36 +265,48 @@ def plan_shards(
         rejected.append(_rejection(catalog, i, "", "duplicate id", "specobjid seen before"))
 
     keep = np.flatnonzero(ok)
-    rows = {name: np.asarray(catalog[name])[keep] for name in _TASK_COLUMNS}
+    rows = {name: np.asarray(catalog[name])[keep] for name in _task_columns(release)}
     rows["SIZE"], rows["MTIME"] = size[keep], mtime[keep]
-    s = release.splits
-    split = split_of(rows["SPECOBJID"], s.salt, (s.train, s.valid, s.test))
+    sort_key = ids[keep]
+    # the split: the object's place on the sky (repeats follow their earliest observation)
+    mjd = rows["MJD"] if "MJD" in rows else np.zeros(len(keep), dtype=np.int64)
+    split = split_of(rows["RA"], rows["DEC"], mjd, release.splits)
     settings = settings_fingerprint(release, compression)
 
     tasks: list[ShardTask] = []
     for name in SPLITS:
         sel = np.flatnonzero(split == name)
-        sel = sel[np.argsort(rows["SPECOBJID"][sel], kind="stable")]
-        bounds = [0] + [int(e["candidate_min"]) for e in previous or () if e["split"] == name]
-        for group in _cut(rows["SPECOBJID"][sel], bounds, shard_size):
+        sel = sel[np.argsort(sort_key[sel], kind="stable")]
+        bounds = [""] + [
+            str(id_sort_key([str(e["candidate_min"])])[0])
+            for e in previous or ()
+            if e["split"] == name
+        ]
+        for group in _cut(sort_key[sel], bounds, shard_size):
             part = {k: v[sel[group]] for k, v in rows.items()}
             fingerprint = _inputs_fingerprint(name, part, settings)
-            tasks.append(ShardTask(name, part, fingerprint, str(spectra_dir)))
+            tasks.append(ShardTask(name, part, fingerprint, str(spectra_dir), release.object))
     return tasks, rejected
 
 
 def _rejection(
     catalog: Mapping[str, np.ndarray], i: int, file: str, reason: str, detail: str
 ) -> dict:
+    keys = [k for k in catalog if k not in _NOT_KEY]
     return {
-        "specobjid": int(catalog["SPECOBJID"][i]),
-        "plate": int(catalog["PLATE"][i]),
-        "mjd": int(catalog["MJD"][i]),
-        "fiberid": int(catalog["FIBERID"][i]),
+        "specobjid": str(catalog["SPECOBJID"][i]),
+        **{k.lower(): int(catalog[k][i]) for k in keys},
         "file": str(file),
         "reason": reason,
         "detail": detail,
     }
+
+
+#: catalogue columns that are not part of an object key (so the key columns are the rest)
+_NOT_KEY = frozenset(
+    ("SPECOBJID", "RUN2D", "CLASS", "Z", "Z_ERR", "ZWARNING", "RA", "DEC", "SPECPRIMARY")
+    + ("SIZE", "MTIME")
+)
 
 
 # --- the task (runs on a worker) ----------------------------------------------------------------
@@ -329,7 +364,7 @@ def _build_one_shard(
             norm = np.zeros(len(idx), dtype=np.float32)
             good = np.zeros(len(idx), dtype=bool)
             for j, i in enumerate(idx.tolist()):
-                expect = (int(rows["PLATE"][i]), int(rows["MJD"][i]), int(rows["FIBERID"][i]))
+                expect = task.key(i)
                 path = task.file(i)
                 try:
                     pre = preprocessor.preprocess_file(path, float(rows["Z"][i]), expect)
@@ -353,9 +388,9 @@ def _build_one_shard(
                     "z": rows["Z"][sel],
                     "zerr": rows["Z_ERR"][sel],
                     "specobjid": rows["SPECOBJID"][sel],
-                    "plate": rows["PLATE"][sel],
-                    "mjd": rows["MJD"][sel],
-                    "fiberid": rows["FIBERID"][sel],
+                    "ra": rows["RA"][sel],
+                    "dec": rows["DEC"][sel],
+                    **{k: rows[k.upper()][sel] for k in task.layout.key},
                 }
             )
             kept.append(sel)
@@ -368,16 +403,15 @@ def _build_one_shard(
                 staging.unlink(missing_ok=True)
             size = final.stat().st_size
     keep = np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
-    columns = {"specobjid": rows["SPECOBJID"][keep]}
-    ids = columns["specobjid"]
+    ids = rows["SPECOBJID"][keep]  # sorted by numeric id (planning)
     entry = {
         "path": task.path,
         "split": task.split,
         "rows": int(len(keep)),
         "sha256": digest,
         "bytes": size,
-        "specobjid_min": int(ids.min()) if len(ids) else None,
-        "specobjid_max": int(ids.max()) if len(ids) else None,
+        "specobjid_min": str(ids[0]) if len(ids) else None,
+        "specobjid_max": str(ids[-1]) if len(ids) else None,
         "candidate_min": task.candidate_min,
         "candidates": n,
         "inputs_sha256": task.inputs_sha256,
@@ -511,6 +545,19 @@ def _sweep(shards_dir: Path, listed: set[str]) -> int:
     return removed
 
 
+def _split_key(release: Release) -> dict:
+    """What every object's split depends on (written to index.json)."""
+    s = release.splits
+    return {
+        "key": "healpix",
+        "order": "nested",
+        "nside": s.nside,
+        "salt": s.salt,
+        "fractions": [s.train, s.valid, s.test],
+        "repeat_radius_arcsec": s.repeat_radius,
+    }
+
+
 # --- the build ----------------------------------------------------------------------------------
 
 
@@ -540,18 +587,37 @@ def build_shards(
     shard_size = shard_size or release.shards.shard_size
     if shard_size <= 0:
         raise BuildError(f"shard size must be positive, got {shard_size}")
-    catalog = read_catalog(root / "catalog.fits")
+    try:
+        catalog = read_catalog(root / "catalog.fits", release.key)
+    except CatalogError as err:
+        if "missing column" not in str(err):
+            raise
+        # e.g. a catalogue fetched before positions were required (the split needs RA/DEC)
+        raise BuildError(f"{err}; run `specetl fetch` again to rewrite it") from None
     log.info("%s: %d objects in the catalogue", release.name, len(catalog["SPECOBJID"]))
 
     with _locked(shards_dir):
         previous: list[dict] = []
         old_report: dict = {}
+        old_version = None
         if not rebuild:
             with contextlib.suppress(ShardError):
                 old_index = read_index(shards_dir)
+                old_version = old_index.get("format_version")
                 previous = old_index["shards"] + old_index.get("empty", [])
             with contextlib.suppress(OSError, ValueError):
                 old_report = json.loads((shards_dir / REPORT_NAME).read_text())
+        replaced = old_version if old_version not in (None, INDEX_FORMAT_VERSION) else None
+        if replaced is not None:
+            # older shards were split by another key: never keep them next to new ones
+            log.warning(
+                "%s: shards are format v%s, this specetl writes v%d (split keyed on the sky "
+                "position, rows carry ra/dec): rebuilding every shard",
+                shards_dir,
+                old_version,
+                INDEX_FORMAT_VERSION,
+            )
+            previous, old_report = [], {}
         journal_path = shards_dir / JOURNAL_NAME
         journal = [] if rebuild else _read_journal(journal_path)
         tasks, rejected = plan_shards(
@@ -570,7 +636,7 @@ def build_shards(
             e = j["entry"]
             reusable.setdefault(e["inputs_sha256"], (e, j["rejected"]))
 
-        result = BuildResult(shards_dir)
+        result = BuildResult(shards_dir, replaced_format_version=replaced)
         todo: list[ShardTask] = []
         done: list[tuple[ShardTask, dict, list[dict]]] = []
         for task in tasks:
@@ -613,7 +679,7 @@ def build_shards(
         # "empty" (no file; kept only so that their inputs are not reprocessed every run)
         empty: list[dict] = []
         order = {name: i for i, name in enumerate(SPLITS)}
-        done.sort(key=lambda d: (order[d[0].split], d[0].candidate_min))
+        done.sort(key=lambda d: (order[d[0].split], int(d[0].candidate_min)))
         for task, entry, rejects in done:
             for r in rejects:
                 result.rejected.append(dict(r, shard=task.path))
@@ -625,9 +691,11 @@ def build_shards(
             "format_version": INDEX_FORMAT_VERSION,
             "release": release.name,
             "manifest_sha256": release.manifest_sha256,
+            "object_key": list(release.key),
             "npix": release.grid.npix,
             "shard_size": shard_size,
             "compression": compression,
+            "split": _split_key(release),
             "shards": result.shards,
             "empty": empty,
         }
@@ -642,6 +710,7 @@ def build_shards(
             "shards_written": result.written,
             "shards_kept": result.kept,
             "seconds": round(result.seconds, 3),
+            "replaced_format_version": result.replaced_format_version,
             "rejected": result.rejected,
         }
         # the report first, then the index (the commit point), then clean up what it replaced

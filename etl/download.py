@@ -6,7 +6,8 @@ one pooled ``requests`` session (keep-alive: no TCP/TLS handshake per file). Eac
 1. is skipped when the ledger already lists it with the size it has on disk;
 2. otherwise is streamed to a temporary name in its destination folder, hashed on the way;
 3. is verified: size == Content-Length, the FITS parses, HDU1 has the COADD columns, HDU2's
-   PLATE/MJD/FIBERID are the object asked for;
+   object key (the release's key fields: PLATE/MJD/FIBERID, FIELD/MJD/CATALOGID) is the object
+   asked for;
 4. is fsynced and renamed into place (``os.replace``: atomic), then appended to the ledger.
 
 So a crash at any moment leaves either no file or a verified one, never a partial file under the
@@ -63,19 +64,25 @@ _CHUNK = 1 << 16  # bytes per read from the socket
 
 
 class Job(NamedTuple):
-    """One file to fetch. ``relpath`` is built from validated ids (see spec_lite_relpath)."""
+    """One file to fetch. ``relpath`` is built from validated ids (Release.spec_lite_relpath).
 
-    specobjid: int
+    ``key``: the object key as ``((field, value), ...)`` in the release's order, e.g.
+    ``(("plate", 266), ("mjd", 51602), ("fiberid", 1))``; HDU2 must hold exactly these values.
+    ``specobjid``: the release's exact id (decimal string).
+    """
+
+    specobjid: str
     run2d: str
-    plate: int
-    mjd: int
-    fiberid: int
+    key: tuple[tuple[str, int], ...]
     url: str
     relpath: str
 
     @property
     def label(self) -> str:
-        return f"spec-{self.plate:04d}-{self.mjd:05d}-{self.fiberid:04d} (run2d {self.run2d})"
+        name = self.relpath.rsplit("/", 1)[-1].removesuffix(".fits")
+        if not name:
+            name = "-".join(str(v) for _, v in self.key)
+        return f"{name} (run2d {self.run2d})"
 
 
 @dataclass(frozen=True)
@@ -354,16 +361,17 @@ def verify_spec_lite(path: Path, job: Job) -> None:
         raise DownloadFailed(
             "not a FITS file", f"not a FITS file{hint}: starts {head[:40]!r}", content=True
         )
+    names = tuple(k for k, _ in job.key)
     try:
-        raw = read_spec_lite(path, with_ids=True, name=job.label)
+        raw = read_spec_lite(path, with_ids=True, name=job.label, key=names)
     except SpectrumRejected as err:
         raise DownloadFailed("invalid FITS", err.detail or err.reason, content=True) from None
-    got = (raw.plate, raw.mjd, raw.fiberid)
-    if got != (job.plate, job.mjd, job.fiberid):
-        want = (job.plate, job.mjd, job.fiberid)
+    got = tuple((raw.ids or {}).get(k) for k in names)
+    want = tuple(v for _, v in job.key)
+    if got != want:
         raise DownloadFailed(
             "wrong object",
-            f"wrong object: HDU2 holds (plate, mjd, fiberid) {got}, asked for {want}",
+            f"wrong object: HDU2 holds ({', '.join(names)}) {got}, asked for {want}",
             content=True,
         )
 

@@ -3,7 +3,8 @@
 Layout under ``DATA/<release>/``:
 
 - ``catalog.fits`` (the selected catalogue) and ``selection.json`` (rows after each cut);
-- ``spectra/<run2d>/<plate:04d>/spec-<plate>-<mjd>-<fiberid>.fits``;
+- ``spectra/<run2d>/<path>``, ``<path>`` the manifest's ``[object] path`` (SDSS-I–IV:
+  ``<plate:04d>/spec-<plate>-<mjd>-<fiberid>.fits``; DR20: ``015XXX/015023/59232/spec-….fits``);
 - ``ledger/`` (verified files with size and sha256: a compacted index plus per-task journals,
   merged when a run starts and ends; see :mod:`etl.download`);
 - ``fetch-report.json`` (selected, downloaded, already present, failed by reason with ids;
@@ -41,9 +42,6 @@ from etl.catalog import (
     Catalog,
     CatalogError,
     Selector,
-    iter_fits_columns,
-    iter_sql_pages,
-    iter_table_columns,
     write_catalog,
 )
 from etl.diskspace import DiskFull, SizeSample, is_disk_full, space_report
@@ -58,7 +56,9 @@ from etl.download import (
     download_resumable,
     make_session,
 )
-from etl.release import Release, UnknownRun2d, spec_lite_relpath
+from etl.release import Release, UnknownRun2d
+from etl.skyserver import iter_sql_pages
+from etl.tables import iter_fits_columns, iter_table_columns
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,11 @@ log = logging.getLogger(__name__)
 #: total as the former default of 2 worker processes on a 2-core machine, but no longer growing
 #: with the core count (politeness towards the archive).
 DEFAULT_TASKS = 2
-#: Catalogue columns a download task needs.
-_JOB_COLUMNS = ("SPECOBJID", "RUN2D", "PLATE", "MJD", "FIBERID")
+
+
+def _job_columns(release: Release) -> tuple[str, ...]:
+    """Catalogue columns a download task needs: the id, run2d and the release's key."""
+    return ("SPECOBJID", "RUN2D", *(k.upper() for k in release.key))
 
 
 @dataclass
@@ -99,14 +102,7 @@ class FetchReport:
     def add_failure(self, o: Outcome) -> None:
         j = o.job
         self.failed.setdefault(o.reason, []).append(
-            {
-                "specobjid": str(j.specobjid),
-                "run2d": j.run2d,
-                "plate": j.plate,
-                "mjd": j.mjd,
-                "fiberid": j.fiberid,
-                "detail": o.detail,
-            }
+            {"specobjid": str(j.specobjid), "run2d": j.run2d, **dict(j.key), "detail": o.detail}
         )
 
     def to_dict(self) -> dict:
@@ -145,7 +141,9 @@ def build_catalog(
 ) -> tuple[Catalog, dict]:
     """Select the release's spectra from ``source`` (``sql``, ``specobj`` or a table path).
 
-    Writes ``DATA/<release>/catalog.fits`` and ``selection.json``; returns both.
+    Writes ``DATA/<release>/catalog.fits`` and ``selection.json``; returns both. Raises
+    :class:`CatalogError` when the table lacks a required column or the cuts leave nothing (the
+    message names the cut that removed the last rows); nothing is written then.
     """
     rel_dir = Path(data_dir) / release.name
     rel_dir.mkdir(parents=True, exist_ok=True)
@@ -157,11 +155,11 @@ def build_catalog(
         url = release.specobj_url(base_url)
         label = url
         local = _specobj_local(url, rel_dir, config)
-        chunks = iter_fits_columns(local)
+        chunks = iter_fits_columns(local, release.key)
     else:
         label = str(source)
-        chunks = iter_table_columns(source)
-    selector = Selector(release.selection, label)
+        chunks = iter_table_columns(source, release.key)
+    selector = Selector(release.selection, label, release.key)
     for chunk in chunks:
         selector.add(chunk)
     catalog, summary = selector.result()
@@ -182,7 +180,7 @@ def _specobj_local(url: str, rel_dir: Path, config: DownloadConfig | None) -> Pa
     if parts.scheme == "file":
         return Path(parts.path)
     name = Path(parts.path).name
-    if not name.endswith(".fits") or "/" in name or name.startswith("."):
+    if not name.endswith((".fits", ".fits.gz")) or "/" in name or name.startswith("."):
         raise CatalogError(f"unexpected specObj URL {url}")
     log.info("downloading the bulk catalogue %s (resumable)", url)
     return download_resumable(url, rel_dir / name, config)
@@ -202,18 +200,20 @@ def plan_jobs(
     already present and those with ids that cannot name a file (reported as failures)."""
     done = BatchResult()
     jobs = []
-    cols = [np.asarray(part[k]).tolist() for k in _JOB_COLUMNS]
+    ids, run2ds, *keys = (np.asarray(part[k]).tolist() for k in _job_columns(release))
     candidates = []
-    for specobjid, run2d, plate, mjd, fiberid in zip(*cols, strict=True):
+    for specobjid, run2d, *key in zip(ids, run2ds, *keys, strict=True):
+        named = tuple(zip(release.key, key, strict=True))
         try:
-            url = release.spec_lite_url(run2d, plate, mjd, fiberid, base_url)
-            relpath = spec_lite_relpath(run2d, plate, mjd, fiberid).as_posix()
+            url = release.spec_lite_url(run2d, *key, base_url=base_url)
+            relpath = release.spec_lite_relpath(run2d, *key).as_posix()
         except (UnknownRun2d, ValueError) as err:
             reason = "unknown run2d" if isinstance(err, UnknownRun2d) else "invalid id"
-            job = Job(int(specobjid), str(run2d), int(plate), int(mjd), int(fiberid), "", "")
-            done.add(Outcome(job, "failed", reason, str(err)))
+            done.add(
+                Outcome(Job(str(specobjid), str(run2d), named, "", ""), "failed", reason, str(err))
+            )
             continue
-        candidates.append(Job(int(specobjid), run2d, plate, mjd, fiberid, url, relpath))
+        candidates.append(Job(str(specobjid), run2d, named, url, relpath))
     sizes = ledger.sizes([j.relpath for j in candidates])
     for job, known in zip(candidates, sizes.tolist(), strict=True):
         if known >= 0:
@@ -249,14 +249,17 @@ def fetch_partition(
     return result
 
 
-def partition(catalog: Catalog, tasks: int, connections: int) -> list[Catalog]:
+def partition(
+    catalog: Catalog, tasks: int, connections: int, columns: Iterable[str] | None = None
+) -> list[Catalog]:
     """Cut the catalogue into row ranges: enough per task to keep its connections busy, enough
     tasks to balance the workers (4 per worker) and show progress, at most 1000 rows per task."""
     n = len(catalog["SPECOBJID"])
     if not n:
         return []
     size = max(4 * connections, min(1000, math.ceil(n / (4 * max(1, tasks)))))
-    return [{k: catalog[k][i : i + size] for k in _JOB_COLUMNS} for i in range(0, n, size)]
+    cols = list(columns or catalog)
+    return [{k: catalog[k][i : i + size] for k in cols} for i in range(0, n, size)]
 
 
 # --- run ---------------------------------------------------------------------------------------
@@ -299,7 +302,7 @@ def fetch(
     report = FetchReport(release.name, catalog_source, selected=len(catalog["SPECOBJID"]))
     spectra_dir = rel_dir / "spectra"
     n_tasks = workers or DEFAULT_TASKS
-    parts = partition(catalog, n_tasks, config.connections)
+    parts = partition(catalog, n_tasks, config.connections, _job_columns(release))
     del catalog
     log.info("%d selected; the ledger lists %d verified files", report.selected, verified)
     if dry_run:
