@@ -71,9 +71,12 @@ def demo_catalog(rel, out: Path, sample: Path = SAMPLE, step: Say = log.info) ->
     release's archive does not serve; a real release catalogue never lists them, so the demo's
     catalogue leaves them out rather than asking the archive for paths it does not have.
     """
+    from etl.catalog import SOURCE_ALIASES
+
     out.mkdir(parents=True, exist_ok=True)
     lines = (sample / "catalog.csv").read_text().splitlines(keepends=True)
-    run2d_col = lines[0].strip().split(",").index("RUN2D")
+    header = [h.strip().upper() for h in lines[0].split(",")]
+    run2d_col = next(i for i, h in enumerate(header) if h in SOURCE_ALIASES["RUN2D"])
     kept = [ln for ln in lines[1:] if ln.split(",")[run2d_col] in rel.run2ds]
     catalog_csv = out / "sample-catalog.csv"
     catalog_csv.write_text(lines[0] + "".join(kept))
