@@ -455,8 +455,8 @@ def explore_page(
     device: str = "auto",
 ) -> Path:
     """`specetl explore`: the self-contained HTML page of an embedding made by `run`."""
-    from explore.page import choose_rows, write_page
     from model.embed import read_embedding
+    from model.explore.page import choose_rows, write_page
 
     cols, header = read_embedding(embedding)
     top, sample = choose_rows(cols["outlier_score"], top_n, n_sample)

@@ -15,8 +15,8 @@ from click.testing import CliRunner
 from explore_fixtures import non_galaxy_paths, trained_galaxy_run
 
 from cli import main
-from explore.page import choose_rows, shown_rows
 from model.embed import read_embedding
+from model.explore.page import choose_rows, shown_rows
 from workflows import embed_spectra
 
 
