@@ -611,7 +611,7 @@ def embed_cmd(
         if spectra_mode or paths:
             if not paths:
                 raise click.ClickException("--spectra needs at least one file or folder")
-            from workflows import embed_spectra
+            from after_training import embed_spectra
 
             files = [
                 f
@@ -680,9 +680,9 @@ def explore_cmd(
     Example:
       specetl explore --embedding runs/con/embedding.fits --run runs/con --out explore.html
     """
+    from after_training import explore_page
     from model.embed import EmbedError
     from model.train import TrainError
-    from workflows import explore_page
 
     try:
         path = explore_page(embedding, run_dir, out, top, sample, max_points, device)
