@@ -116,6 +116,15 @@ def _batches(rows: list[dict], batch_size: int) -> Iterator[dict[str, np.ndarray
         yield {k: np.stack([r[k] for r in part]) for k in part[0]}
 
 
+def spectrum_files(paths: Sequence[str | Path]) -> list[Path]:
+    """The files named, a folder standing for its spec-*.fits (recursively, sorted)."""
+    return [
+        f
+        for p in (Path(x) for x in paths)
+        for f in (sorted(p.rglob("spec-*.fits")) if p.is_dir() else [p])
+    ]
+
+
 def embed_spectra(
     run: str | Path,
     paths: Sequence[str | Path],
