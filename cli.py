@@ -66,6 +66,17 @@ scheduler_option = click.option(
     help="Address of a running Dask scheduler (tcp://host:8786) instead of a local cluster.",
 )
 
+# Options shared by the model commands.
+device_option = click.option(
+    "--device", default="auto", show_default=True, help="auto (GPU if visible), cpu or cuda[:N]."
+)
+run_shards_option = click.option(
+    "--shards",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Shards folder with index.json (default: the one the run was trained on).",
+)
+
 
 @main.command("fetch")
 @release_option
@@ -117,17 +128,7 @@ scheduler_option = click.option(
     "size (HEAD requests on a sample) against the free space of DATA; download nothing. "
     "Exits 1 when it will not fit.",
 )
-def fetch_cmd(
-    release: str,
-    data_dir: str,
-    catalog_source: str,
-    base_url: str | None,
-    limit: int | None,
-    workers: int | None,
-    connections: int,
-    scheduler: str | None,
-    dry_run: bool,
-) -> None:
+def fetch_cmd(release: str, data_dir: str, **options: object) -> None:
     """Select the release's galaxies and download their spec-lite files, verified and resumable.
 
     A rerun skips files already verified (ledger with size + sha256) and retries only failures.
@@ -142,17 +143,7 @@ def fetch_cmd(
     from etl.release import ManifestError, load_release
 
     try:
-        report = fetch(
-            load_release(release),
-            data_dir,
-            catalog_source,
-            base_url,
-            limit,
-            workers,
-            connections,
-            scheduler,
-            dry_run,
-        )
+        report = fetch(load_release(release), data_dir, **options)
     except (ManifestError, CatalogError, OSError) as err:
         raise click.ClickException(str(err)) from None
     space = report.space or {}
@@ -215,16 +206,7 @@ def fetch_cmd(
     help="Check the sha256 of every shard that would be kept (reads them all) and rebuild any "
     "that differs from index.json; by default a kept shard is checked by size only.",
 )
-def build_shards_cmd(
-    release: str,
-    data_dir: str,
-    shard_size: int | None,
-    workers: int | None,
-    scheduler: str | None,
-    compression: str,
-    rebuild: bool,
-    verify: bool,
-) -> None:
+def build_shards_cmd(release: str, data_dir: str, **options: object) -> None:
     """Grid, mask and normalise the fetched spectra into HDF5 shards with 70/15/15 splits.
 
     Writes DATA/<release>/shards/{train,valid,test}/shard-NNNNN.h5, index.json (last) and
@@ -242,15 +224,7 @@ def build_shards_cmd(
 
     try:
         result = build_shards(
-            load_release(release),
-            data_dir,
-            shard_size,
-            workers,
-            scheduler,
-            compression,
-            rebuild,
-            progress=sys.stderr.isatty(),
-            verify=verify,
+            load_release(release), data_dir, progress=sys.stderr.isatty(), **options
         )
     except (ManifestError, CatalogError, BuildError, ShardError, OSError) as err:
         raise click.ClickException(str(err)) from None
@@ -272,7 +246,6 @@ def build_shards_cmd(
 )
 @click.option(
     "--run",
-    "run_dir",
     required=True,
     type=click.Path(file_okay=False),
     help="Run folder: config.json, metrics.jsonl, last.pt, best.pt land here.",
@@ -311,7 +284,6 @@ def build_shards_cmd(
 )
 @click.option(
     "--init",
-    "init_run",
     type=click.Path(exists=True, file_okay=False),
     default=None,
     help="Start from the best model of this run (same preset), e.g. a similarity run.",
@@ -324,7 +296,7 @@ def build_shards_cmd(
     is_flag=True,
     help="Load the whole train/valid split onto the device instead of streaming.",
 )
-@click.option("--compile", "compile_", is_flag=True, help="Wrap the model in torch.compile.")
+@click.option("--compile", is_flag=True, help="Wrap the model in torch.compile.")
 @click.option(
     "--workers",
     type=int,
@@ -351,23 +323,7 @@ def build_shards_cmd(
     is_flag=True,
     help="Do not check shard sha256 against index.json before training.",
 )
-def train_cmd(
-    shards: str,
-    run_dir: str,
-    objective: str,
-    preset: str,
-    epochs: int,
-    batch_size: int | None,
-    lr: float,
-    init_run: str | None,
-    resume: bool,
-    cache_on_device: bool,
-    compile_: bool,
-    workers: int,
-    seed: int,
-    checkpoint_every: int,
-    skip_verify: bool,
-) -> None:
+def train_cmd(skip_verify: bool, **options: object) -> None:
     """Train the redshift-aware autoencoder on shards (CPU or GPU, picked automatically).
 
     \b
@@ -382,24 +338,7 @@ def train_cmd(
     from model.train import TrainConfig, TrainError, train
 
     try:
-        cfg = TrainConfig(
-            shards=shards,
-            run=run_dir,
-            objective=objective,
-            preset=preset,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            init=init_run,
-            resume=resume,
-            cache_on_device=cache_on_device,
-            compile=compile_,
-            workers=workers,
-            seed=seed,
-            checkpoint_every=checkpoint_every,
-            verify_shards=not skip_verify,
-        )
-        train(cfg)
+        train(TrainConfig(**options, verify_shards=not skip_verify))  # options: its fields
     except (TrainError, ShardError) as e:
         raise click.ClickException(str(e)) from None
 
@@ -440,12 +379,7 @@ def train_cmd(
     help="Output folder for metrics.json and the PNGs (default: RUN/eval-<split>/; "
     "with --compare always each RUN/eval-<split>/).",
 )
-@click.option(
-    "--shards",
-    type=click.Path(exists=True, file_okay=False),
-    default=None,
-    help="Shards folder with index.json (default: the one the run was trained on).",
-)
+@run_shards_option
 @click.option(
     "--seed",
     type=int,
@@ -453,9 +387,7 @@ def train_cmd(
     show_default=True,
     help="Seeds the augmentation redshifts z_aug ~ U[0, 0.5] of mean |s - s_aug| and L_c.",
 )
-@click.option(
-    "--device", default="auto", show_default=True, help="auto (GPU if visible), cpu or cuda[:N]."
-)
+@device_option
 def evaluate_cmd(
     run_dir: str | None,
     compare: tuple[str, ...],
@@ -528,12 +460,7 @@ def evaluate_cmd(
     type=click.Path(dir_okay=False),
     help="FITS table to write (one row per object); replaced atomically.",
 )
-@click.option(
-    "--shards",
-    type=click.Path(exists=True, file_okay=False),
-    default=None,
-    help="Shards folder with index.json (default: the one the run was trained on).",
-)
+@run_shards_option
 @click.option(
     "--split",
     type=click.Choice(["train", "valid", "test", "all"]),
@@ -568,9 +495,7 @@ def evaluate_cmd(
     show_default=True,
     help="Spectra per forward pass (memory: ~120 kB of spectra per row, plus the model's).",
 )
-@click.option(
-    "--device", default="auto", show_default=True, help="auto (GPU if visible), cpu or cuda[:N]."
-)
+@device_option
 def embed_cmd(
     run_dir: str,
     out: str,
@@ -600,7 +525,6 @@ def embed_cmd(
       specetl embed --run runs/con --split test --out test.fits
       specetl embed --run runs/con --out candidates.fits --spectra candidates/*.fits
     """
-    from pathlib import Path
 
     from model.data import ShardError
     from model.density import DensityError
@@ -611,13 +535,9 @@ def embed_cmd(
         if spectra_mode or paths:
             if not paths:
                 raise click.ClickException("--spectra needs at least one file or folder")
-            from workflows import embed_spectra
+            from after_training import embed_spectra, spectrum_files
 
-            files = [
-                f
-                for p in (Path(x) for x in paths)
-                for f in (sorted(p.rglob("spec-*.fits")) if p.is_dir() else [p])
-            ]
+            files = spectrum_files(paths)
             path, errors = embed_spectra(
                 run_dir, files, out, catalog, release, shards, device, batch_size
             )
@@ -663,9 +583,7 @@ def embed_cmd(
     show_default=True,
     help="Points drawn on the map; beyond, a random sample (said on the page).",
 )
-@click.option(
-    "--device", default="auto", show_default=True, help="auto (GPU if visible), cpu or cuda[:N]."
-)
+@device_option
 def explore_cmd(
     embedding: str, run_dir: str, out: str, top: int, sample: int, max_points: int, device: str
 ) -> None:
@@ -680,9 +598,9 @@ def explore_cmd(
     Example:
       specetl explore --embedding runs/con/embedding.fits --run runs/con --out explore.html
     """
+    from after_training import explore_page
     from model.embed import EmbedError
     from model.train import TrainError
-    from workflows import explore_page
 
     try:
         path = explore_page(embedding, run_dir, out, top, sample, max_points, device)

@@ -15,8 +15,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from explore.page import choose_rows, write_page  # noqa: E402
 from model.density import outlier_rank  # noqa: E402
+from model.explore.page import choose_rows, write_page  # noqa: E402
 
 REDRAW = """const t = performance.now();
 for (let k = 0; k < 5; k++) document.getElementById('reset').click();

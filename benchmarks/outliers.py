@@ -36,13 +36,13 @@ sys.path.insert(0, str(ROOT / "tests"))
 import make_corpus as mc  # noqa: E402
 from explore_fixtures import is_galaxy, sample_rows  # noqa: E402
 
+from after_training import embed_spectra  # noqa: E402
 from etl.build import build_shards  # noqa: E402
 from etl.catalog import as_catalog, write_catalog  # noqa: E402
 from etl.release import load_release  # noqa: E402
 from model.density import roc_auc  # noqa: E402
 from model.embed import read_embedding  # noqa: E402
 from model.train import TrainConfig, train  # noqa: E402
-from workflows import embed_spectra  # noqa: E402
 
 log = logging.getLogger("outliers")
 

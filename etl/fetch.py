@@ -6,7 +6,7 @@ Layout under ``DATA/<release>/``:
 - ``spectra/<run2d>/<path>``, ``<path>`` the manifest's ``[object] path`` (SDSS-I–IV:
   ``<plate:04d>/spec-<plate>-<mjd>-<fiberid>.fits``; DR20: ``015XXX/015023/59232/spec-….fits``);
 - ``ledger/`` (verified files with size and sha256: a compacted index plus per-task journals,
-  merged when a run starts and ends; see :mod:`etl.download`);
+  merged when a run starts and ends; see :mod:`etl.ledger`);
 - ``fetch-report.json`` (selected, downloaded, already present, failed by reason with ids;
   for a dry run the estimated bytes to download against the free space; ``stopped`` when a full
   disk stopped the run).
@@ -49,13 +49,12 @@ from etl.download import (
     BatchResult,
     DownloadConfig,
     Job,
-    Ledger,
     Outcome,
-    compact_ledger,
     download_jobs,
     download_resumable,
     make_session,
 )
+from etl.ledger import Ledger, compact_ledger
 from etl.release import Release, UnknownRun2d
 from etl.skyserver import iter_sql_pages
 from etl.tables import iter_fits_columns, iter_table_columns

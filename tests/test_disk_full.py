@@ -29,7 +29,7 @@ from test_build_shards import layout_sample
 from cli import main
 from etl.build import read_index, verify_shards
 from etl.catalog import read_catalog
-from etl.download import load_ledger
+from etl.ledger import load_ledger
 from etl.release import spec_lite_relpath
 from etl.shards import ShardWriter
 
@@ -195,6 +195,7 @@ def test_fetch_stops_once_on_a_full_disk_and_the_rerun_completes(
     data = tmp_path / "DATA"
     disk = FullDisk(budget=5 * 175_000)  # about five spec-lite files
     monkeypatch.setattr("etl.download.open", disk.open, raising=False)
+    monkeypatch.setattr("etl.ledger.open", disk.open, raising=False)  # the ledger journals
     with caplog.at_level(logging.INFO):
         res = CliRunner().invoke(main, _fetch_args(data, catalog, archive_server.base_url))
     assert res.exit_code == 1 and "Traceback" not in res.output

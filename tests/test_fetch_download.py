@@ -9,17 +9,8 @@ import tracemalloc
 import numpy as np
 from fetch_support import FAST, SAMPLE_SDSS, job_named, leftovers, sample_jobs
 
-from etl.download import (
-    LEDGER_DTYPE,
-    DownloadConfig,
-    Job,
-    Ledger,
-    LedgerWriter,
-    compact_ledger,
-    download_jobs,
-    ledger_key,
-    load_ledger,
-)
+from etl.download import DownloadConfig, Job, download_jobs
+from etl.ledger import LEDGER_DTYPE, Ledger, LedgerWriter, compact_ledger, ledger_key, load_ledger
 from etl.mirror import Fault, FaultPlan
 
 ONE = "spec-0266-51602-0001.fits"

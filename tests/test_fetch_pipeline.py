@@ -18,8 +18,8 @@ from click.testing import CliRunner
 from fetch_support import FAST, SAMPLE_SDSS, leftovers, sample_rows
 
 from cli import main
-from etl.download import load_ledger
 from etl.fetch import fetch
+from etl.ledger import load_ledger
 from etl.mirror import ArchiveMirror, Fault, FaultPlan
 
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from explore_fixtures import build_galaxy_shards, non_galaxy_paths
 
+from after_training import embed_spectra
 from model.density import roc_auc
 from model.embed import read_embedding
 from model.train import TrainConfig, train
-from workflows import embed_spectra
 
 
 @pytest.mark.slow

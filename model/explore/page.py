@@ -6,7 +6,7 @@ lines) and the data (JSON; spectra as base64 float32) are inlined, so the page o
 file://. Canvas rectangles drawn one colour bucket at a time stay interactive at 100k points;
 beyond `max_points` the page shows a random sample (every top outlier kept) and says so.
 
-`workflows.explore_page` composes this with the model (reconstructions) and the data (shards or
+`after_training.explore_page` composes this with the model (reconstructions) and the data (shards or
 spec-lite files).
 """
 

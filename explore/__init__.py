@@ -1,1 +1,0 @@
-"""The offline explorer page of an embedding (`specetl explore`); see `explore.page`."""
