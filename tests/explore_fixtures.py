@@ -77,7 +77,9 @@ def build_galaxy_shards(out: Path) -> tuple[Path, list[Path]]:
             "z": np.array([float(r["Z"]) for r, _ in rps]),
             "zerr": np.array([float(r["Z_ERR"]) for r, _ in rps]),
             "norm": np.array([p.norm for _, p in rps]),
-            "specobjid": np.array([int(r["SPECOBJID"]) for r, _ in rps], dtype=np.uint64),
+            "specobjid": np.array([r["SPECOBJID"] for r, _ in rps]),
+            "ra": np.array([float(r["RA"]) for r, _ in rps]),
+            "dec": np.array([float(r["DEC"]) for r, _ in rps]),
             "plate": np.array([int(r["PLATE"]) for r, _ in rps]),
             "mjd": np.array([int(r["MJD"]) for r, _ in rps]),
             "fiberid": np.array([int(r["FIBERID"]) for r, _ in rps]),
@@ -87,7 +89,7 @@ def build_galaxy_shards(out: Path) -> tuple[Path, list[Path]]:
         entries.append({"path": rel, "split": split, "rows": len(rps), "sha256": digest})
     index = {
         "format": "specetl-shard-index",
-        "format_version": 1,
+        "format_version": 2,
         "release": release.name,
         "npix": len(release.wave_obs),
         "shards": entries,
