@@ -9,13 +9,20 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup check-python demo test test-fast lint browser bench clean
 
 setup: $(VENV)/.installed
 
+# A fresh Debian/Ubuntu has python3 without venv's ensurepip (package python3-venv): say so here
+# instead of letting `python3 -m venv` fail half-way with a traceback.
+check-python:
+	@$(PYTHON) -c 'import sys, venv, ensurepip; ensurepip.version(); sys.exit(sys.version_info < (3, 10))' \
+	  2>/dev/null || { echo "make setup: $(PYTHON) must be Python >= 3.10 with venv and ensurepip;" \
+	  "on Debian/Ubuntu: sudo apt install python3-venv (or: make setup PYTHON=python3.X)" >&2; exit 1; }
+
 # The population extra (bagpipes, scikit-learn: ~15 s, ~560 MB) makes the demo's SYNTHETIC galaxy
 # population and lets the suite test it.
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml | check-python
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
@@ -29,7 +36,18 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+# The explorer page's test drives a real headless Chromium (Debian's chromium + chromium-driver).
+# Installed here when missing and apt is usable (CI runs as root on Debian); elsewhere the test
+# skips and says why.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			chromium chromium-driver >/dev/null) \
+		|| echo "make browser: could not install chromium; the browser test will skip"; \
+	else echo "make browser: chromium/chromedriver missing; the browser test will skip"; fi
+
+test: lint browser
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 test-fast: setup

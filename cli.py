@@ -46,6 +46,8 @@ def main(verbose: int) -> None:
       specetl build-shards  grid, mask, normalise, write sharded HDF5 with 70/15/15 splits
       specetl train         train the autoencoder (fidelity / similarity / consistency)
       specetl evaluate      Table 1 metrics and Figure 2 plots
+      specetl embed         latents, chi2 and outlier scores of every object (FITS table)
+      specetl explore       an offline HTML page of an embedding: latent map, spectra, outliers
       specetl demo          all of the above on the bundled real sample, offline
     """
     _setup_logging(verbose)
@@ -64,6 +66,17 @@ scheduler_option = click.option(
     help="Address of a running Dask scheduler (tcp://host:8786) instead of a local cluster.",
 )
 
+# Options shared by the model commands.
+device_option = click.option(
+    "--device", default="auto", show_default=True, help="auto (GPU if visible), cpu or cuda[:N]."
+)
+run_shards_option = click.option(
+    "--shards",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Shards folder with index.json (default: the one the run was trained on).",
+)
+
 
 @main.command("fetch")
 @release_option
@@ -78,8 +91,9 @@ scheduler_option = click.option(
     "catalog_source",
     default="sql",
     show_default=True,
-    help="sql: SkyServer via astroquery; specobj: the bulk specObj FITS (resumable "
-    "download, bounded memory); or PATH to a local FITS/CSV/ECSV table.",
+    help="sql: SkyServer via astroquery (SDSS-I-IV releases); specobj: the release's bulk "
+    "summary table (specObj/spAll FITS, SDSS-V spAll-lite .fits.gz; resumable download, "
+    "bounded memory); or PATH to a local FITS(.gz)/CSV/ECSV table. Column names: README.",
 )
 @click.option(
     "--base-url",
@@ -110,19 +124,11 @@ scheduler_option = click.option(
 @click.option(
     "--dry-run",
     is_flag=True,
-    help="Select and write the catalogue, report what would be downloaded, download nothing.",
+    help="Select and write the catalogue, report what would be downloaded and its estimated "
+    "size (HEAD requests on a sample) against the free space of DATA; download nothing. "
+    "Exits 1 when it will not fit.",
 )
-def fetch_cmd(
-    release: str,
-    data_dir: str,
-    catalog_source: str,
-    base_url: str | None,
-    limit: int | None,
-    workers: int | None,
-    connections: int,
-    scheduler: str | None,
-    dry_run: bool,
-) -> None:
+def fetch_cmd(release: str, data_dir: str, **options: object) -> None:
     """Select the release's galaxies and download their spec-lite files, verified and resumable.
 
     A rerun skips files already verified (ledger with size + sha256) and retries only failures.
@@ -137,19 +143,23 @@ def fetch_cmd(
     from etl.release import ManifestError, load_release
 
     try:
-        report = fetch(
-            load_release(release),
-            data_dir,
-            catalog_source,
-            base_url,
-            limit,
-            workers,
-            connections,
-            scheduler,
-            dry_run,
-        )
+        report = fetch(load_release(release), data_dir, **options)
     except (ManifestError, CatalogError, OSError) as err:
         raise click.ClickException(str(err)) from None
+    space = report.space or {}
+    if report.dry_run:
+        from etl.diskspace import human_bytes
+
+        need = space.get("to_download_bytes_estimate")
+        click.echo(
+            f"dry run: {report.to_download} file(s) to download, "
+            f"~{'?' if need is None else human_bytes(need)}; "
+            f"{human_bytes(space.get('free_bytes', 0))} free in {data_dir}"
+        )
+    if space.get("warning"):
+        click.echo(f"fetch --dry-run: WARNING: {space['warning']}", err=True)
+    if space.get("fits") is False:
+        sys.exit(1)
     if not report.ok:
         click.echo(
             f"fetch: {report.n_failed} object(s) failed; see "
@@ -196,16 +206,7 @@ def fetch_cmd(
     help="Check the sha256 of every shard that would be kept (reads them all) and rebuild any "
     "that differs from index.json; by default a kept shard is checked by size only.",
 )
-def build_shards_cmd(
-    release: str,
-    data_dir: str,
-    shard_size: int | None,
-    workers: int | None,
-    scheduler: str | None,
-    compression: str,
-    rebuild: bool,
-    verify: bool,
-) -> None:
+def build_shards_cmd(release: str, data_dir: str, **options: object) -> None:
     """Grid, mask and normalise the fetched spectra into HDF5 shards with 70/15/15 splits.
 
     Writes DATA/<release>/shards/{train,valid,test}/shard-NNNNN.h5, index.json (last) and
@@ -223,15 +224,7 @@ def build_shards_cmd(
 
     try:
         result = build_shards(
-            load_release(release),
-            data_dir,
-            shard_size,
-            workers,
-            scheduler,
-            compression,
-            rebuild,
-            progress=sys.stderr.isatty(),
-            verify=verify,
+            load_release(release), data_dir, progress=sys.stderr.isatty(), **options
         )
     except (ManifestError, CatalogError, BuildError, ShardError, OSError) as err:
         raise click.ClickException(str(err)) from None
@@ -253,7 +246,6 @@ def build_shards_cmd(
 )
 @click.option(
     "--run",
-    "run_dir",
     required=True,
     type=click.Path(file_okay=False),
     help="Run folder: config.json, metrics.jsonl, last.pt, best.pt land here.",
@@ -292,7 +284,6 @@ def build_shards_cmd(
 )
 @click.option(
     "--init",
-    "init_run",
     type=click.Path(exists=True, file_okay=False),
     default=None,
     help="Start from the best model of this run (same preset), e.g. a similarity run.",
@@ -305,7 +296,7 @@ def build_shards_cmd(
     is_flag=True,
     help="Load the whole train/valid split onto the device instead of streaming.",
 )
-@click.option("--compile", "compile_", is_flag=True, help="Wrap the model in torch.compile.")
+@click.option("--compile", is_flag=True, help="Wrap the model in torch.compile.")
 @click.option(
     "--workers",
     type=int,
@@ -332,23 +323,7 @@ def build_shards_cmd(
     is_flag=True,
     help="Do not check shard sha256 against index.json before training.",
 )
-def train_cmd(
-    shards: str,
-    run_dir: str,
-    objective: str,
-    preset: str,
-    epochs: int,
-    batch_size: int | None,
-    lr: float,
-    init_run: str | None,
-    resume: bool,
-    cache_on_device: bool,
-    compile_: bool,
-    workers: int,
-    seed: int,
-    checkpoint_every: int,
-    skip_verify: bool,
-) -> None:
+def train_cmd(skip_verify: bool, **options: object) -> None:
     """Train the redshift-aware autoencoder on shards (CPU or GPU, picked automatically).
 
     \b
@@ -363,24 +338,7 @@ def train_cmd(
     from model.train import TrainConfig, TrainError, train
 
     try:
-        cfg = TrainConfig(
-            shards=shards,
-            run=run_dir,
-            objective=objective,
-            preset=preset,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            init=init_run,
-            resume=resume,
-            cache_on_device=cache_on_device,
-            compile=compile_,
-            workers=workers,
-            seed=seed,
-            checkpoint_every=checkpoint_every,
-            verify_shards=not skip_verify,
-        )
-        train(cfg)
+        train(TrainConfig(**options, verify_shards=not skip_verify))  # options: its fields
     except (TrainError, ShardError) as e:
         raise click.ClickException(str(e)) from None
 
@@ -421,12 +379,7 @@ def train_cmd(
     help="Output folder for metrics.json and the PNGs (default: RUN/eval-<split>/; "
     "with --compare always each RUN/eval-<split>/).",
 )
-@click.option(
-    "--shards",
-    type=click.Path(exists=True, file_okay=False),
-    default=None,
-    help="Shards folder with index.json (default: the one the run was trained on).",
-)
+@run_shards_option
 @click.option(
     "--seed",
     type=int,
@@ -434,9 +387,7 @@ def train_cmd(
     show_default=True,
     help="Seeds the augmentation redshifts z_aug ~ U[0, 0.5] of mean |s - s_aug| and L_c.",
 )
-@click.option(
-    "--device", default="auto", show_default=True, help="auto (GPU if visible), cpu or cuda[:N]."
-)
+@device_option
 def evaluate_cmd(
     run_dir: str | None,
     compare: tuple[str, ...],
@@ -493,6 +444,169 @@ def evaluate_cmd(
         for name in ("figure2", "training"):
             if r["figures"].get(name):
                 click.echo(f"  {name}: {r['figures'][name]}")
+
+
+@main.command("embed")
+@click.option(
+    "--run",
+    "run_dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="Trained run folder (its best.pt, else last.pt).",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="FITS table to write (one row per object); replaced atomically.",
+)
+@run_shards_option
+@click.option(
+    "--split",
+    type=click.Choice(["train", "valid", "test", "all"]),
+    default="all",
+    show_default=True,
+    help="Which split of the shards to embed.",
+)
+@click.option(
+    "--spectra",
+    "spectra_mode",
+    is_flag=True,
+    help="Embed the spec-lite files (or folders of spec-*.fits) given as arguments instead of "
+    "shards: same preprocessing, scored against the run's outlier model.",
+)
+@click.argument("paths", nargs=-1, metavar="[PATH ...]", type=click.Path(exists=True))
+@click.option(
+    "--catalog",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="With --spectra: CSV/FITS with PLATE, MJD, FIBERID, Z (and SPECOBJID, CLASS) whose Z "
+    "replaces each file's HDU 2 redshift.",
+)
+@click.option(
+    "--release",
+    default=None,
+    help="With --spectra: release whose preprocessing to apply (default: that of the run's shards).",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="Spectra per forward pass (memory: ~120 kB of spectra per row, plus the model's).",
+)
+@device_option
+def embed_cmd(
+    run_dir: str,
+    out: str,
+    shards: str | None,
+    split: str,
+    spectra_mode: bool,
+    paths: tuple[str, ...],
+    catalog: str | None,
+    release: str | None,
+    batch_size: int,
+    device: str,
+) -> None:
+    """Latents, reconstruction chi2 and outlier scores of every object, as a FITS table.
+
+    \b
+    Columns: SPECOBJID (exact, as text), the release's object key (PLATE, MJD, FIBERID), RA, DEC
+    (when stored), Z, SPLIT, S (latent vector), CHI2 (fidelity term per valid pixel), LOGP,
+    R_DENSITY, R_CHI2, OUTLIER_SCORE, OUTLIER_RANK (1 = most anomalous), SHARD/ROW or FILE.
+    OUTLIER_SCORE = R_DENSITY + R_CHI2: robust z-scores, against the train split, of how far a
+    latent lies from the dense part of the training latents (a Gaussian mixture, fitted once
+    and saved as RUN/outliers.json) and of log chi2 (a spectrum the model cannot reconstruct).
+    The header records the run, checkpoint sha256 and shards index sha256.
+
+    \b
+    Examples:
+      specetl embed --run runs/con --out runs/con/embedding.fits
+      specetl embed --run runs/con --split test --out test.fits
+      specetl embed --run runs/con --out candidates.fits --spectra candidates/*.fits
+    """
+
+    from model.data import ShardError
+    from model.density import DensityError
+    from model.embed import EmbedError, embed_shards
+    from model.train import TrainError
+
+    try:
+        if spectra_mode or paths:
+            if not paths:
+                raise click.ClickException("--spectra needs at least one file or folder")
+            from after_training import embed_spectra, spectrum_files
+
+            files = spectrum_files(paths)
+            path, errors = embed_spectra(
+                run_dir, files, out, catalog, release, shards, device, batch_size
+            )
+            for e in errors:
+                click.echo(f"skipped {e}", err=True)
+            click.echo(f"{path}: {len(files) - len(errors)} of {len(files)} spectra embedded")
+        else:
+            path = embed_shards(run_dir, out, shards, split, device, batch_size)
+            click.echo(f"{path}: split {split} embedded")
+    except (EmbedError, DensityError, ShardError, TrainError) as e:
+        raise click.ClickException(str(e)) from None
+
+
+@main.command("explore")
+@click.option(
+    "--embedding",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="FITS table written by `specetl embed`.",
+)
+@click.option(
+    "--run",
+    "run_dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="The run that made the embedding (draws the reconstructions).",
+)
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="HTML file to write.")
+@click.option(
+    "--top", type=click.IntRange(min=1), default=50, show_default=True, help="Top outliers listed."
+)
+@click.option(
+    "--sample",
+    type=click.IntRange(min=0),
+    default=150,
+    show_default=True,
+    help="Other objects whose spectra the page carries (random), besides the top outliers.",
+)
+@click.option(
+    "--max-points",
+    type=click.IntRange(min=1000),
+    default=100_000,
+    show_default=True,
+    help="Points drawn on the map; beyond, a random sample (said on the page).",
+)
+@device_option
+def explore_cmd(
+    embedding: str, run_dir: str, out: str, top: int, sample: int, max_points: int, device: str
+) -> None:
+    """One self-contained HTML page to explore an embedding (opens from file://, no network).
+
+    \b
+    The latent map (colour by z, OUTLIER_SCORE, CHI2, split, ...), hover for id, z and score,
+    click for the object's observed spectrum, reconstruction and restframe model and its
+    SkyServer page; the top outliers one click away.
+
+    \b
+    Example:
+      specetl explore --embedding runs/con/embedding.fits --run runs/con --out explore.html
+    """
+    from after_training import explore_page
+    from model.embed import EmbedError
+    from model.train import TrainError
+
+    try:
+        path = explore_page(embedding, run_dir, out, top, sample, max_points, device)
+    except (EmbedError, TrainError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"{path} ({path.stat().st_size / 1e6:.1f} MB); open it in a browser")
 
 
 @main.command("demo")

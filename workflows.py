@@ -16,6 +16,11 @@ of the ~60 real training galaxies (the ETL still runs on the real sample):
   population_science       kNN R² of the true parameters from the latents, the scale-free
                            shift, the models on the real galaxies, latent maps
 
+  embed_demo        `specetl embed` of every shard row + `specetl explore`'s page
+
+After training, outside the shards (`specetl embed --spectra`, `specetl explore`): see
+`after_training`.
+
 Every step reuses what an earlier run left in OUT, so a rerun is quick. Progress lines go to
 `step` (the CLI prints them to stderr with the elapsed time), results to `echo` (stdout); this
 module never imports click. Errors that stop the demo are `WorkflowError` with a one-line message.
@@ -68,9 +73,12 @@ def demo_catalog(rel, out: Path, sample: Path = SAMPLE, step: Say = log.info) ->
     release's archive does not serve; a real release catalogue never lists them, so the demo's
     catalogue leaves them out rather than asking the archive for paths it does not have.
     """
+    from etl.catalog import SOURCE_ALIASES
+
     out.mkdir(parents=True, exist_ok=True)
     lines = (sample / "catalog.csv").read_text().splitlines(keepends=True)
-    run2d_col = lines[0].strip().split(",").index("RUN2D")
+    header = [h.strip().upper() for h in lines[0].split(",")]
+    run2d_col = next(i for i, h in enumerate(header) if h in SOURCE_ALIASES["RUN2D"])
     kept = [ln for ln in lines[1:] if ln.split(",")[run2d_col] in rel.run2ds]
     catalog_csv = out / "sample-catalog.csv"
     catalog_csv.write_text(lines[0] + "".join(kept))
@@ -318,6 +326,19 @@ def population_science(
     return {"r2": r2, "scale_free": shift, "real": real, "latent_maps": maps}
 
 
+def embed_demo(run: Path, out: Path, step: Say = log.info, echo: Say = print) -> tuple[Path, Path]:
+    """`specetl embed` of every shard row with `run`, then `specetl explore`'s page of it."""
+    from after_training import explore_page
+    from model.embed import embed_shards
+
+    step(f"embed every shard row with {run.name}; outlier scores against its train split")
+    emb = embed_shards(run, out / "embedding.fits", device="cpu")
+    page = explore_page(emb, run, out / "explore.html", top_n=20, n_sample=60, device="cpu")
+    echo(f"embedding: {emb}")
+    echo(f"explorer page (open in a browser): {page}")
+    return emb, page
+
+
 def run_demo(
     out_dir: str | Path = "demo-out",
     release: str = "dr16",
@@ -357,6 +378,7 @@ def run_demo(
         echo("Table 1 on the SYNTHETIC population's test split (bagpipes galaxies, real noise):")
         rows = evaluate_runs(runs, step=step, echo=echo)
         population_science(runs, out / "population", Path(built.shards_dir), rel, step, echo)
+        embed_demo(runs[-1], out, step=step, echo=echo)
         step("done")
         echo(
             f"SYNTHETIC: the {pop.accepted} training/evaluation spectra are bagpipes models "
@@ -371,6 +393,7 @@ def run_demo(
     batch_size = max(1, min(64, n_train // 2))  # at least two steps per epoch on a tiny sample
     runs = train_objectives(built.shards_dir, out / "runs", epochs, batch_size, step=step)
     rows = evaluate_runs(runs, step=step, echo=echo)
+    embed_demo(runs[-1], out, step=step, echo=echo)
     step("done")
     echo(
         f"Note: only {built.accepted} bundled real galaxies pass the {rel.name} cuts, so these "

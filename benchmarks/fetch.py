@@ -49,10 +49,11 @@ def make_corpus(root: Path, n: int) -> list[dict]:
             hdul[2].data["PLATE"][0], hdul[2].data["MJD"][0] = plate, mjd
             hdul[2].data["FIBERID"][0] = fiberid
             z = float(hdul[2].data["Z"][0])
+            ra, dec = float(hdul[2].data["PLUG_RA"][0]), float(hdul[2].data["PLUG_DEC"][0])
             hdul.writeto(dest)
         rows.append(
-            dict(SPECOBJID=10**17 + i, PLATE=plate, MJD=mjd, FIBERID=fiberid, RUN2D="26",
-                 CLASS="GALAXY", Z=min(max(z, 0.01), 0.5), Z_ERR=1e-5, ZWARNING=0,
+            dict(SPECOBJID=10**17 + i, PLATE=plate, MJD=mjd, FIBERID=fiberid, RA=ra, DEC=dec,
+                 RUN2D="26", CLASS="GALAXY", Z=min(max(z, 0.01), 0.5), Z_ERR=1e-5, ZWARNING=0,
                  SCIENCEPRIMARY=1)
         )  # fmt: skip
     return rows

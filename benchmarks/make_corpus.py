@@ -23,6 +23,9 @@ Two kinds (subcommands), both in the archive layout that ``specetl build-shards`
 - new unique ids: plate 13000 + i // 1000 (above every real SDSS plate), fiberid 1 + i % 1000,
   mjd 58000 + plate offset, specobjid bit-packed like SDSS's (plate, fiber, mjd, run2d). HDU2's
   SPECOBJID/PLATE/MJD/FIBERID/Z and HDU0's PLATEID/MJD cards are patched to match.
+- synthetic positions: uniform on the sky at |dec| < 60 deg (not plate-like, so that the
+  sky-keyed splits of a small corpus are all filled), from their own random stream
+  ``SeedSequence([seed, plate, 1])``; RA/DEC go to the catalogue and to HDU2's PLUG_RA/PLUG_DEC.
 
 Speed: each template is parsed once; a file is the template's bytes with three HDU1 columns
 and a few HDU2 fields overwritten in place (a structured numpy view on a bytearray), so a file
@@ -108,7 +111,6 @@ def load_templates(release_name: str = "dr16") -> list[Template]:
     release = load_release(release_name)
     raw = _sample_catalog()
     cat = as_catalog(raw, "sample/catalog.csv")
-    cat["SCIENCEPRIMARY"] = raw["SCIENCEPRIMARY"].astype(int)
     masks = selection_masks(cat, release.selection)
     # science-primary is about duplicates among real objects; every template is distinct
     masks.pop("science primary", None)
@@ -190,6 +192,18 @@ def draw_redshifts(rng: np.random.Generator, n: int) -> np.ndarray:
     return z
 
 
+def plate_positions(rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """SYNTHETIC (ra, dec) in degrees of ``count`` fibres: uniform on the sky at |dec| < 60.
+
+    Spread over the whole sky, not in a plate's 1.49 deg disc, on purpose: the split is keyed
+    on the sky cell, and a corpus of a few synthetic plates would otherwise put each plate in a
+    handful of cells and leave a split empty.
+    """
+    ra = rng.uniform(0.0, 360.0, count)
+    dec = np.degrees(np.arcsin(rng.uniform(-np.sin(np.radians(60)), np.sin(np.radians(60)), count)))
+    return ra, dec
+
+
 def _set_card(buf: bytearray, at: int, value: int) -> None:
     # FITS fixed format: the value right-justified in columns 11-30
     buf[at + 10 : at + 30] = f"{value:>20d}".encode()
@@ -205,6 +219,10 @@ def _make_plate(args: tuple[Path, int, int, int, str, list[Template] | None]) ->
     z_target = draw_redshifts(rng, count)
     rows: dict[str, list] = {k: [] for k in ("SPECOBJID", "PLATE", "MJD", "FIBERID", "RUN2D")}
     rows.update(Z=[], Z_ERR=[])
+    ra, dec = plate_positions(
+        np.random.default_rng(np.random.SeedSequence([seed, plate, 1])), count
+    )
+    rows.update(RA=ra.tolist(), DEC=dec.tolist())
     for j in range(count):
         fiberid = j + 1
         near = np.argsort(np.abs(tz - np.log10(1 + z_target[j])))[:NEAREST]
@@ -224,6 +242,9 @@ def _make_plate(args: tuple[Path, int, int, int, str, list[Template] | None]) ->
         p2, dt2 = t.hdu2
         row = np.frombuffer(buf, dtype=dt2, count=1, offset=p2)
         row["PLATE"], row["MJD"], row["FIBERID"], row["Z"] = plate, mjd, fiberid, z_new
+        for name, value in (("PLUG_RA", ra[j]), ("PLUG_DEC", dec[j])):
+            if name in (dt2.names or ()):
+                row[name] = value
         if "SPECOBJID" in (dt2.names or ()) and dt2["SPECOBJID"].kind == "S":
             row["SPECOBJID"] = str(sid).encode()  # SDSS-I/II HDU2: a padded string
         elif "SPECOBJID" in (dt2.names or ()):
@@ -274,6 +295,13 @@ def make_corpus(
     columns["SPECOBJID"] = columns["SPECOBJID"].astype(np.uint64)
     columns["CLASS"] = np.full(n, "GALAXY")
     columns["ZWARNING"] = np.zeros(n, dtype=np.int32)
+    # SYNTHETIC positions: each plate a 1.5 deg field on a spiral over the sky, fibres spread on
+    # it (deterministic; spreads objects over the sky so that position-keyed splits are mixed)
+    k = columns["PLATE"].astype(np.float64) - FIRST_PLATE
+    fib = columns["FIBERID"].astype(np.float64)
+    columns["RA"] = (k * 137.508 + 1.5 * np.cos(fib)) % 360.0
+    columns["DEC"] = np.degrees(np.arcsin(np.clip(2 * ((k * 0.618034) % 1.0) - 1, -1, 1)))
+    columns["DEC"] = np.clip(columns["DEC"] + 0.75 * np.sin(fib), -90.0, 90.0)
     catalog_path = root / "catalog.fits"
     write_catalog(as_catalog(columns, "synthetic corpus"), catalog_path)
     log.warning("%s: %d files + %s in %.1f s", BANNER, n, catalog_path, time.perf_counter() - t0)

@@ -1,28 +1,43 @@
-"""The selected catalogue: read/write ``DATA/<release>/catalog.fits`` and apply a release's cuts.
+"""The selected catalogue: one column contract for every source, the cuts, ``catalog.fits``.
 
-Column contract of catalog.fits (HDU1 binary table; every later step relies on it):
+Every catalogue source (the bulk specObj or spAll file, SkyServer SQL, a user's CSV/ECSV/FITS)
+is read through one alias table, :data:`SOURCE_ALIASES`: the only place in specetl that spells a
+source column name. Catalogue contract v2 (``DATA/<release>/catalog.fits``, HDU1):
 
-=========== ========= ===========================================
-SPECOBJID   uint64    SDSS specObjID (never through float)
-PLATE       int32
-MJD         int32
-FIBERID     int32
-RUN2D       str       reduction; must be in the manifest's table
-CLASS       str       GALAXY / QSO / STAR
-Z           float64   redshift
-Z_ERR       float64   redshift error (-1: failed fit)
-ZWARNING    int32     0 = no problem flagged
-=========== ========= ===========================================
+============= ========= ==========================================================================
+SPECOBJID     str       the release's exact spectrum id, decimal (SDSS-V ids have 28-29 digits)
+<key columns> int64     the release's object key (manifest ``[object] key``), upper case:
+                        PLATE, MJD, FIBERID (SDSS-I–IV) or FIELD, MJD, CATALOGID (SDSS-V)
+RA, DEC       float64   position, degrees (see the precedence below)
+RUN2D         str       reduction; must be in the manifest's spec_lite table
+CLASS         str       GALAXY / QSO / STAR
+Z             float64   redshift
+Z_ERR         float64   redshift error (-1: failed fit)
+ZWARNING      int64     0 = no problem flagged
+SPECPRIMARY   int8      science-primary flag: 1 / 0, or -1 when the source has no flag
+============= ========= ==========================================================================
 
-In memory a catalogue is a ``dict[str, np.ndarray]`` with those upper-case keys: a few dozen
-bytes per object, so even a 5M-object release fits comfortably (spectra never do).
+In memory a catalogue is a ``dict[str, np.ndarray]`` with those keys: a few dozen bytes per
+object, so even a 5M-object release fits comfortably (spectra never do).
+
+Aliases (source names match case-insensitively): ``SPECOBJID`` also ``SPECOBJ_ID``; ``Z_ERR`` also
+``ZERR`` (SkyServer's zErr). Position: the first *pair* present of RACAT/DECCAT (SDSS-V catalogue
+position), PLUG_RA/PLUG_DEC (fibre position: specObj, spAll), RA/DEC (SkyServer, user tables);
+a row whose value there is missing or off the sky (NaN, -999) takes the next pair's, else NaN.
+The science-primary flag is ``SPECPRIMARY`` (specObj, spAll, SDSS-V spAll-lite, HDU 2 of every
+spec file) or ``SCIENCEPRIMARY`` (SkyServer's sciencePrimary): the same flag under two names. A
+table with both is accepted only if they agree on every row (otherwise it is an error: which one
+is right cannot be decided here). Ids: a string SPECOBJID (specObj's padded ``22A``, SDSS-V's
+``29A``) is kept as its digits; an integer one (spAll's ``K``, SkyServer's signed bigint) is read
+as unsigned 64-bit (ids above 2**63 arrive negative); FITS unsigned columns (TZERO = 2**63) are
+decoded exactly; a floating-point id is an error (it has lost digits).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,45 +46,200 @@ from etl.release import Selection
 
 log = logging.getLogger(__name__)
 
-CATALOG_COLUMNS: Mapping[str, str] = {
-    "SPECOBJID": "uint64",
-    "PLATE": "int32",
-    "MJD": "int32",
-    "FIBERID": "int32",
+#: The object key of SDSS-I–IV releases (manifests say it in ``[object] key``).
+SDSS_KEY = ("plate", "mjd", "fiberid")
+
+#: Contract column -> its source spellings (upper case), in precedence order.
+SOURCE_ALIASES: Mapping[str, tuple[str, ...]] = {
+    "SPECOBJID": ("SPECOBJID", "SPECOBJ_ID"),
+    "RUN2D": ("RUN2D",),
+    "CLASS": ("CLASS",),
+    "Z": ("Z",),
+    "Z_ERR": ("Z_ERR", "ZERR"),
+    "ZWARNING": ("ZWARNING",),
+    "SPECPRIMARY": ("SPECPRIMARY", "SCIENCEPRIMARY"),
+}
+#: Position columns: (RA, DEC) source pairs in precedence order.
+POSITION_PAIRS: tuple[tuple[str, str], ...] = (
+    ("RACAT", "DECCAT"),
+    ("PLUG_RA", "PLUG_DEC"),
+    ("RA", "DEC"),
+)
+#: dtype of each contract column (key columns are int64 and added per release).
+_DTYPES: Mapping[str, str] = {
+    "SPECOBJID": "str",
+    "RA": "float64",
+    "DEC": "float64",
     "RUN2D": "str",
     "CLASS": "str",
     "Z": "float64",
     "Z_ERR": "float64",
-    "ZWARNING": "int32",
+    "ZWARNING": "int64",
+    "SPECPRIMARY": "int8",
 }
+#: Width used to order decimal ids numerically as strings (2**64 has 20 digits, SDSS-V 29).
+ID_WIDTH = 32
 
 Catalog = dict[str, np.ndarray]
 
 
 class CatalogError(ValueError):
-    """A catalogue table lacks required columns or cannot be read."""
+    """A catalogue table lacks required columns, cannot be read, or selects nothing."""
 
 
-def as_catalog(columns: Mapping[str, object], source: str = "catalogue") -> Catalog:
-    """Coerce a column mapping (any key case) to the catalogue contract; extra columns dropped."""
-    by_upper = {str(k).upper(): v for k, v in columns.items()}
-    missing = [c for c in CATALOG_COLUMNS if c not in by_upper]
+def catalog_columns(key: Sequence[str] = SDSS_KEY) -> dict[str, str]:
+    """Contract columns (name -> dtype) of a release whose object key is ``key``."""
+    cols = {"SPECOBJID": "str", **{k.upper(): "int64" for k in key}}
+    cols.update((k, v) for k, v in _DTYPES.items() if k != "SPECOBJID")
+    return cols
+
+
+#: The contract for SDSS-I–IV releases (kept for readers that assume that key).
+CATALOG_COLUMNS: Mapping[str, str] = catalog_columns(SDSS_KEY)
+
+
+def source_names(key: Sequence[str] = SDSS_KEY) -> set[str]:
+    """Every upper-case source column name worth reading for a release with object key ``key``."""
+    names = {k.upper() for k in key}
+    names.update(n for aliases in SOURCE_ALIASES.values() for n in aliases)
+    names.update(n for pair in POSITION_PAIRS for n in pair)
+    return names
+
+
+def id_sort_key(ids: np.ndarray) -> np.ndarray:
+    """Decimal id strings padded with zeros so that string order is numeric order."""
+    return np.char.zfill(np.asarray(ids, dtype=str), ID_WIDTH)
+
+
+def _ids(values: np.ndarray, source: str) -> np.ndarray:
+    """SPECOBJID as exact decimal strings, whatever the source stored it as."""
+    values = np.asarray(values)
+    if values.dtype.kind == "S":
+        values = np.char.decode(values, "ascii")
+    if values.dtype.kind in "UO":
+        out = np.char.strip(values.astype(str))
+        bad = ~np.char.isdigit(out) if len(out) else np.zeros(0, bool)
+        if bad.any():
+            raise CatalogError(f"{source}: SPECOBJID {out[bad][0]!r} is not a decimal id")
+        return np.char.lstrip(out, "0").astype(str)  # "0…0123" and "123" are one id
+    if values.dtype.kind == "f":
+        raise CatalogError(f"{source}: SPECOBJID is floating point; ids would have lost digits")
+    if values.dtype.kind == "i":  # spAll's K, SkyServer's bigint: the bits are unsigned
+        values = values.astype(np.int64).view(np.uint64)
+    return values.astype(np.uint64).astype(str)
+
+
+def _resolve(names: Sequence[str], key: Sequence[str], need_primary: bool) -> dict[str, list[str]]:
+    """Contract column -> the source column name(s) that provide it; CatalogError if missing."""
+    by_upper = {str(n).upper(): str(n) for n in names}
+    found: dict[str, list[str]] = {}
+    for col in ("SPECOBJID", *(k.upper() for k in key)):
+        aliases = SOURCE_ALIASES.get(col, (col,))
+        hit = [by_upper[a] for a in aliases if a in by_upper]
+        if hit:
+            found[col] = hit[:1]
+    for col, aliases in SOURCE_ALIASES.items():
+        hit = [by_upper[a] for a in aliases if a in by_upper]
+        if hit and col not in found:
+            found[col] = hit if col == "SPECPRIMARY" else hit[:1]
+    pairs = [
+        (by_upper[ra], by_upper[dec]) for ra, dec in POSITION_PAIRS if {ra, dec} <= set(by_upper)
+    ]
+    if pairs:  # every pair present, in precedence order (a later one fills a row's gap)
+        found["RA"], found["DEC"] = [p[0] for p in pairs], [p[1] for p in pairs]
+    required = [c for c in catalog_columns(key) if c != "SPECPRIMARY" or need_primary]
+    missing = [c for c in required if c not in found]
     if missing:
-        raise CatalogError(f"{source}: missing column(s) {', '.join(missing)}")
+        spell = {
+            "RA": "RA (or RACAT, PLUG_RA)",
+            "DEC": "DEC (or DECCAT, PLUG_DEC)",
+            "SPECPRIMARY": "SPECPRIMARY (or SCIENCEPRIMARY)",
+        }
+        want = ", ".join(spell.get(c, c) for c in missing)
+        have = ", ".join(str(n) for n in names) or "none"
+        raise CatalogError(f"missing column(s) {want}; the table has: {have}")
+    return found
+
+
+def as_catalog(
+    columns: Mapping[str, object],
+    source: str = "catalogue",
+    key: Sequence[str] = SDSS_KEY,
+    need_primary: bool = False,
+) -> Catalog:
+    """Coerce a source table (any spelling of :data:`SOURCE_ALIASES`) to the contract."""
+    try:
+        found = _resolve(list(columns), key, need_primary)
+    except CatalogError as err:
+        raise CatalogError(f"{source}: {err}") from None
     out: Catalog = {}
-    for name, dtype in CATALOG_COLUMNS.items():
-        values = np.asarray(by_upper[name])
-        if dtype == "str":
+    for name, dtype in catalog_columns(key).items():
+        if name not in found:  # only SPECPRIMARY is optional: -1 = the source has no flag
+            n = len(np.asarray(columns[found["SPECOBJID"][0]]))
+            out[name] = np.full(n, -1, dtype=np.int8)
+            continue
+        if name == "RA":
+            out["RA"], out["DEC"] = _position(columns, found["RA"], found["DEC"], source)
+            continue
+        if name == "DEC":
+            continue
+        values = np.asarray(columns[found[name][0]])
+        if name == "SPECOBJID":
+            out[name] = _ids(values, source)
+        elif dtype == "str":
             if values.dtype.kind == "S":
                 values = np.char.decode(values, "ascii")
             out[name] = np.char.strip(values.astype(str))
-        elif name == "SPECOBJID" and values.dtype.kind in "US":
-            out[name] = np.array([int(v) for v in values.tolist()], dtype=np.uint64)
-        elif name == "SPECOBJID" and values.dtype.kind == "f":
-            raise CatalogError(f"{source}: SPECOBJID is floating point; ids would lose precision")
+        elif name == "SPECPRIMARY":
+            flags = [_flag(columns[c], source, c) for c in found[name]]
+            if len(flags) == 2 and np.any(flags[0] != flags[1]):
+                bad = int(np.count_nonzero(flags[0] != flags[1]))
+                raise CatalogError(
+                    f"{source}: {found[name][0]} and {found[name][1]} disagree on {bad} row(s); "
+                    "keep one of the two columns"
+                )
+            out[name] = flags[0].astype(np.int8)
         else:
-            out[name] = values.astype(dtype)
+            try:
+                out[name] = values.astype(dtype)
+            except (TypeError, ValueError) as err:
+                raise CatalogError(f"{source}: column {found[name][0]}: {err}") from None
     return out
+
+
+def _position(
+    columns: Mapping[str, object], ras: list[str], decs: list[str], source: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """RA, DEC (degrees) from the first pair present; a row whose value is missing or outside
+    the sky (NaN, or a sentinel such as -999 where an object has no catalogue position) takes the
+    next pair's. Rows no pair places stay NaN."""
+    try:
+        ra = np.asarray(columns[ras[0]], dtype=np.float64).copy()
+        dec = np.asarray(columns[decs[0]], dtype=np.float64).copy()
+        for r_name, d_name in zip(ras[1:], decs[1:], strict=True):
+            bad = ~_on_sky(ra, dec)
+            if not bad.any():
+                break
+            ra[bad] = np.asarray(columns[r_name], dtype=np.float64)[bad]
+            dec[bad] = np.asarray(columns[d_name], dtype=np.float64)[bad]
+    except (TypeError, ValueError) as err:
+        raise CatalogError(f"{source}: position column: {err}") from None
+    bad = ~_on_sky(ra, dec)
+    ra[bad], dec[bad] = np.nan, np.nan
+    return ra, dec
+
+
+def _on_sky(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore"):
+        return (ra >= 0) & (ra <= 360) & (dec >= -90) & (dec <= 90)
+
+
+def _flag(values: object, source: str, name: str) -> np.ndarray:
+    values = np.asarray(values)
+    if values.dtype.kind in "USO":
+        text = np.char.strip(np.asarray(values, dtype=str))
+        values = np.isin(np.char.lower(text), ("1", "t", "true"))
+    return np.asarray(values).astype(np.int64) != 0
 
 
 def write_catalog(catalog: Mapping[str, np.ndarray], path: str | Path) -> None:
@@ -78,7 +248,7 @@ def write_catalog(catalog: Mapping[str, np.ndarray], path: str | Path) -> None:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    table = Table({name: np.asarray(catalog[name]) for name in CATALOG_COLUMNS})
+    table = Table({name: np.asarray(values) for name, values in catalog.items()})
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         table.write(tmp, format="fits", overwrite=True)
@@ -87,7 +257,7 @@ def write_catalog(catalog: Mapping[str, np.ndarray], path: str | Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def read_catalog(path: str | Path) -> Catalog:
+def read_catalog(path: str | Path, key: Sequence[str] = SDSS_KEY) -> Catalog:
     """Read a catalogue written by :func:`write_catalog` (or any FITS table with its columns)."""
     from astropy.table import Table
 
@@ -98,7 +268,10 @@ def read_catalog(path: str | Path) -> Catalog:
         table = Table.read(path, format="fits", character_as_bytes=False)
     except (OSError, ValueError) as err:
         raise CatalogError(f"{path}: unreadable catalogue ({err})") from None
-    return as_catalog({name: table[name] for name in table.colnames}, str(path))
+    try:
+        return as_catalog({n: np.asarray(table[n]) for n in table.colnames}, str(path), key)
+    except CatalogError as err:  # e.g. written by an older specetl (no RA/DEC) or another release
+        raise CatalogError(f"{err} (run `specetl fetch` again to rewrite it)") from None
 
 
 def selection_masks(catalog: Mapping[str, np.ndarray], cuts: Selection) -> dict[str, np.ndarray]:
@@ -113,28 +286,11 @@ def selection_masks(catalog: Mapping[str, np.ndarray], cuts: Selection) -> dict[
         f"zwarning == {cuts.zwarning}": catalog["ZWARNING"] == cuts.zwarning,
     }
     if cuts.science_primary:
-        if "SCIENCEPRIMARY" not in catalog:
-            raise CatalogError(
-                "the release asks for science-primary spectra but the table has no SCIENCEPRIMARY column"
-            )
-        masks["science primary"] = np.asarray(catalog["SCIENCEPRIMARY"]).astype(bool)
+        masks["science primary"] = np.asarray(catalog["SPECPRIMARY"]) == 1
     return masks
 
 
 # --- selection ---------------------------------------------------------------------------------
-
-#: Upper-cased source column names that mean a contract column (SkyServer spells zErr, ...).
-_ALIASES = {"ZERR": "Z_ERR", "SPECOBJ_ID": "SPECOBJID"}
-#: The columns a source must provide: the contract plus the science-primary flag.
-SOURCE_COLUMNS = (*CATALOG_COLUMNS, "SCIENCEPRIMARY")
-
-
-def _upper(columns: Mapping[str, object]) -> dict[str, np.ndarray]:
-    out = {}
-    for k, v in columns.items():
-        key = str(k).upper()
-        out[_ALIASES.get(key, key)] = v
-    return out
 
 
 class Selector:
@@ -144,279 +300,65 @@ class Selector:
     any length is filtered in memory bounded by the chunk size plus the selection itself.
     """
 
-    def __init__(self, cuts: Selection, source: str = "catalogue"):
+    def __init__(self, cuts: Selection, source: str = "catalogue", key: Sequence[str] = SDSS_KEY):
         self.cuts = cuts
         self.source = source
+        self.key = tuple(key)
+        self.columns = catalog_columns(self.key)
         self.rows_in = 0
+        self.chunks = 0
         self.after: dict[str, int] = {}
         self._kept: list[Catalog] = []
 
     def add(self, columns: Mapping[str, object]) -> None:
-        """Add one chunk: a mapping of column name (any case) -> array."""
-        cols = _upper(columns)
-        cat = as_catalog(cols, self.source)
-        if "SCIENCEPRIMARY" in cols:
-            cat["SCIENCEPRIMARY"] = np.asarray(cols["SCIENCEPRIMARY"]).astype(np.int64) != 0
+        """Add one chunk: a mapping of source column name (any spelling) -> array."""
+        cat = as_catalog(columns, self.source, self.key, self.cuts.science_primary)
+        self.chunks += 1
         n = len(cat["SPECOBJID"])
         self.rows_in += n
         keep = np.ones(n, dtype=bool)
         for name, mask in selection_masks(cat, self.cuts).items():
             keep &= mask
             self.after[name] = self.after.get(name, 0) + int(keep.sum())
-        self._kept.append({k: cat[k][keep] for k in CATALOG_COLUMNS})
+        if keep.any():
+            self._kept.append({k: v[keep] for k, v in cat.items()})
 
     def result(self) -> tuple[Catalog, dict]:
-        """The selected catalogue (sorted by SPECOBJID, duplicates dropped) and its summary."""
-        if self._kept:
-            cat = {k: np.concatenate([c[k] for c in self._kept]) for k in CATALOG_COLUMNS}
-        else:
-            cat = as_catalog({k: np.zeros(0, dtype=object) for k in CATALOG_COLUMNS}, self.source)
-            cat = {k: v.astype(_empty_dtype(k)) for k, v in cat.items()}
-        _, first = np.unique(cat["SPECOBJID"], return_index=True)
+        """The selected catalogue (sorted by SPECOBJID, duplicates dropped) and its summary.
+
+        Raises :class:`CatalogError` when the source gave no table, or nothing was selected:
+        the message names the cut that removed the last rows.
+        """
+        if not self.chunks:
+            raise CatalogError(f"{self.source}: no table (the source returned nothing)")
+        if not self._kept:
+            raise CatalogError(f"{self.source}: selects nothing: {self._emptied_by()}")
+        cat = {k: np.concatenate([c[k] for c in self._kept]) for k in self.columns}
+        _, first = np.unique(id_sort_key(cat["SPECOBJID"]), return_index=True)
         cat = {k: v[first] for k, v in cat.items()}  # np.unique sorts: output ordered by id
         steps = [{"step": "rows in", "rows": self.rows_in}]
         steps += [{"step": name, "rows": rows} for name, rows in self.after.items()]
         steps.append({"step": "unique specobjid", "rows": len(first)})
         return cat, {"source": self.source, "steps": steps, "selected": len(first)}
 
+    def _emptied_by(self) -> str:
+        if not self.rows_in:
+            return "the table has no rows"
+        before = self.rows_in
+        for name, rows in self.after.items():
+            if rows == 0:
+                return f"the cut '{name}' removed the last {before} of {self.rows_in} rows"
+            before = rows
+        return "no rows left"  # pragma: no cover
 
-def _empty_dtype(name: str) -> str:
-    kind = CATALOG_COLUMNS[name]
-    return "U1" if kind == "str" else kind
 
-
-def select(columns: Mapping[str, object], cuts: Selection, source: str = "catalogue"):
+def select(
+    columns: Mapping[str, object],
+    cuts: Selection,
+    source: str = "catalogue",
+    key: Sequence[str] = SDSS_KEY,
+):
     """Select from one in-memory table; returns ``(catalog, summary)``."""
-    sel = Selector(cuts, source)
+    sel = Selector(cuts, source, key)
     sel.add(columns)
     return sel.result()
-
-
-def iter_fits_columns(
-    path: str | Path, columns: tuple[str, ...] = SOURCE_COLUMNS, chunk_rows: int = 100_000
-):
-    """Yield ``{COLUMN: array}`` chunks of HDU1 of a FITS table, reading only ``columns``.
-
-    The table is memory-mapped as a NumPy record array (no astropy FITS_rec conversion of whole
-    columns), and each chunk copies just the wanted fields of ``chunk_rows`` rows, so peak memory
-    is O(chunk_rows × wanted columns) whatever the file's length (5M rows × ~200 columns for the
-    real specObj). Columns are matched case-insensitively; missing optional ones are skipped.
-    """
-    from astropy.io import fits
-
-    path = Path(path)
-    with fits.open(path, memmap=True, lazy_load_hdus=True) as hdul:
-        if len(hdul) < 2 or not isinstance(hdul[1], fits.BinTableHDU):
-            raise CatalogError(f"{path}: HDU1 is not a binary table")
-        hdu = hdul[1]
-        cols = hdu.columns
-        nrows = int(hdu.header["NAXIS2"])
-        offset = int(hdu.fileinfo()["datLoc"])
-        raw_dtype = cols.dtype.newbyteorder(">")
-        by_upper = {c.name.upper(): c for c in cols}
-        wanted = [
-            (_ALIASES.get(n, n), by_upper[n]) for n in by_upper if _ALIASES.get(n, n) in columns
-        ]
-    if nrows == 0:
-        return
-    table = np.memmap(path, dtype=raw_dtype, mode="r", offset=offset, shape=(nrows,))
-    try:
-        for start in range(0, nrows, chunk_rows):
-            rows = table[start : start + chunk_rows]
-            out: dict[str, np.ndarray] = {}
-            for name, col in wanted:
-                values = np.array(rows[col.name])  # copy: detaches the chunk from the map
-                if col.bzero not in (None, "", 0) or col.bscale not in (None, "", 1):
-                    values = _unscale(values, col)
-                out[name] = values
-            yield out
-    finally:
-        del table
-
-
-def _unscale(values: np.ndarray, col: object) -> np.ndarray:
-    """Apply TZERO/TSCAL. Unsigned integers are stored signed + TZERO = 2**(bits-1) (uint64 ids)."""
-    bzero, bscale = col.bzero or 0, col.bscale or 1  # type: ignore[attr-defined]
-    native = values.astype(values.dtype.newbyteorder("="))
-    if native.dtype.kind == "i" and bscale == 1 and bzero == 2 ** (8 * native.dtype.itemsize - 1):
-        unsigned = np.dtype(f"u{native.dtype.itemsize}")
-        # x + 2**(bits-1) modulo 2**bits is x XOR the sign bit: exact, no float round trip.
-        return native.view(unsigned) ^ unsigned.type(bzero)
-    return native * bscale + bzero
-
-
-def iter_table_columns(path: str | Path, chunk_rows: int = 100_000):
-    """Yield column chunks from a local FITS, CSV or ECSV table (column names any case)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CatalogError(f"{path}: no such catalogue file")
-    suffix = "".join(path.suffixes[-2:]).lower()
-    if suffix.endswith((".fits", ".fit", ".fits.gz")):
-        yield from iter_fits_columns(path, chunk_rows=chunk_rows)
-    elif suffix.endswith(".ecsv"):
-        from astropy.table import Table
-
-        table = Table.read(path, format="ascii.ecsv")
-        yield {n: np.asarray(table[n]) for n in table.colnames}
-    elif suffix.endswith(".csv"):
-        yield from _iter_csv(path, chunk_rows)
-    else:
-        raise CatalogError(f"{path}: unknown table format (use .fits, .csv or .ecsv)")
-
-
-def _iter_csv(path: Path, chunk_rows: int):
-    # The csv module keeps every value a string, so 19-digit specObjIDs never pass through float.
-    import csv
-
-    with open(path, newline="", encoding="utf-8") as f:
-        lines = (line for line in f if not line.startswith("#"))
-        reader = csv.reader(lines)
-        try:
-            header = [h.strip() for h in next(reader)]
-        except StopIteration:
-            raise CatalogError(f"{path}: empty CSV") from None
-        keep = [
-            (i, _ALIASES.get(h.upper(), h.upper()))
-            for i, h in enumerate(header)
-            if _ALIASES.get(h.upper(), h.upper()) in SOURCE_COLUMNS
-        ]
-        while True:
-            rows = [r for _, r in zip(range(chunk_rows), reader, strict=False)]
-            if not rows:
-                return
-            yield {name: _parse_csv_column([r[i] for r in rows], name) for i, name in keep}
-
-
-def _parse_csv_column(values: list[str], name: str) -> np.ndarray:
-    kind = CATALOG_COLUMNS.get(name, "int64")
-    if kind == "str" or name == "SPECOBJID":
-        return np.array(values, dtype=str)
-    try:
-        if kind.startswith("float"):
-            return np.array([float(v) if v.strip() else np.nan for v in values])
-        return np.array([int(float(v)) if v.strip() else 0 for v in values], dtype=np.int64)
-    except ValueError as err:
-        raise CatalogError(f"column {name}: {err}") from None
-
-
-# --- SkyServer SQL -----------------------------------------------------------------------------
-
-#: What we ask SkyServer for, and (upper-cased) what a valid answer must contain.
-SQL_SELECT = "specObjID, plate, mjd, fiberID, run2d, class, z, zErr, zWarning, sciencePrimary"
-_SQL_EXPECTED = ("SPECOBJID", "PLATE", "MJD", "FIBERID", "RUN2D", "CLASS", "Z", "ZERR", "ZWARNING")
-
-
-class SqlError(CatalogError):
-    """SkyServer did not answer a catalogue query with a table of the expected columns."""
-
-
-def sql_page_query(cuts: Selection, after: int | None, page_size: int) -> str:
-    """One keyset page: ids above ``after`` in id order, with the cuts pushed to the server.
-
-    The cuts are applied again client-side (same code for every source); pushing them to the
-    server only saves transfer. ``after`` is SkyServer's *signed* bigint specObjID.
-    """
-    where = [
-        f"class = '{cuts.class_}'",
-        f"z > {cuts.z_min!r}",
-        f"z <= {cuts.z_max!r}",
-        f"zErr > {cuts.z_err_min!r}",
-        f"zErr < {cuts.z_err_max!r}",
-        f"zWarning = {int(cuts.zwarning)}",
-    ]
-    if cuts.science_primary:
-        where.append("sciencePrimary = 1")
-    if after is not None:
-        where.insert(0, f"specObjID > {int(after)}")
-    return (
-        f"SELECT TOP {int(page_size)} {SQL_SELECT} FROM SpecObjAll "
-        f"WHERE {' AND '.join(where)} ORDER BY specObjID"
-    )
-
-
-def parse_skyserver_csv(text: str) -> tuple[dict[str, np.ndarray], int | None]:
-    """Parse SkyServer's CSV answer; return (columns, largest signed specObjID or None).
-
-    Raises :class:`SqlError` when the answer lacks the expected columns: SkyServer reports
-    errors as HTML pages (status 200), which a lenient parser would turn into a one-column table.
-    """
-    import csv
-
-    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
-    header = [h.strip().upper() for h in next(csv.reader(lines[:1]), [])]
-    missing = [c for c in _SQL_EXPECTED if c not in header]
-    if missing:
-        first = (lines[0] if lines else "<empty>")[:80]
-        raise SqlError(
-            f"SkyServer answer lacks column(s) {', '.join(missing)}; it starts {first!r}"
-        )
-    rows = list(csv.reader(lines[1:]))
-    if any(len(r) != len(header) for r in rows):
-        raise SqlError("SkyServer answer has rows of the wrong width (truncated?)")
-    cols = {
-        name: _parse_csv_column([r[i] for r in rows], _ALIASES.get(name, name))
-        for i, name in enumerate(header)
-    }
-    # SkyServer's bigint is signed: ids of plates >= 8192 come back negative. Keep the signed
-    # value for paging, store the unsigned one (the bit pattern SDSS defines).
-    signed = [int(v) for v in cols["SPECOBJID"].tolist()]
-    cols["SPECOBJID"] = np.array([v % 2**64 for v in signed], dtype=np.uint64)
-    return cols, (max(signed) if signed else None)
-
-
-def iter_sql_pages(
-    release,
-    page_size: int = 200_000,
-    attempts: int = 5,
-    backoff: float = 5.0,
-    timeout: float = 600.0,
-    skyserver_url: str | None = None,
-):
-    """Yield column chunks of the release's spectra from SkyServer, one keyset page at a time.
-
-    Uses astroquery's client (``SDSS.query_sql_async`` with the manifest's ``data_release``) and
-    parses the CSV ourselves so that 64-bit ids never pass through a float. Each page is retried
-    with exponential backoff on timeouts, HTTP errors and error pages. ``page_size`` stays below
-    SkyServer's ~500k row cap. ``skyserver_url`` replaces ``https://skyserver.sdss.org``.
-    """
-    import contextlib
-    import random
-    import time
-
-    import requests
-    from astroquery.sdss import SDSS, conf
-
-    after: int | None = None
-    page = 0
-    while True:
-        sql = sql_page_query(release.selection, after, page_size)
-        for attempt in range(1, attempts + 1):
-            try:
-                ctx = (
-                    conf.set_temp("skyserver_baseurl", skyserver_url.rstrip("/"))
-                    if skyserver_url
-                    else contextlib.nullcontext()
-                )
-                with ctx:
-                    resp = SDSS.query_sql_async(
-                        sql, data_release=release.catalog.data_release, timeout=timeout, cache=False
-                    )
-                resp.raise_for_status()
-                cols, last = parse_skyserver_csv(resp.text)
-                break
-            except (requests.RequestException, SqlError) as err:
-                if attempt == attempts:
-                    raise SqlError(
-                        f"SkyServer page {page + 1} failed {attempts} times: {err}"
-                    ) from None
-                delay = backoff * 2 ** (attempt - 1) * random.uniform(0.5, 1.0)
-                log.warning("SkyServer page %d: %s; retrying in %.1f s", page + 1, err, delay)
-                time.sleep(delay)
-        page += 1
-        n = len(cols["SPECOBJID"])
-        log.info("SkyServer page %d: %d rows", page, n)
-        if n:
-            yield cols
-        if n < page_size or last is None:
-            return
-        after = last

@@ -6,7 +6,8 @@ one pooled ``requests`` session (keep-alive: no TCP/TLS handshake per file). Eac
 1. is skipped when the ledger already lists it with the size it has on disk;
 2. otherwise is streamed to a temporary name in its destination folder, hashed on the way;
 3. is verified: size == Content-Length, the FITS parses, HDU1 has the COADD columns, HDU2's
-   PLATE/MJD/FIBERID are the object asked for;
+   object key (the release's key fields: PLATE/MJD/FIBERID, FIELD/MJD/CATALOGID) is the object
+   asked for;
 4. is fsynced and renamed into place (``os.replace``: atomic), then appended to the ledger.
 
 So a crash at any moment leaves either no file or a verified one, never a partial file under the
@@ -16,24 +17,16 @@ object's FITS, an HTML page with status 200) is retried once, in case a mirror s
 error page, and then reported with the reason; it is not retried like a network error.
 404/410 mean "missing upstream": recorded, not retried.
 
-The ledger (``DATA/<release>/ledger/``) has two parts:
+A full disk (ENOSPC/EDQUOT) is not a per-file failure: every remaining file would fail the same
+way. The batch stops at once (files not started are cancelled, files in flight finish or fail),
+leaves no partial file, and says so in :attr:`BatchResult.disk_full`; the caller stops the run.
 
-- ``ledger.npy``: the compacted index, one fixed 48-byte record per verified file (64-bit key of
-  its relative path, size, raw sha256), sorted by key. Readers map it (``mmap``) and binary-search
-  it, so a 5M-object ledger costs ~240 MB on disk and next to nothing in a reader's memory.
-- ``*.jsonl``: append-only journals, one per writer (one per Dask task), each line fsynced, so
-  concurrent writers never share a file and a torn last line (SIGKILL mid-write) is ignored.
-
-:func:`compact_ledger` merges the journals into a new index (temporary file, fsync,
-``os.replace``) and only then deletes them; the driver runs it when a fetch starts and ends. A
-crash anywhere in between leaves the old index plus journals that the next compaction merges
-again (merging is idempotent: the newest record of a key wins).
+Verified files are appended to the ledger (:mod:`etl.ledger`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import random
@@ -47,9 +40,9 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
-
 from etl.atomic import fsync_dir
+from etl.diskspace import DiskFull, is_disk_full
+from etl.ledger import LedgerWriter
 from etl.spectrum import SpectrumRejected, read_spec_lite
 
 log = logging.getLogger(__name__)
@@ -58,19 +51,25 @@ _CHUNK = 1 << 16  # bytes per read from the socket
 
 
 class Job(NamedTuple):
-    """One file to fetch. ``relpath`` is built from validated ids (see spec_lite_relpath)."""
+    """One file to fetch. ``relpath`` is built from validated ids (Release.spec_lite_relpath).
 
-    specobjid: int
+    ``key``: the object key as ``((field, value), ...)`` in the release's order, e.g.
+    ``(("plate", 266), ("mjd", 51602), ("fiberid", 1))``; HDU2 must hold exactly these values.
+    ``specobjid``: the release's exact id (decimal string).
+    """
+
+    specobjid: str
     run2d: str
-    plate: int
-    mjd: int
-    fiberid: int
+    key: tuple[tuple[str, int], ...]
     url: str
     relpath: str
 
     @property
     def label(self) -> str:
-        return f"spec-{self.plate:04d}-{self.mjd:05d}-{self.fiberid:04d} (run2d {self.run2d})"
+        name = self.relpath.rsplit("/", 1)[-1].removesuffix(".fits")
+        if not name:
+            name = "-".join(str(v) for _, v in self.key)
+        return f"{name} (run2d {self.run2d})"
 
 
 @dataclass(frozen=True)
@@ -129,6 +128,8 @@ class BatchResult:
     present: int = 0
     bytes: int = 0
     failed: list[Outcome] = field(default_factory=list)
+    not_attempted: int = 0  #: cancelled when the batch stopped on a full disk
+    disk_full: str = ""  #: why the batch stopped early (one line), "" when it did not
 
     def add(self, o: Outcome) -> None:
         if o.status == "downloaded":
@@ -141,198 +142,7 @@ class BatchResult:
 
     @property
     def total(self) -> int:
-        return self.downloaded + self.present + len(self.failed)
-
-
-# --- ledger ------------------------------------------------------------------------------------
-
-LEDGER_INDEX = "ledger.npy"
-#: One record per verified file: 8 + 8 + 32 bytes.
-LEDGER_DTYPE = np.dtype([("key", "<u8"), ("size", "<i8"), ("sha256", "u1", (32,))])
-
-
-def ledger_key(relpath: str) -> int:
-    """64-bit key of a relative path (blake2b). A collision (~1e-6 at 5M files) could only make
-    one file look verified at another's size: it would be re-fetched or re-verified, not trusted
-    blindly, because files under final names are only ever verified ones."""
-    return int.from_bytes(hashlib.blake2b(relpath.encode(), digest_size=8).digest(), "little")
-
-
-def _iter_journal(path: Path) -> Iterable[tuple[str, int, str]]:
-    """(relpath, size, sha256 hex) per intact line; torn lines (crash mid-write) skipped."""
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-                sha = str(rec["sha256"])
-                if len(bytes.fromhex(sha)) != 32:
-                    continue
-                yield str(rec["path"]), int(rec["size"]), sha
-            except (ValueError, KeyError, TypeError):
-                continue
-
-
-def _journals(folder: Path) -> list[Path]:
-    """Journal files, oldest first (by last write), so that the newest record of a path wins."""
-    found = []
-    for path in folder.glob("*.jsonl"):
-        try:
-            found.append((path.stat().st_mtime_ns, path.name, path))
-        except FileNotFoundError:
-            continue
-    return [p for *_, p in sorted(found)]
-
-
-def _load_index(folder: Path) -> np.ndarray:
-    path = folder / LEDGER_INDEX
-    if not path.exists():
-        return np.empty(0, LEDGER_DTYPE)
-    try:
-        index = np.load(path, mmap_mode="r")
-    except ValueError:  # an empty array cannot be mapped
-        index = np.load(path)
-    if index.dtype != LEDGER_DTYPE:
-        raise ValueError(f"{path}: not a ledger index (dtype {index.dtype})")
-    return index
-
-
-class Ledger:
-    """Read view of a ledger folder: the mapped index plus (optionally) unmerged journals.
-
-    Dask tasks open it with ``journals=False``: after the start-of-run compaction the journals
-    hold only what this run's tasks are writing, which no task needs to read.
-    """
-
-    def __init__(self, folder: str | Path, journals: bool = True):
-        self.folder = Path(folder)
-        self.index = _load_index(self.folder)
-        self.recent: dict[int, tuple[int, str]] = {}
-        if journals:
-            for path in _journals(self.folder):
-                for rel, size, sha in _iter_journal(path):
-                    self.recent[ledger_key(rel)] = (size, sha)
-
-    def _find(self, key: int) -> int:
-        keys = self.index["key"]
-        i = int(np.searchsorted(keys, np.uint64(key)))
-        return i if i < len(keys) and int(keys[i]) == key else -1
-
-    def get(self, relpath: str) -> tuple[int, str] | None:
-        """(size, sha256 hex) of a verified file, or None."""
-        key = ledger_key(relpath)
-        if key in self.recent:
-            return self.recent[key]
-        i = self._find(key)
-        if i < 0:
-            return None
-        rec = self.index[i]
-        return int(rec["size"]), bytes(rec["sha256"]).hex()
-
-    def __getitem__(self, relpath: str) -> tuple[int, str]:
-        got = self.get(relpath)
-        if got is None:
-            raise KeyError(relpath)
-        return got
-
-    def __contains__(self, relpath: object) -> bool:
-        return isinstance(relpath, str) and self.get(relpath) is not None
-
-    def __len__(self) -> int:
-        extra = sum(1 for k in self.recent if self._find(k) < 0)
-        return len(self.index) + extra
-
-    def sizes(self, relpaths: list[str]) -> np.ndarray:
-        """Verified size of each path (-1: not in the ledger); one vectorised index lookup."""
-        out = np.full(len(relpaths), -1, dtype=np.int64)
-        if not relpaths:
-            return out
-        keys = np.fromiter((ledger_key(r) for r in relpaths), np.uint64, len(relpaths))
-        if len(self.index):
-            pos = np.searchsorted(self.index["key"], keys)
-            pos = np.minimum(pos, len(self.index) - 1)
-            hit = self.index["key"][pos] == keys
-            out[hit] = self.index["size"][pos[hit]]
-        for i, k in enumerate(keys.tolist()):
-            if k in self.recent:
-                out[i] = self.recent[k][0]
-        return out
-
-
-def load_ledger(folder: str | Path) -> Ledger:
-    """Everything verified so far (index + unmerged journals)."""
-    return Ledger(folder)
-
-
-def compact_ledger(folder: str | Path) -> int:
-    """Merge the journals into the index atomically, then delete them; return the file count.
-
-    Only the journals are parsed into memory; the old index is mapped. Peak memory is about one
-    copy of the merged index (~240 MB at 5M files), transiently, in the driver.
-    """
-    folder = Path(folder)
-    journals = _journals(folder)
-    old = _load_index(folder)
-    if not journals:
-        return len(old)
-    latest: dict[int, tuple[int, str]] = {}
-    for path in journals:
-        for rel, size, sha in _iter_journal(path):
-            latest[ledger_key(rel)] = (size, sha)
-    new = np.empty(len(latest), LEDGER_DTYPE)
-    if latest:
-        new["key"] = np.fromiter(latest, np.uint64, len(latest))
-        new["size"] = [v[0] for v in latest.values()]
-        new["sha256"] = np.frombuffer(
-            b"".join(bytes.fromhex(v[1]) for v in latest.values()), np.uint8
-        ).reshape(-1, 32)
-    new.sort(order="key")
-    del latest
-    if len(old):  # drop old records superseded by a journal, then merge two sorted runs
-        pos = np.minimum(np.searchsorted(new["key"], old["key"]), max(len(new) - 1, 0))
-        keep = ~(new["key"][pos] == old["key"]) if len(new) else np.ones(len(old), bool)
-        merged = np.concatenate([old[keep], new])
-        merged = merged[np.argsort(merged["key"], kind="stable")]
-    else:
-        merged = new
-    tmp = folder / f".{LEDGER_INDEX}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, merged)
-            f.flush()
-            os.fsync(f.fileno())
-        del old  # release the mapping before replacing the file it maps
-        os.replace(tmp, folder / LEDGER_INDEX)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(folder)
-    for path in journals:
-        path.unlink(missing_ok=True)
-    fsync_dir(folder)
-    log.debug("ledger: merged %d journal(s); %d verified files", len(journals), len(merged))
-    return len(merged)
-
-
-class LedgerWriter:
-    """Append verified files to this writer's own JSONL journal; each line fsynced before return."""
-
-    def __init__(self, folder: str | Path, name: str | None = None):
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.path = folder / f"{name or uuid.uuid4().hex}.jsonl"
-        self._lock = threading.Lock()
-        self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
-
-    def add(self, job: Job, size: int, sha256: str) -> None:
-        line = json.dumps(
-            {"path": job.relpath, "size": size, "sha256": sha256, "specobjid": str(job.specobjid)}
-        )
-        with self._lock:
-            self._f.write(line + "\n")
-            self._f.flush()
-            os.fsync(self._f.fileno())
-
-    def close(self) -> None:
-        self._f.close()
+        return self.downloaded + self.present + len(self.failed) + self.not_attempted
 
 
 # --- one file ----------------------------------------------------------------------------------
@@ -347,16 +157,17 @@ def verify_spec_lite(path: Path, job: Job) -> None:
         raise DownloadFailed(
             "not a FITS file", f"not a FITS file{hint}: starts {head[:40]!r}", content=True
         )
+    names = tuple(k for k, _ in job.key)
     try:
-        raw = read_spec_lite(path, with_ids=True, name=job.label)
+        raw = read_spec_lite(path, with_ids=True, name=job.label, key=names)
     except SpectrumRejected as err:
         raise DownloadFailed("invalid FITS", err.detail or err.reason, content=True) from None
-    got = (raw.plate, raw.mjd, raw.fiberid)
-    if got != (job.plate, job.mjd, job.fiberid):
-        want = (job.plate, job.mjd, job.fiberid)
+    got = tuple((raw.ids or {}).get(k) for k in names)
+    want = tuple(v for _, v in job.key)
+    if got != want:
         raise DownloadFailed(
             "wrong object",
-            f"wrong object: HDU2 holds (plate, mjd, fiberid) {got}, asked for {want}",
+            f"wrong object: HDU2 holds ({', '.join(names)}) {got}, asked for {want}",
             content=True,
         )
 
@@ -463,7 +274,21 @@ def _backoff(attempt: int, err: DownloadFailed, cfg: DownloadConfig) -> float:
 def fetch_one(
     session: object, job: Job, spectra_dir: Path, cfg: DownloadConfig, ledger: LedgerWriter
 ) -> Outcome:
-    """Download and verify one file with retries; never raises for a per-file problem."""
+    """Download and verify one file with retries; never raises for a per-file problem.
+
+    Raises :class:`DiskFull` when the disk (or quota) is full: that is no per-file problem.
+    """
+    try:
+        return _fetch_one(session, job, spectra_dir, cfg, ledger)
+    except OSError as err:
+        if is_disk_full(err) and not isinstance(err, DiskFull):
+            raise DiskFull(spectra_dir / job.relpath) from None
+        raise
+
+
+def _fetch_one(
+    session: object, job: Job, spectra_dir: Path, cfg: DownloadConfig, ledger: LedgerWriter
+) -> Outcome:
     dest = spectra_dir / job.relpath
     dest.parent.mkdir(parents=True, exist_ok=True)
     if dest.exists():
@@ -491,6 +316,8 @@ def fetch_one(
             log.debug("%s: %s; retry %d in %.2f s", job.label, err, attempt, delay)
             time.sleep(delay)
         except OSError as err:  # local disk trouble: not the server's fault, do not hammer it
+            if is_disk_full(err):
+                raise  # not this file's problem: the batch stops (see fetch_one)
             return Outcome(job, "failed", "local I/O error", _short(err), attempts=attempt)
         else:
             ledger.add(job, size, sha)
@@ -518,23 +345,56 @@ def download_jobs(
     cfg: DownloadConfig | None = None,
     on_outcome: Callable[[Outcome], None] | None = None,
 ) -> BatchResult:
-    """Download a batch with ``cfg.connections`` threads; one ledger file for the batch."""
+    """Download a batch with ``cfg.connections`` threads; one ledger file for the batch.
+
+    On a full disk the batch stops: files not started are cancelled (``not_attempted``) and
+    ``disk_full`` says where; the result is returned, not raised, so that a Dask task can hand it
+    to the driver without a traceback per task.
+    """
     cfg = cfg or DownloadConfig()
     spectra_dir = Path(spectra_dir)
     result = BatchResult()
-    ledger = LedgerWriter(ledger_dir)
+    try:
+        ledger = LedgerWriter(ledger_dir)
+    except OSError as err:
+        if not is_disk_full(err):
+            raise
+        result.disk_full, result.not_attempted = str(DiskFull(ledger_dir)), len(list(jobs))
+        return result
     session = make_session(cfg.connections)
+    full = threading.Event()  # set by the first thread that meets a full disk
+
+    def one(job: Job) -> Outcome | None:
+        if full.is_set():
+            return None  # not attempted: files in flight finish (or fail alike), no new ones
+        try:
+            return fetch_one(session, job, spectra_dir, cfg, ledger)
+        except DiskFull:
+            full.set()
+            raise
+
     try:
         with ThreadPoolExecutor(max_workers=cfg.connections) as pool:
-            for outcome in pool.map(
-                lambda j: fetch_one(session, j, spectra_dir, cfg, ledger), list(jobs)
-            ):
+            for fut in [pool.submit(one, j) for j in jobs]:
+                try:
+                    outcome = fut.result()
+                except DiskFull as err:
+                    result.disk_full = result.disk_full or str(err)
+                    outcome = None
+                if outcome is None:
+                    result.not_attempted += 1
+                    continue
                 result.add(outcome)
                 if on_outcome is not None:
                     on_outcome(outcome)
     finally:
         session.close()  # type: ignore[attr-defined]
-        ledger.close()
+        try:
+            ledger.close()
+        except OSError as err:  # the last journal line could not be flushed: a torn line
+            if not is_disk_full(err):  # is ignored on reading; its file is re-verified
+                raise
+            result.disk_full = result.disk_full or str(DiskFull(ledger.path))
     return result
 
 
@@ -598,6 +458,10 @@ def download_resumable(
                 failure = DownloadFailed("connection error", _short(err))
             except DownloadFailed as err:
                 failure = err
+            except OSError as err:
+                if is_disk_full(err):  # the .part stays: the rerun continues from its end
+                    raise DiskFull(part, "the .part file is kept; free space and rerun") from None
+                raise
             if not failure.retryable or attempt == cfg.attempts:
                 raise failure
             time.sleep(_backoff(attempt, failure, cfg))

@@ -3,10 +3,13 @@
 Layout under ``DATA/<release>/``:
 
 - ``catalog.fits`` (the selected catalogue) and ``selection.json`` (rows after each cut);
-- ``spectra/<run2d>/<plate:04d>/spec-<plate>-<mjd>-<fiberid>.fits``;
+- ``spectra/<run2d>/<path>``, ``<path>`` the manifest's ``[object] path`` (SDSS-I–IV:
+  ``<plate:04d>/spec-<plate>-<mjd>-<fiberid>.fits``; DR20: ``015XXX/015023/59232/spec-….fits``);
 - ``ledger/`` (verified files with size and sha256: a compacted index plus per-task journals,
-  merged when a run starts and ends; see :mod:`etl.download`);
-- ``fetch-report.json`` (selected, downloaded, already present, failed by reason with ids).
+  merged when a run starts and ends; see :mod:`etl.ledger`);
+- ``fetch-report.json`` (selected, downloaded, already present, failed by reason with ids;
+  for a dry run the estimated bytes to download against the free space; ``stopped`` when a full
+  disk stopped the run).
 
 The download is a Dask graph: the selected catalogue is cut into row ranges, one task per range.
 Each task builds its own work list (URLs, paths), looks its objects up in the mapped ledger index,
@@ -29,6 +32,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -38,22 +42,22 @@ from etl.catalog import (
     Catalog,
     CatalogError,
     Selector,
-    iter_fits_columns,
-    iter_sql_pages,
-    iter_table_columns,
     write_catalog,
 )
+from etl.diskspace import DiskFull, SizeSample, is_disk_full, space_report
 from etl.download import (
     BatchResult,
     DownloadConfig,
     Job,
-    Ledger,
     Outcome,
-    compact_ledger,
     download_jobs,
     download_resumable,
+    make_session,
 )
-from etl.release import Release, UnknownRun2d, spec_lite_relpath
+from etl.ledger import Ledger, compact_ledger
+from etl.release import Release, UnknownRun2d
+from etl.skyserver import iter_sql_pages
+from etl.tables import iter_fits_columns, iter_table_columns
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +65,11 @@ log = logging.getLogger(__name__)
 #: total as the former default of 2 worker processes on a 2-core machine, but no longer growing
 #: with the core count (politeness towards the archive).
 DEFAULT_TASKS = 2
-#: Catalogue columns a download task needs.
-_JOB_COLUMNS = ("SPECOBJID", "RUN2D", "PLATE", "MJD", "FIBERID")
+
+
+def _job_columns(release: Release) -> tuple[str, ...]:
+    """Catalogue columns a download task needs: the id, run2d and the release's key."""
+    return ("SPECOBJID", "RUN2D", *(k.upper() for k in release.key))
 
 
 @dataclass
@@ -79,6 +86,9 @@ class FetchReport:
     seconds: float = 0.0  #: wall time of the download phase
     dry_run: bool = False
     failed: dict[str, list[dict]] = field(default_factory=dict)
+    space: dict | None = None  #: dry run: estimated bytes to download vs free space
+    stopped: str = ""  #: why the run stopped early (a full disk), "" when it did not
+    not_attempted: int = 0  #: files left for the rerun when the run stopped
 
     @property
     def n_failed(self) -> int:
@@ -91,14 +101,7 @@ class FetchReport:
     def add_failure(self, o: Outcome) -> None:
         j = o.job
         self.failed.setdefault(o.reason, []).append(
-            {
-                "specobjid": str(j.specobjid),
-                "run2d": j.run2d,
-                "plate": j.plate,
-                "mjd": j.mjd,
-                "fiberid": j.fiberid,
-                "detail": o.detail,
-            }
+            {"specobjid": str(j.specobjid), "run2d": j.run2d, **dict(j.key), "detail": o.detail}
         )
 
     def to_dict(self) -> dict:
@@ -117,7 +120,9 @@ class FetchReport:
             "bytes_downloaded": self.bytes,
             "download_seconds": round(self.seconds, 3),
             "files_per_second": round(rate, 2),
-        }
+            "stopped": self.stopped or None,
+            "not_attempted": self.not_attempted,
+        } | ({"disk_space": self.space} if self.space is not None else {})
 
 
 # --- catalogue ---------------------------------------------------------------------------------
@@ -135,7 +140,9 @@ def build_catalog(
 ) -> tuple[Catalog, dict]:
     """Select the release's spectra from ``source`` (``sql``, ``specobj`` or a table path).
 
-    Writes ``DATA/<release>/catalog.fits`` and ``selection.json``; returns both.
+    Writes ``DATA/<release>/catalog.fits`` and ``selection.json``; returns both. Raises
+    :class:`CatalogError` when the table lacks a required column or the cuts leave nothing (the
+    message names the cut that removed the last rows); nothing is written then.
     """
     rel_dir = Path(data_dir) / release.name
     rel_dir.mkdir(parents=True, exist_ok=True)
@@ -147,11 +154,11 @@ def build_catalog(
         url = release.specobj_url(base_url)
         label = url
         local = _specobj_local(url, rel_dir, config)
-        chunks = iter_fits_columns(local)
+        chunks = iter_fits_columns(local, release.key)
     else:
         label = str(source)
-        chunks = iter_table_columns(source)
-    selector = Selector(release.selection, label)
+        chunks = iter_table_columns(source, release.key)
+    selector = Selector(release.selection, label, release.key)
     for chunk in chunks:
         selector.add(chunk)
     catalog, summary = selector.result()
@@ -172,7 +179,7 @@ def _specobj_local(url: str, rel_dir: Path, config: DownloadConfig | None) -> Pa
     if parts.scheme == "file":
         return Path(parts.path)
     name = Path(parts.path).name
-    if not name.endswith(".fits") or "/" in name or name.startswith("."):
+    if not name.endswith((".fits", ".fits.gz")) or "/" in name or name.startswith("."):
         raise CatalogError(f"unexpected specObj URL {url}")
     log.info("downloading the bulk catalogue %s (resumable)", url)
     return download_resumable(url, rel_dir / name, config)
@@ -192,18 +199,20 @@ def plan_jobs(
     already present and those with ids that cannot name a file (reported as failures)."""
     done = BatchResult()
     jobs = []
-    cols = [np.asarray(part[k]).tolist() for k in _JOB_COLUMNS]
+    ids, run2ds, *keys = (np.asarray(part[k]).tolist() for k in _job_columns(release))
     candidates = []
-    for specobjid, run2d, plate, mjd, fiberid in zip(*cols, strict=True):
+    for specobjid, run2d, *key in zip(ids, run2ds, *keys, strict=True):
+        named = tuple(zip(release.key, key, strict=True))
         try:
-            url = release.spec_lite_url(run2d, plate, mjd, fiberid, base_url)
-            relpath = spec_lite_relpath(run2d, plate, mjd, fiberid).as_posix()
+            url = release.spec_lite_url(run2d, *key, base_url=base_url)
+            relpath = release.spec_lite_relpath(run2d, *key).as_posix()
         except (UnknownRun2d, ValueError) as err:
             reason = "unknown run2d" if isinstance(err, UnknownRun2d) else "invalid id"
-            job = Job(int(specobjid), str(run2d), int(plate), int(mjd), int(fiberid), "", "")
-            done.add(Outcome(job, "failed", reason, str(err)))
+            done.add(
+                Outcome(Job(str(specobjid), str(run2d), named, "", ""), "failed", reason, str(err))
+            )
             continue
-        candidates.append(Job(int(specobjid), run2d, plate, mjd, fiberid, url, relpath))
+        candidates.append(Job(str(specobjid), run2d, named, url, relpath))
     sizes = ledger.sizes([j.relpath for j in candidates])
     for job, known in zip(candidates, sizes.tolist(), strict=True):
         if known >= 0:
@@ -235,17 +244,21 @@ def fetch_partition(
         result.present += got.present
         result.bytes += got.bytes
         result.failed += got.failed
+        result.not_attempted, result.disk_full = got.not_attempted, got.disk_full
     return result
 
 
-def partition(catalog: Catalog, tasks: int, connections: int) -> list[Catalog]:
+def partition(
+    catalog: Catalog, tasks: int, connections: int, columns: Iterable[str] | None = None
+) -> list[Catalog]:
     """Cut the catalogue into row ranges: enough per task to keep its connections busy, enough
     tasks to balance the workers (4 per worker) and show progress, at most 1000 rows per task."""
     n = len(catalog["SPECOBJID"])
     if not n:
         return []
     size = max(4 * connections, min(1000, math.ceil(n / (4 * max(1, tasks)))))
-    return [{k: catalog[k][i : i + size] for k in _JOB_COLUMNS} for i in range(0, n, size)]
+    cols = list(columns or catalog)
+    return [{k: catalog[k][i : i + size] for k in cols} for i in range(0, n, size)]
 
 
 # --- run ---------------------------------------------------------------------------------------
@@ -267,7 +280,12 @@ def fetch(
     progress: bool = True,
 ) -> FetchReport:
     """Select and download; write ``fetch-report.json``; return the report (never raises for a
-    per-file failure; :class:`CatalogError` when no catalogue can be built)."""
+    per-file failure; :class:`CatalogError` when no catalogue can be built).
+
+    A full disk stops the run at once: the report records the stop, then :class:`DiskFull`
+    (an ``OSError``) is raised with one line. Verified files stay; a rerun completes the rest.
+    A dry run measures the bytes still to download against the free space (``report.space``).
+    """
     from etl.cluster import dask_client
 
     config = config or DownloadConfig()
@@ -283,18 +301,22 @@ def fetch(
     report = FetchReport(release.name, catalog_source, selected=len(catalog["SPECOBJID"]))
     spectra_dir = rel_dir / "spectra"
     n_tasks = workers or DEFAULT_TASKS
-    parts = partition(catalog, n_tasks, config.connections)
+    parts = partition(catalog, n_tasks, config.connections, _job_columns(release))
     del catalog
     log.info("%d selected; the ledger lists %d verified files", report.selected, verified)
     if dry_run:
         report.dry_run = True
         ledger = Ledger(ledger_dir)
+        sizes = SizeSample()
         for part in parts:
             jobs, done = plan_jobs(release, part, spectra_dir, ledger, base_url)
             report.to_download += len(jobs)
             report.already_present += done.present
             for o in done.failed:
                 report.add_failure(o)
+            for job in jobs:
+                sizes.add(job.run2d, job.url)
+        _dry_run_space(report, release, sizes, rel_dir, config)
         doc = report.to_dict() | {"to_download": report.to_download}
         write_json_atomic(rel_dir / "fetch-report.json", doc, indent=2)
         return report
@@ -317,10 +339,14 @@ def fetch(
                     for o in result.failed:
                         log.warning("%s", o.line())
                         report.add_failure(o)
+                    report.stopped = report.stopped or result.disk_full
                 report.seconds = time.perf_counter() - t0
         finally:
-            compact_ledger(ledger_dir)
+            _compact_unless_full(ledger_dir)
     report.to_download = report.selected - report.already_present
+    if report.stopped:  # going on cannot help: what was not tried is left for the rerun
+        report.not_attempted = report.to_download - report.downloaded - report.n_failed
+        _stop_on_full_disk(report, rel_dir)
     write_json_atomic(rel_dir / "fetch-report.json", report.to_dict(), indent=2)
     log.info(
         "fetch: %d downloaded, %d already present, %d failed (report: %s)",
@@ -330,6 +356,47 @@ def fetch(
         rel_dir / "fetch-report.json",
     )
     return report
+
+
+def _dry_run_space(
+    report: FetchReport, release: Release, sizes: SizeSample, rel_dir: Path, cfg: DownloadConfig
+) -> None:
+    """Estimate the bytes still to download (HEAD on a sample) against the free space."""
+    # shards hold flux and ivar as float32 per pixel per object: an upper bound (rejects shrink it)
+    shards_bytes = (report.selected - report.n_failed) * release.grid.npix * 8
+    session = make_session(cfg.connections)
+    try:
+        report.space = space_report(
+            sizes, rel_dir, session, cfg.connections, cfg.connect_timeout, shards_bytes
+        )
+    finally:
+        session.close()  # type: ignore[attr-defined]
+
+
+def _compact_unless_full(ledger_dir: Path) -> None:
+    """Merge the journals; on a full disk leave them for the next run to merge (consistent)."""
+    try:
+        compact_ledger(ledger_dir)
+    except OSError as err:
+        if not is_disk_full(err):
+            raise
+        log.warning("ledger: journals not merged (disk full); the next run merges them")
+
+
+def _stop_on_full_disk(report: FetchReport, rel_dir: Path) -> NoReturn:
+    """Record the stop in fetch-report.json (if it still fits) and raise one line."""
+    left = report.to_download - report.downloaded - report.n_failed
+    detail = (
+        f"fetch stopped after {report.downloaded} download(s); {left} file(s) left. Verified "
+        f"files are kept and no partial file remains: free space and rerun"
+    )
+    try:
+        write_json_atomic(rel_dir / "fetch-report.json", report.to_dict(), indent=2)
+    except OSError as err:
+        if not is_disk_full(err):
+            raise
+        detail += "; fetch-report.json could not be written"
+    raise DiskFull(rel_dir / "spectra", detail)
 
 
 def _run_partitions(
@@ -342,25 +409,43 @@ def _run_partitions(
     config: DownloadConfig,
     progress: bool,
 ) -> Iterable[BatchResult]:
-    """Submit one task per partition; yield results as tasks finish, with a progress bar."""
+    """One task per partition; yield results as tasks finish, with a progress bar.
+
+    Tasks are submitted as worker threads free up (one task each; a task lasts minutes at scale,
+    so the round trip to submit the next one is nothing), so that a full disk stops the run at
+    once: after a result reports it nothing new is submitted, and the few tasks in flight (which
+    meet the same full disk within a file) are waited for, so that nothing is still writing
+    when the fetch returns. Partitions never run yield nothing.
+    """
     from distributed import as_completed
     from tqdm import tqdm
 
-    futures = client.map(  # type: ignore[attr-defined]
-        fetch_partition,
-        [release] * len(parts),
-        parts,
-        spectra_dir=str(spectra_dir),
-        ledger_dir=str(ledger_dir),
-        base_url=base_url,
-        cfg=config,
-        pure=False,
-    )
+    slots = max(1, sum(client.nthreads().values()))  # type: ignore[attr-defined]
+    queue = list(reversed(parts))
+
+    def submit() -> object:
+        return client.submit(  # type: ignore[attr-defined]
+            fetch_partition,
+            release,
+            queue.pop(),
+            spectra_dir=str(spectra_dir),
+            ledger_dir=str(ledger_dir),
+            base_url=base_url,
+            cfg=config,
+            pure=False,
+        )
+
     total = sum(len(p["SPECOBJID"]) for p in parts)
+    pending = as_completed([submit() for _ in range(min(slots, len(queue)))])
     with tqdm(
         total=total, unit="file", desc="fetch", disable=None if progress else True, smoothing=0.1
     ) as bar:
-        for future in as_completed(futures):
+        for future in pending:
             result = future.result()
+            future.release()
             bar.update(result.total)
+            if result.disk_full:
+                queue.clear()
+            elif queue:
+                pending.add(submit())
             yield result

@@ -15,13 +15,16 @@ from __future__ import annotations
 import functools
 import re
 import types
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 BLOCK = 2880
 CARD = 80
+#: most bytes of table rows :func:`iter_table_rows` holds at once
+CHUNK_BYTES = 16 << 20
 
 # TFORM letter -> (numpy big-endian dtype, bytes per element)
 _TFORM = {
@@ -231,19 +234,107 @@ class FitsFile:
             raise FitsError(f"HDU{hdu} lacks column(s) {', '.join(missing)}")
         for col in columns:
             i, name = index[col.lower()]
-            values = table[name]
-            scale = _value(header[f"TSCAL{i}"]) if f"TSCAL{i}" in header else None
-            zero = _value(header[f"TZERO{i}"]) if f"TZERO{i}" in header else None
-            tform = _str(header, f"TFORM{i}").upper()
-            if values.dtype.kind == "S":
-                values = np.char.decode(np.char.rstrip(values), "ascii", "replace")
-            elif tform.endswith("L"):
-                values = values == ord("T")
-            elif zero is not None and values.dtype == np.dtype(">i8") and float(zero) == 2**63:
-                values = values.astype(np.int64).view(np.uint64) ^ np.uint64(2**63)
-            elif scale is not None or zero is not None:
-                values = values * float(scale or 1) + float(zero or 0)
-            else:
-                values = values.astype(values.dtype.newbyteorder("="))
-            out[col] = values
+            out[col] = decode_column(table[name], header, i)
         return out
+
+
+def decode_column(values: np.ndarray, header: Mapping[str, str], i: int) -> np.ndarray:
+    """Column ``i`` (1-based TTYPE index) of a table as native values.
+
+    Strings are right-stripped and decoded (ASCII); logicals become bool; a 64-bit integer
+    column with TZERO = 2**63 (how FITS stores unsigned ids) becomes uint64 exactly, never through
+    float; any other TSCAL/TZERO is applied; everything else is made native-endian.
+    """
+    scale = _value(header[f"TSCAL{i}"]) if f"TSCAL{i}" in header else None
+    zero = _value(header[f"TZERO{i}"]) if f"TZERO{i}" in header else None
+    tform = _str(header, f"TFORM{i}").upper()
+    if values.dtype.kind == "S":
+        return _decode_ascii(values)
+    if tform.endswith("L"):
+        return values == ord("T")
+    native = values.astype(values.dtype.newbyteorder("="))
+    if zero is not None and native.dtype.kind == "i" and scale in (None, "1", "1.0"):
+        bits = 8 * native.dtype.itemsize
+        if int(float(zero)) == 2 ** (bits - 1):
+            unsigned = np.dtype(f"u{native.dtype.itemsize}")
+            # x + 2**(bits-1) modulo 2**bits is x XOR the sign bit: exact
+            return native.view(unsigned) ^ unsigned.type(2 ** (bits - 1))
+    if scale is not None or zero is not None:
+        return native * float(scale or 1) + float(zero or 0)
+    return native
+
+
+def _decode_ascii(values: np.ndarray) -> np.ndarray:
+    """Right-stripped str of a bytes column: numpy's ASCII cast (C speed, ~5x np.char.decode),
+    falling back to a decode that replaces what is not ASCII."""
+    try:
+        text = values.astype(f"U{max(1, values.dtype.itemsize)}")
+    except UnicodeDecodeError:
+        return np.char.decode(np.char.rstrip(values), "ascii", "replace")
+    return getattr(np, "strings", np.char).rstrip(text)
+
+
+def read_header(stream: BinaryIO) -> tuple[Mapping[str, str], bytes]:
+    """Read one header from a byte stream (a plain or gzip file), block by block.
+
+    Returns (keyword -> raw value text, raw header bytes); :class:`FitsError` at end of file.
+    """
+    blocks = []
+    while True:
+        block = stream.read(BLOCK)
+        if len(block) < BLOCK:
+            raise FitsError("truncated header" if blocks or block else "no such HDU")
+        blocks.append(block)
+        i = block.find(b"END     ")
+        while i != -1 and i % CARD:
+            i = block.find(b"END     ", i + 1)
+        if i != -1:
+            raw = b"".join(blocks)
+            return _parse_cards(raw), raw
+
+
+def iter_table_rows(
+    stream: BinaryIO, hdu: int, columns: Iterable[str], chunk_rows: int
+) -> Iterator[dict[str, np.ndarray]]:
+    """Stream binary-table HDU ``hdu`` of a FITS byte stream in chunks of at most ``chunk_rows``
+    rows and :data:`CHUNK_BYTES` bytes.
+
+    Yields ``{TTYPE as written: values}`` for the ``columns`` present (case-insensitive; absent
+    ones skipped), decoded by :func:`decode_column`; every other column of the table maps to
+    None (so a caller can name what the table has without decoding it). Reads the stream forward only, one chunk
+    at a time, so a gzip-compressed table of any size is read in memory bounded by the chunk.
+    The first chunk is yielded even when the table has no rows (so callers see its columns).
+    """
+    for _ in range(hdu):  # skip earlier HDUs (header and padded data)
+        header, _raw = read_header(stream)
+        _skip(stream, _padded(_data_size(header)))
+    header, raw = read_header(stream)
+    if _str(header, "XTENSION") != "BINTABLE":
+        raise FitsError(f"HDU{hdu} is not a binary table")
+    dtype, index = _row_layout_cached(raw)
+    nrows = _int(header, "NAXIS2")
+    wanted = [index[c.lower()] for c in columns if c.lower() in index]
+    # whole rows are read: bound a chunk's bytes too (a specObj row is ~1-4 kB)
+    chunk_rows = max(1, min(chunk_rows, CHUNK_BYTES // max(1, dtype.itemsize)))
+    done = 0
+    while True:
+        n = min(chunk_rows, nrows - done)
+        data = stream.read(dtype.itemsize * n)
+        if len(data) < dtype.itemsize * n:
+            got = done + len(data) // dtype.itemsize
+            raise FitsError(f"truncated: HDU{hdu} ends after {got} of {nrows} rows")
+        rows = np.frombuffer(data, dtype=dtype, count=n)
+        out: dict = dict.fromkeys(name for _, name in index.values())
+        out.update((name, decode_column(rows[name], header, i)) for i, name in wanted)
+        yield out
+        done += n
+        if done >= nrows:
+            return
+
+
+def _skip(stream: BinaryIO, size: int) -> None:
+    while size > 0:
+        got = len(stream.read(min(size, 1 << 20)))
+        if not got:
+            raise FitsError("truncated data")
+        size -= got

@@ -1,6 +1,8 @@
 """A loopback HTTP server that stands in for the SDSS archive.
 
-It serves a local folder of spec-lite files laid out as ``<run2d>/<plate:04d>/spec-….fits`` at
+It serves a local folder of spec-lite files laid out as the release lays them,
+``<run2d>/<path>`` with ``<path>`` the manifest's ``[object] path`` (SDSS-I–IV:
+``<run2d>/<plate:04d>/spec-….fits``; DR20: ``v6_2_1/015XXX/015023/59232/spec-….fits``), at
 exactly the URL paths the release's templates produce (the path part of
 ``release.spec_lite_url(...)``), so ``specetl fetch --base-url <mirror.base_url>`` downloads from
 it as it would from data.sdss.org. ``specetl demo`` serves the bundled sample with it; tests and
@@ -21,6 +23,7 @@ import logging
 import re
 import socket
 import struct
+import sys
 import threading
 import time
 from collections import Counter
@@ -30,11 +33,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from etl.release import Release, UnknownRun2d
+from etl.release import Release
 
 log = logging.getLogger(__name__)
-
-_SPEC_RE = re.compile(r"^spec-(\d{4,})-(\d{5})-(\d{4})\.fits$")
 
 
 @dataclass(frozen=True)
@@ -86,8 +87,8 @@ class FaultPlan:
 class ArchiveMirror:
     """Serve spectra (and any extra files) over HTTP/1.1 keep-alive on 127.0.0.1.
 
-    ``root``: folder with ``<run2d>/<plate>/spec-….fits``; files whose run2d the release has no
-    template for are skipped (logged). ``port=0`` picks a free port. Use as a context manager;
+    ``root``: folder with ``<run2d>/<path>`` files (the release's layout); files whose run2d the
+    release has no template for are skipped (logged). ``port=0`` picks a free port. Use as a context manager;
     ``base_url`` is what to pass as ``--base-url``.
     """
 
@@ -110,7 +111,7 @@ class ArchiveMirror:
         self.served: Counter[str] = Counter()  #: complete, unfaulted bodies per url path
         self._lock = threading.Lock()
         self.routes: dict[str, Path] = {}
-        self._server = ThreadingHTTPServer((host, port), _make_handler(self))
+        self._server = _Server((host, port), _make_handler(self))
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
         if root is not None:
@@ -122,24 +123,28 @@ class ArchiveMirror:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}{self.prefix}"
 
-    def url_path(self, run2d: str, plate: int, mjd: int, fiberid: int) -> str:
-        """The path part of the release's URL for this object."""
-        return urlsplit(self.release.spec_lite_url(run2d, plate, mjd, fiberid, self.base_url)).path
+    def url_path(self, run2d: str, *key: int) -> str:
+        """The path part of the release's URL for the object with this key."""
+        return urlsplit(self.release.spec_lite_url(run2d, *key, base_url=self.base_url)).path
 
     def add_tree(self, root: str | Path) -> int:
-        """Index every ``<run2d>/<plate>/spec-….fits`` below ``root``; return how many."""
+        """Index every ``<run2d>/…/spec-*.fits`` below ``root``; return how many.
+
+        A file is served at the URL its release template gives its path below ``<run2d>/``
+        (the template's ``{path}``), so the tree must be in the release's layout.
+        """
         n = 0
-        for path in sorted(Path(root).glob("*/*/spec-*.fits")):
-            m = _SPEC_RE.match(path.name)
-            if not m:
+        root = Path(root)
+        for path in sorted(root.glob("*/**/spec-*.fits")):
+            rel = path.relative_to(root)
+            run2d = rel.parts[0]
+            template = self.release.archive.spec_lite.get(run2d)
+            if template is None:
+                log.debug("mirror: skipping %s (run2d %s not in the manifest)", path, run2d)
                 continue
-            run2d = path.parent.parent.name
-            try:
-                url = self.url_path(run2d, *(int(g) for g in m.groups()))
-            except (UnknownRun2d, ValueError) as err:
-                log.debug("mirror: skipping %s (%s)", path, err)
-                continue
-            self.routes[url] = path
+            below = Path(*rel.parts[1:]).as_posix()
+            url = template.format(sas=self.base_url, run2d=run2d, path=below)
+            self.routes[urlsplit(url).path] = path
             n += 1
         return n
 
@@ -169,6 +174,16 @@ class ArchiveMirror:
         with self._lock:
             self.hits[path] += 1
             return self.hits[path]
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        # a client that drops a keep-alive connection (an aborted download: a full disk, a
+        # killed fetch) is normal for an archive: no traceback on stderr
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            log.debug("mirror: %s dropped the connection", client_address)
+            return
+        super().handle_error(request, client_address)  # type: ignore[arg-type]
 
 
 def _make_handler(mirror: ArchiveMirror) -> type[BaseHTTPRequestHandler]:

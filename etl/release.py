@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import re
+import string
 import sys
 import types
 from collections.abc import Mapping
@@ -25,17 +25,28 @@ from typing import Any, get_type_hints
 
 import numpy as np
 
+from etl.objects import (
+    _FIELD_RE,
+    _RUN2D_RE,
+    ObjectLayout,
+    _parse_derived,
+    _valid_int,
+    validate_run2d,
+)
+from etl.objects import spec_lite_name as spec_lite_name  # re-exported: etl.release's API
+from etl.objects import spec_lite_relpath as spec_lite_relpath
+from etl.objects import validate_object_id as validate_object_id
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-#: Where the manifests shipped with specetl live (the repository's ``data_manifests/``).
+#: Where the manifests shipped with specetl live: ``data_manifests/`` beside the ``etl`` package,
+#: in a checkout and in an installed wheel alike (pyproject.toml ships it as package data there).
 MANIFEST_DIR = Path(
     os.environ.get("SPECETL_MANIFESTS", Path(__file__).resolve().parent.parent / "data_manifests")
 )
-
-_RUN2D_RE = re.compile(r"^[A-Za-z0-9_.]+$")
 
 
 class ManifestError(ValueError):
@@ -54,12 +65,19 @@ class CatalogSources:
     """Where the catalogue of spectra comes from."""
 
     data_release: int  #: SkyServer data release number for astroquery ``SDSS.query_sql``
-    specobj_url: str  #: template of the bulk specObj FITS; ``{sas}`` is the archive root
+    #: SkyServer table with what the cuts need ("" where none exists: ``--catalog sql`` refuses)
+    sql_table: str
+    #: template of the bulk summary table (specObj/spAll FITS, optionally .gz); ``{sas}`` = root
+    specobj_url: str
 
 
 @dataclass(frozen=True)
 class Archive:
-    """The Science Archive Server and its spec-lite path template per reduction."""
+    """The Science Archive Server and its spec-lite URL template per reduction.
+
+    Each template holds ``{sas}`` (the archive root), ``{path}`` (the object's path, see
+    :class:`ObjectLayout`) and optionally ``{run2d}``.
+    """
 
     sas_url: str
     spec_lite: Mapping[str, str]
@@ -117,12 +135,15 @@ class Normalisation:
 
 @dataclass(frozen=True)
 class Splits:
-    """Train/valid/test fractions and the salt of the keyed hash that assigns objects."""
+    """Train/valid/test fractions and how objects are assigned: a keyed hash (``salt``) of the
+    object's HEALPix cell at ``nside`` (nested); see :mod:`etl.splits`."""
 
     train: float
     valid: float
     test: float
     salt: str
+    nside: int  #: HEALPix resolution of the cells that are hashed (a power of two)
+    repeat_radius: float  #: arcsec: spectra closer than this are one object (same split)
 
 
 @dataclass(frozen=True)
@@ -142,6 +163,7 @@ class Release:
 
     release: ReleaseInfo
     catalog: CatalogSources
+    object: ObjectLayout
     archive: Archive
     selection: Selection
     grid: Grid
@@ -167,11 +189,42 @@ class Release:
         """URL of the bulk specObj catalogue; ``base_url`` replaces the archive root."""
         return self.catalog.specobj_url.format(sas=self._sas(base_url))
 
+    @property
+    def key(self) -> tuple[str, ...]:
+        """The object-key fields (lower case), e.g. ``("plate", "mjd", "fiberid")``."""
+        return self.object.key
+
+    def validate_key(self, run2d: Any, key: tuple[Any, ...]) -> tuple[str, tuple[int, ...]]:
+        """Check and normalise an object's run2d and key values; ValueError naming the bad one."""
+        return validate_run2d(run2d), tuple(
+            _valid_int(name, value) for name, value in zip(self.key, key, strict=True)
+        )
+
+    def _key_values(self, key: tuple[Any, ...], named: Mapping[str, Any]) -> tuple[Any, ...]:
+        if not named:
+            if len(key) != len(self.key):
+                raise ValueError(f"an object key is ({', '.join(self.key)}), got {key!r}")
+            return key
+        if key or set(named) != set(self.key):
+            raise ValueError(f"an object key is ({', '.join(self.key)}), got {dict(named)!r}")
+        return tuple(named[k] for k in self.key)
+
+    def spec_lite_relpath(self, run2d: Any, *key: Any, **named: Any) -> Path:
+        """Local path of an object's spec-lite file below a spectra folder: ``<run2d>/<path>``.
+
+        The key is given in the release's order or by name (``plate=266, mjd=…``).
+        Built only from validated integers and a run2d made of ``[A-Za-z0-9_.]``: nothing a
+        server or a catalogue sends can steer where a file lands.
+        """
+        run2d, values = self.validate_key(run2d, self._key_values(key, named))
+        return Path(run2d) / self.object.path.format(**self.object.fields(values))
+
     def spec_lite_url(
-        self, run2d: str, plate: int, mjd: int, fiberid: int, base_url: str | None = None
+        self, run2d: Any, *key: Any, base_url: str | None = None, **named: Any
     ) -> str:
         """URL of one spec-lite file. Raises :class:`UnknownRun2d` for a reduction not in the table."""
-        run2d, plate, mjd, fiberid = validate_object_id(run2d, plate, mjd, fiberid)
+        relpath = self.spec_lite_relpath(run2d, *key, **named)
+        run2d = relpath.parts[0]
         try:
             template = self.archive.spec_lite[run2d]
         except KeyError:
@@ -179,47 +232,12 @@ class Release:
                 f"run2d {run2d!r} is not in the {self.name} manifest's spec_lite table "
                 f"(known: {', '.join(self.run2ds)})"
             ) from None
-        return template.format(
-            sas=self._sas(base_url), run2d=run2d, plate=plate, mjd=mjd, fiberid=fiberid
-        )
+        path = Path(*relpath.parts[1:]).as_posix()
+        return template.format(sas=self._sas(base_url), run2d=run2d, path=path)
 
     @cached_property
     def wave_obs(self) -> np.ndarray:
         return self.grid.wave_obs
-
-
-def spec_lite_name(plate: int, mjd: int, fiberid: int) -> str:
-    """File name of a spec-lite file, e.g. ``spec-0266-51602-0001.fits``."""
-    return f"spec-{plate:04d}-{mjd:05d}-{fiberid:04d}.fits"
-
-
-def spec_lite_relpath(run2d: str, plate: int, mjd: int, fiberid: int) -> Path:
-    """Local path of a spec-lite file below a spectra folder: ``<run2d>/<plate:04d>/spec-….fits``.
-
-    Built only from validated integers and a run2d made of ``[A-Za-z0-9_.]``: nothing a server
-    sends can steer where a file lands.
-    """
-    run2d, plate, mjd, fiberid = validate_object_id(run2d, plate, mjd, fiberid)
-    return Path(run2d) / f"{plate:04d}" / spec_lite_name(plate, mjd, fiberid)
-
-
-def validate_object_id(run2d: Any, plate: Any, mjd: Any, fiberid: Any) -> tuple[str, int, int, int]:
-    """Check and normalise an object's (run2d, plate, mjd, fiberid); raise ValueError if invalid."""
-    run2d = str(run2d).strip()
-    if not _RUN2D_RE.match(run2d) or run2d in {".", ".."}:
-        raise ValueError(f"invalid run2d {run2d!r}")
-    out = []
-    for name, value in (("plate", plate), ("mjd", mjd), ("fiberid", fiberid)):
-        if isinstance(value, bool | float) and not float(value).is_integer():
-            raise ValueError(f"invalid {name} {value!r}")
-        try:
-            ivalue = int(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"invalid {name} {value!r}") from None
-        if not 0 < ivalue < 10**6:
-            raise ValueError(f"invalid {name} {value!r}")
-        out.append(ivalue)
-    return (run2d, *out)
 
 
 # --- loading -----------------------------------------------------------------------------------
@@ -227,6 +245,7 @@ def validate_object_id(run2d: Any, plate: Any, mjd: Any, fiberid: Any) -> tuple[
 _SECTIONS: dict[str, type] = {
     "release": ReleaseInfo,
     "catalog": CatalogSources,
+    "object": ObjectLayout,
     "archive": Archive,
     "selection": Selection,
     "grid": Grid,
@@ -265,6 +284,10 @@ def _coerce(hint: Any, value: Any, where: str, path: Path) -> Any:
         if not isinstance(value, str):
             raise ManifestError(f"{path}: {where} must be a path string")
         return (path.parent / value).resolve()
+    if hint == tuple[str, ...]:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value) or not value:
+            raise ManifestError(f"{path}: {where} must be a non-empty list of strings")
+        return tuple(value)
     if hint in (int, str, bool):
         if type(value) is not hint:
             raise ManifestError(f"{path}: {where} must be {hint.__name__}, got {value!r}")
@@ -319,6 +342,10 @@ def _check(r: Release, path: Path) -> None:
     s = r.splits
     if min(s.train, s.valid, s.test) < 0 or abs(s.train + s.valid + s.test - 1.0) > 1e-9:
         raise ManifestError(f"{path}: splits must be non-negative and sum to 1")
+    if not (1 <= s.nside <= 2**29 and s.nside & (s.nside - 1) == 0):
+        raise ManifestError(f"{path}: splits.nside must be a power of two, got {s.nside}")
+    if not 0.0 <= s.repeat_radius <= 60.0:
+        raise ManifestError(f"{path}: splits.repeat_radius must be 0 to 60 arcsec")
     if r.grid.npix <= 0 or r.grid.dloglam <= 0:
         raise ManifestError(f"{path}: grid.npix and grid.dloglam must be positive")
     if r.telluric.line_list_units not in ("nm", "angstrom"):
@@ -330,6 +357,45 @@ def _check(r: Release, path: Path) -> None:
     if r.shards.shard_size <= 0:
         raise ManifestError(f"{path}: shards.shard_size must be positive")
     for run2d, template in r.archive.spec_lite.items():
-        for field in ("{sas}", "{plate", "{mjd", "{fiberid"):
-            if field not in template:
-                raise ManifestError(f"{path}: archive.spec_lite.{run2d} lacks {field}}}")
+        used = _template_fields(template, path, f"archive.spec_lite.{run2d}")
+        for field in ("sas", "path"):
+            if field not in used:
+                raise ManifestError(f"{path}: archive.spec_lite.{run2d} lacks {{{field}}}")
+        if used - {"sas", "path", "run2d"}:
+            extra = sorted(used - {"sas", "path", "run2d"})[0]
+            raise ManifestError(f"{path}: archive.spec_lite.{run2d} has unknown field {{{extra}}}")
+    _check_object(r.object, path)
+
+
+def _template_fields(template: str, path: Path, where: str) -> set[str]:
+    try:
+        return {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError as err:
+        raise ManifestError(f"{path}: {where}: {err}") from None
+
+
+def _check_object(o: ObjectLayout, path: Path) -> None:
+    """Key names are identifiers; derived fields are ``key // n``; the path uses only those."""
+    for name in (*o.key, *o.derived):
+        if not _FIELD_RE.match(name):
+            raise ManifestError(f"{path}: object field {name!r} is not a lower-case identifier")
+    for name, expr in o.derived.items():
+        try:
+            source, _ = _parse_derived(expr)
+        except ValueError as err:
+            raise ManifestError(f"{path}: object.derived.{name}: {err}") from None
+        if source not in o.key:
+            raise ManifestError(f"{path}: object.derived.{name} uses {source!r}, not a key field")
+    used = _template_fields(o.path, path, "object.path")
+    unknown = sorted(used - set(o.key) - set(o.derived))
+    if unknown:
+        raise ManifestError(f"{path}: object.path uses unknown field {{{unknown[0]}}}")
+    missing = sorted(set(o.key) - used)
+    if missing:
+        raise ManifestError(f"{path}: object.path lacks key field {{{missing[0]}}}")
+    if o.path.startswith("/") or ".." in o.path.split("/") or not o.path.endswith(".fits"):
+        raise ManifestError(f"{path}: object.path must be a relative path to a .fits file")
+    try:
+        o.path.format(**o.fields(tuple(1 for _ in o.key)))
+    except (ValueError, KeyError) as err:
+        raise ManifestError(f"{path}: object.path cannot be formatted ({err})") from None

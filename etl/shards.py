@@ -1,4 +1,4 @@
-"""Shard files: write and read one HDF5 shard; assign objects to splits by a keyed hash.
+"""Shard files: write and read one HDF5 shard.
 
 The format is documented in ``docs/shard-format.md``; the model's loader depends on it and
 nothing else. Every write goes to a temporary name in the same folder and is renamed when the
@@ -8,6 +8,7 @@ file is complete and flushed, so a crash never leaves a half-written shard under
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,17 +19,30 @@ import numpy as np
 from etl.release import Release
 
 FORMAT = "specetl-shard"
-FORMAT_VERSION = 1
+#: 2: exact string ids, the release's object key, per-row ``ra``/``dec``, and the split keyed
+#: on the sky position (etl.splits). build-shards rebuilds shards of an older version rather
+#: than mixing them with new ones.
+FORMAT_VERSION = 2
 SPLITS = ("train", "valid", "test")
 CHUNK_ROWS = 256
+#: dtype of ``specobjid`` in v2: the release's exact id as fixed-length ASCII digits
+ID_DTYPE = "S32"
 
-#: per-object datasets and their dtypes; flux/ivar are (N, npix), the rest (N,)
+#: per-object datasets every v2 shard has and their dtypes; flux/ivar are (N, npix), the rest
+#: (N,). The object-key columns (int64, named by the file attribute ``object_key``) come on top.
 ROW_DATASETS: Mapping[str, str] = {
     "flux": "float32",
     "ivar": "float32",
     "z": "float32",
     "zerr": "float32",
     "norm": "float32",
+    "specobjid": ID_DTYPE,
+    "ra": "float64",
+    "dec": "float64",
+}
+#: v1 shards (uint64 specobjid, plate/mjd/fiberid int32), still readable by :func:`read_shard`
+V1_DATASETS: Mapping[str, str] = {
+    **{k: v for k, v in ROW_DATASETS.items() if k not in ("ra", "dec")},
     "specobjid": "uint64",
     "plate": "int32",
     "mjd": "int32",
@@ -36,24 +50,23 @@ ROW_DATASETS: Mapping[str, str] = {
 }
 
 
+def object_key(attrs: Mapping[str, object]) -> tuple[str, ...]:
+    """The object-key columns of a shard from its attributes (v1 shards: plate, mjd, fiberid)."""
+    raw = attrs.get("object_key")
+    if raw is None:
+        return ("plate", "mjd", "fiberid")
+    return tuple(json.loads(raw.decode() if isinstance(raw, bytes) else str(raw)))
+
+
+def row_datasets(attrs: Mapping[str, object]) -> dict[str, str]:
+    """Per-row datasets (name -> dtype) of a shard with these attributes."""
+    if int(attrs.get("format_version", FORMAT_VERSION)) < 2:  # type: ignore[call-overload]
+        return dict(V1_DATASETS)
+    return {**ROW_DATASETS, **dict.fromkeys(object_key(attrs), "int64")}
+
+
 class ShardError(ValueError):
     """A shard file is missing, unreadable or does not match its index entry."""
-
-
-def split_of(specobjid: np.ndarray, salt: str, fractions: tuple[float, float, float]) -> np.ndarray:
-    """Split name ("train"/"valid"/"test") of each specobjid, from a keyed BLAKE2b hash.
-
-    Depends only on the id and the salt: not on row order, on which other objects exist, or on
-    the data release, so an object keeps its split across releases.
-    """
-    ids = np.asarray(specobjid, dtype=np.uint64)
-    key = salt.encode("utf-8")[:64]
-    u = np.empty(len(ids), dtype=np.float64)
-    for i, sid in enumerate(ids.tolist()):
-        digest = hashlib.blake2b(int(sid).to_bytes(8, "little"), digest_size=8, key=key).digest()
-        u[i] = int.from_bytes(digest, "little") / 2.0**64
-    edges = np.cumsum(fractions)[:-1]
-    return np.asarray(SPLITS)[np.searchsorted(edges, u, side="right")]
 
 
 def shard_attrs(release: Release, split: str) -> dict[str, object]:
@@ -69,6 +82,7 @@ def shard_attrs(release: Release, split: str) -> dict[str, object]:
         "loglam0": g.loglam0,
         "dloglam": g.dloglam,
         "npix": g.npix,
+        "object_key": json.dumps(list(release.key)),
         "telluric_top_n": t.top_n,
         "telluric_half_width": t.half_width,
         "telluric_line_list": t.line_list.name,
@@ -88,10 +102,11 @@ def write_shard(
 ) -> str:
     """Write one shard atomically (temp file, fsync, rename); return its sha256.
 
-    ``columns`` holds every dataset of :data:`ROW_DATASETS`, rows in the order to store them.
+    ``columns`` holds every per-row dataset (:func:`row_datasets` of ``attrs``: the
+    :data:`ROW_DATASETS` plus the object-key columns), rows in the order to store them.
     ``compression`` is None, "lzf" or "gzip".
     """
-    missing = sorted(set(ROW_DATASETS) - set(columns))
+    missing = sorted(set(row_datasets(attrs)) - set(columns))
     if missing:
         raise ValueError(f"write_shard: missing column(s) {', '.join(missing)}")
     n = len(columns["specobjid"])
@@ -109,7 +124,8 @@ def read_shard(path: str | Path, rows: slice | None = None) -> dict[str, np.ndar
     sel = rows if rows is not None else slice(None)
     try:
         with h5py.File(path, "r") as h5:
-            out: dict[str, np.ndarray] = {name: h5[name][sel] for name in ROW_DATASETS}
+            names = row_datasets(h5.attrs)
+            out: dict[str, np.ndarray] = {name: h5[name][sel] for name in names}
             out["wave_obs"] = h5["wave_obs"][:]
             out["attrs"] = dict(h5.attrs)  # type: ignore[assignment]
     except FileNotFoundError:
@@ -149,10 +165,15 @@ class ShardWriter:
         self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         self.npix = len(wave_obs)
         self.rows = 0
+        self.datasets = row_datasets({**attrs, "format_version": FORMAT_VERSION})
         self._scalars: dict[str, list[np.ndarray]] = {
-            k: [] for k in ROW_DATASETS if k not in ("flux", "ivar")
+            k: [] for k in self.datasets if k not in ("flux", "ivar")
         }
-        self._h5 = h5py.File(self.tmp, "w")
+        # no chunk cache: a write that fails (a full disk) then fails in append(), where it is
+        # handled, not at a later cache eviction or at close, after which HDF5 (2.0 here) was
+        # seen to crash the process. At real sizes nothing changes: a 256-row chunk of float32
+        # flux (4 MB) is larger than the default 1 MB cache, so it bypassed the cache anyway.
+        self._h5 = h5py.File(self.tmp, "w", rdcc_nbytes=0)
         for name in ("flux", "ivar"):
             self._h5.create_dataset(
                 name,
@@ -166,7 +187,7 @@ class ShardWriter:
         self._h5.attrs.update(dict(attrs))
 
     def append(self, columns: Mapping[str, np.ndarray]) -> None:
-        """Append a block of rows (every dataset of :data:`ROW_DATASETS`)."""
+        """Append a block of rows (every per-row dataset, see :func:`row_datasets`)."""
         n = len(columns["specobjid"])
         for name in ("flux", "ivar"):
             data = np.asarray(columns[name], dtype=ROW_DATASETS[name])
@@ -178,7 +199,11 @@ class ShardWriter:
             ds.resize(self.rows + n, axis=0)
             ds[self.rows :] = data
         for name, parts in self._scalars.items():
-            data = np.asarray(columns[name], dtype=ROW_DATASETS[name])
+            if name == "specobjid" and self.datasets[name] == ID_DTYPE:
+                width = int(np.char.str_len(np.asarray(columns[name]).astype(str)).max(initial=0))
+                if width > np.dtype(ID_DTYPE).itemsize:
+                    raise ValueError(f"ShardWriter: a specobjid has {width} digits (max 32)")
+            data = np.asarray(columns[name], dtype=self.datasets[name])
             if data.shape != (n,):
                 raise ValueError(f"ShardWriter: {name} has shape {data.shape}, expected {(n,)}")
             parts.append(data)
@@ -187,7 +212,7 @@ class ShardWriter:
     def close(self) -> str:
         """Finish the file, rename it to its final name; return its sha256."""
         for name, parts in self._scalars.items():
-            data = np.concatenate(parts) if parts else np.zeros(0, dtype=ROW_DATASETS[name])
+            data = np.concatenate(parts) if parts else np.zeros(0, dtype=self.datasets[name])
             self._h5.create_dataset(name, data=data)
         self._h5.close()
         with open(self.tmp, "rb+") as fh:
@@ -200,6 +225,10 @@ class ShardWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._h5.id.valid:
-            self._h5.close()
-        self.tmp.unlink(missing_ok=True)
+        try:
+            if self._h5.id.valid:
+                self._h5.close()
+        except (OSError, RuntimeError):
+            pass  # closing after a failed write (a full disk) can fail again; the file goes anyway
+        finally:
+            self.tmp.unlink(missing_ok=True)

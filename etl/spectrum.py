@@ -30,8 +30,10 @@ IVAR_FLOOR = 1e-6
 #: largest tolerated distance (pixels) of a file's wavelength grid from the 1e-4 dex lattice
 MAX_GRID_OFFSET = 0.01
 
+#: COADD (HDU1) columns read; matched case-insensitively (SDSS-V writes them upper case)
 COADD_COLUMNS = ("loglam", "flux", "ivar", "and_mask")
-SPECOBJ_ID_COLUMNS = ("PLATE", "MJD", "FIBERID")
+#: HDU2 object key of SDSS-I–IV files (a release's manifest says its own: ``[object] key``)
+SPECOBJ_ID_COLUMNS = ("plate", "mjd", "fiberid")
 
 
 class GridMisaligned(ValueError):
@@ -53,16 +55,27 @@ class RawSpectrum:
     """The HDU1 (COADD) columns of a spec-lite file, native float64/int arrays.
 
     ``loglam`` is log10(λ/Å) (vacuum), ``flux`` in 1e-17 erg/s/cm²/Å, ``ivar`` its inverse variance.
-    ``plate``, ``mjd``, ``fiberid`` come from HDU2 (SPECOBJ) when it was read, else None.
+    ``ids``: the object key read from HDU2 (SPECOBJ / SPALL), lower-case field -> value, e.g.
+    ``{"plate": 266, "mjd": 51602, "fiberid": 1}``; None when HDU2 was not read.
     """
 
     loglam: np.ndarray
     flux: np.ndarray
     ivar: np.ndarray
     and_mask: np.ndarray
-    plate: int | None = None
-    mjd: int | None = None
-    fiberid: int | None = None
+    ids: dict[str, int] | None = None
+
+    @property
+    def plate(self) -> int | None:
+        return (self.ids or {}).get("plate")
+
+    @property
+    def mjd(self) -> int | None:
+        return (self.ids or {}).get("mjd")
+
+    @property
+    def fiberid(self) -> int | None:
+        return (self.ids or {}).get("fiberid")
 
 
 @dataclass(frozen=True)
@@ -77,8 +90,13 @@ class Preprocessed:
 # --- I/O edge ----------------------------------------------------------------------------------
 
 
-def read_spec_lite(path: str | Path, with_ids: bool = True, name: str | None = None) -> RawSpectrum:
-    """Read the COADD columns (and HDU2's PLATE/MJD/FIBERID) of a spec-lite file.
+def read_spec_lite(
+    path: str | Path,
+    with_ids: bool = True,
+    name: str | None = None,
+    key: tuple[str, ...] = SPECOBJ_ID_COLUMNS,
+) -> RawSpectrum:
+    """Read the COADD columns (and, ``with_ids``, HDU2's object-key columns ``key``) of a file.
 
     Uses the strict fast reader in :mod:`etl.fitsread`; values equal astropy's (tested).
     Raises :class:`SpectrumRejected` naming the file on any problem.
@@ -92,31 +110,35 @@ def read_spec_lite(path: str | Path, with_ids: bool = True, name: str | None = N
         raise SpectrumRejected(obj, "unreadable", err.strerror or str(err)) from None
     except FitsError as err:
         raise SpectrumRejected(obj, "unreadable", str(err)) from None
-    return _raw_from_fits(fits, obj, with_ids)
+    return _raw_from_fits(fits, obj, tuple(key) if with_ids else None)
 
 
-def _raw_from_fits(fits: FitsFile, obj: str, with_ids: bool) -> RawSpectrum:
+def _raw_from_fits(fits: FitsFile, obj: str, key: tuple[str, ...] | None) -> RawSpectrum:
     try:
         cols = fits.table(1, COADD_COLUMNS)
-        ids = fits.table(2, SPECOBJ_ID_COLUMNS, rows=1) if with_ids else None
+        ids = fits.table(2, key, rows=1) if key else None
     except FitsError as err:
         raise SpectrumRejected(obj, "unreadable", str(err)) from None
-    extra = {}
+    values = None
     if ids is not None:
-        if len(ids["PLATE"]) != 1:
+        if len(ids[key[0]]) != 1:
             raise SpectrumRejected(obj, "unreadable", "HDU2 has no row")
-        extra = {k.lower(): int(ids[k][0]) for k in SPECOBJ_ID_COLUMNS}
+        values = {k.lower(): int(ids[k][0]) for k in key}
     return RawSpectrum(
         loglam=cols["loglam"].astype(np.float64),
         flux=cols["flux"].astype(np.float64),
         ivar=cols["ivar"].astype(np.float64),
         and_mask=cols["and_mask"].astype(np.int64),
-        **extra,
+        ids=values,
     )
 
 
-def read_spec_lite_astropy(path: str | Path) -> RawSpectrum:
-    """Reference reader through astropy (the slow, trusted path; used to validate the fast one)."""
+def read_spec_lite_astropy(
+    path: str | Path, key: tuple[str, ...] = SPECOBJ_ID_COLUMNS
+) -> RawSpectrum:
+    """Reference reader through astropy (the slow, trusted path; used to validate the fast one).
+
+    astropy matches column names case-insensitively, as the fast reader does."""
     from astropy.io import fits
 
     with fits.open(path, memmap=False) as hdul:
@@ -127,9 +149,7 @@ def read_spec_lite_astropy(path: str | Path) -> RawSpectrum:
             flux=np.asarray(coadd["flux"], dtype=np.float64),
             ivar=np.asarray(coadd["ivar"], dtype=np.float64),
             and_mask=np.asarray(coadd["and_mask"], dtype=np.int64),
-            plate=int(specobj["PLATE"][0]),
-            mjd=int(specobj["MJD"][0]),
-            fiberid=int(specobj["FIBERID"][0]),
+            ids={k.lower(): int(specobj[k][0]) for k in key},
         )
 
 
@@ -222,6 +242,7 @@ class Preprocessor:
 
     def __init__(self, release: Release):
         self.grid = release.grid
+        self.key = tuple(release.key)
         self.wave_obs = release.grid.wave_obs
         self.telluric = release_telluric_mask(release)
         n = release.normalisation
@@ -247,13 +268,14 @@ class Preprocessor:
         return Preprocessed(flux.astype(np.float32), ivar.astype(np.float32), norm)
 
     def preprocess_file(
-        self, path: str | Path, z: float, expect_id: tuple[int, int, int] | None = None
+        self, path: str | Path, z: float, expect_id: tuple[int, ...] | None = None
     ) -> Preprocessed:
-        """Read and preprocess one file; with ``expect_id`` check HDU2's (plate, mjd, fiberid)."""
+        """Read and preprocess one file; with ``expect_id`` check HDU2's object key (the
+        release's key fields, e.g. (plate, mjd, fiberid) or (field, mjd, catalogid))."""
         obj = Path(path).name
-        raw = read_spec_lite(path, with_ids=expect_id is not None)
+        raw = read_spec_lite(path, with_ids=expect_id is not None, key=self.key)
         if expect_id is not None:
-            got = (raw.plate, raw.mjd, raw.fiberid)
+            got = tuple((raw.ids or {}).get(k) for k in self.key)
             if got != tuple(expect_id):
                 raise SpectrumRejected(
                     obj, "id mismatch", f"HDU2 holds {got}, expected {tuple(expect_id)}"

@@ -18,17 +18,44 @@ import torch
 from model.interp import interp1d
 
 
+def _shape_error(loss: str, expected: str, **tensors: torch.Tensor) -> ValueError:
+    """One line naming the loss, what it expects and the shapes it got."""
+    got = ", ".join(f"{name} {tuple(t.shape)}" for name, t in tensors.items())
+    return ValueError(f"{loss}: expected {expected}; got {got}")
+
+
+def _weights_2d(
+    loss: str, x: torch.Tensor, w: torch.Tensor, names: tuple[str, str]
+) -> torch.Tensor:
+    """``w`` as an (N, M) view: per-spectrum weights (N, M) as they are, one weight vector (M,)
+    shared by every spectrum broadcast to (N, M) (a view: no copy). Raises ValueError otherwise."""
+    xn, wn = names
+    if x.ndim != 2:
+        raise _shape_error(loss, f"{xn} of shape (N, M)", **{xn: x})
+    if w.shape == x.shape:
+        return w
+    if w.ndim == 1 and w.shape[0] == x.shape[1]:
+        return w.expand_as(x)
+    raise _shape_error(loss, f"{wn} of shape (N, M) like {xn}, or (M,)", **{xn: x, wn: w})
+
+
 def fidelity_loss(x: torch.Tensor, x_model: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """L_fid = 1/(2NM) Σ_i Σ_k w_ik (x_ik − x''_ik)².
 
     Args:
         x: (N, M) observed normalised flux.
         x_model: (N, M) the model on the observed grid (x'').
-        w: (N, M) inverse-variance weights of `x` (0 = masked).
+        w: (N, M) inverse-variance weights of `x` (0 = masked), or (M,) shared by all spectra.
 
     Returns:
         scalar tensor: half the mean weighted squared residual (≈ χ²/2 per pixel).
+
+    Raises:
+        ValueError: shapes that do not match (naming them).
     """
+    if x_model.shape != x.shape:
+        raise _shape_error("fidelity_loss", "x_model of the shape of x", x=x, x_model=x_model)
+    w = _weights_2d("fidelity_loss", x, w, ("x", "w"))
     return (w * (x - x_model) ** 2).sum() / (2 * x.numel())
 
 
@@ -62,13 +89,23 @@ def similarity_loss(
     Args:
         s: (N, S) latents.
         x_rest: (N, M') restframe model spectra x'.
-        w_rest: (N, M') restframe weights w' (see `restframe_weights`).
+        w_rest: (N, M') restframe weights w' (see `restframe_weights`), or (M',): one weight
+            vector shared by every spectrum.
         k0: offset (the paper uses 2.5).
         k1: sharpness; annealed upward during training (k1 = 0 gives a constant loss).
 
     Returns:
         scalar tensor.
+
+    Raises:
+        ValueError: shapes that do not match (naming them).
     """
+    # a shared (M',) weight becomes an (N, M') view, so the Gram form below sees rows of w'
+    w_rest = _weights_2d("similarity_loss", x_rest, w_rest, ("x_rest", "w_rest"))
+    if s.ndim != 2 or s.shape[0] != x_rest.shape[0]:
+        raise _shape_error(
+            "similarity_loss", "s of shape (N, S) with N the rows of x_rest", s=s, x_rest=x_rest
+        )
     n, m_rest = x_rest.shape
     s = s.float()
     # S is tiny (2 by default), so broadcasting over latents is cheap and exact
@@ -88,7 +125,12 @@ def consistency_loss(s: torch.Tensor, s_aug: torch.Tensor, sigma_s: float = 0.1)
 
     Returns:
         scalar tensor in [0, 0.5); 0 when the latents agree exactly.
+
+    Raises:
+        ValueError: shapes that do not match (naming them).
     """
+    if s.ndim != 2 or s_aug.shape != s.shape:
+        raise _shape_error("consistency_loss", "s and s_aug both of shape (N, S)", s=s, s_aug=s_aug)
     d2 = ((s - s_aug) ** 2).sum(-1)
     return torch.sigmoid(d2 / (2 * sigma_s**2)).mean() - 0.5
 

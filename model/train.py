@@ -357,7 +357,15 @@ def _check_resume(saved: dict, cfg: TrainConfig) -> None:
     diff = [k for k in _RESUME_KEYS if saved.get(k) != getattr(cfg, k)]
     if diff:
         pairs = ", ".join(f"{k}: {saved.get(k)!r} → {getattr(cfg, k)!r}" for k in diff)
-        raise TrainError(f"--resume with settings that differ from the checkpoint ({pairs})")
+        # --resume replays the interrupted run exactly (its LR schedule spans the epochs it was
+        # started with), so "more epochs" is a new run that starts from this one's weights
+        raise TrainError(
+            f"--resume with settings that differ from the checkpoint ({pairs}); --resume only "
+            f"finishes {cfg.run} as it was started. To train longer or with other settings, "
+            f"start a new run from its best model: specetl train --run NEW_RUN --init {cfg.run} "
+            f"--objective {cfg.objective} --preset {saved.get('preset', cfg.preset)} "
+            f"--epochs N (plus your other options)"
+        )
 
 
 def _truncate_metrics(path: Path, epoch: int) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from etl.download import DownloadConfig, Job
 from etl.mirror import ArchiveMirror
-from etl.release import Release, UnknownRun2d, spec_lite_relpath
+from etl.release import Release, UnknownRun2d
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "sample"
@@ -35,12 +35,14 @@ def sample_jobs(release: Release, mirror: ArchiveMirror) -> list[Job]:
     """One job per bundled file whose run2d the release knows, pointed at the mirror."""
     jobs = []
     for r in sample_rows():
-        ids = (r["RUN2D"], int(r["PLATE"]), int(r["MJD"]), int(r["FIBERID"]))
+        key = tuple((k, int(r[k.upper()])) for k in release.key)
+        values = [v for _, v in key]
         try:
-            url = release.spec_lite_url(*ids, base_url=mirror.base_url)
+            url = release.spec_lite_url(r["RUN2D"], *values, base_url=mirror.base_url)
         except UnknownRun2d:
             continue
-        jobs.append(Job(int(r["SPECOBJID"]), *ids, url, spec_lite_relpath(*ids).as_posix()))
+        relpath = release.spec_lite_relpath(r["RUN2D"], *values).as_posix()
+        jobs.append(Job(r["SPECOBJID"], r["RUN2D"], key, url, relpath))
     return jobs
 
 

@@ -21,11 +21,12 @@ import h5py
 import numpy as np
 import pytest
 
-from etl.build import build_shards, read_index, verify_shards
+from etl.build import BuildError, build_shards, read_index, verify_shards
 from etl.catalog import as_catalog, read_catalog, write_catalog
 from etl.release import load_release, spec_lite_relpath
-from etl.shards import ROW_DATASETS, read_shard, split_of
+from etl.shards import read_shard, row_datasets, sha256_file
 from etl.spectrum import Preprocessor, SpectrumRejected
+from etl.splits import split_of
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "sample"
@@ -57,14 +58,15 @@ def layout_sample(data_dir: Path, release: str = "dr16") -> dict[str, np.ndarray
 
 
 def shard_rows(shards_dir: Path) -> dict[int, tuple[str, dict]]:
-    """specobjid -> (shard path, that object's row) over every shard listed in the index."""
-    out: dict[int, tuple[str, dict]] = {}
+    """specobjid (decimal str) -> (shard path, that object's row) over every indexed shard."""
+    out: dict[str, tuple[str, dict]] = {}
     for e in read_index(shards_dir)["shards"]:
         data = read_shard(shards_dir / e["path"])
         assert data["attrs"]["split"] == e["split"]
-        for i, sid in enumerate(data["specobjid"].tolist()):
+        names = row_datasets(data["attrs"])
+        for i, sid in enumerate(data["specobjid"].astype(str).tolist()):
             assert sid not in out, f"{sid} in two shards"
-            out[sid] = (e["path"], {k: data[k][i] for k in ROW_DATASETS})
+            out[sid] = (e["path"], {k: data[k][i] for k in names})
     return out
 
 
@@ -87,11 +89,10 @@ def test_shards_equal_preprocessor_output(sample_build):
     rows = shard_rows(shards_dir)
     pre = Preprocessor(release)
     rejected = {r["specobjid"]: r for r in result.rejected}
-    s = release.splits
     split = dict(
         zip(
             cat["SPECOBJID"].tolist(),
-            split_of(cat["SPECOBJID"], s.salt, (s.train, s.valid, s.test)),
+            split_of(cat["RA"], cat["DEC"], cat["MJD"], release.splits),
             strict=True,
         )
     )
@@ -114,6 +115,7 @@ def test_shards_equal_preprocessor_output(sample_build):
         assert got["z"] == np.float32(cat["Z"][i])
         assert got["zerr"] == np.float32(cat["Z_ERR"][i])
         assert (got["plate"], got["mjd"], got["fiberid"]) == ids
+        assert (got["ra"], got["dec"]) == (cat["RA"][i], cat["DEC"][i])  # float64, exact
     assert len(rows) + len(rejected) == len(cat["SPECOBJID"])
     assert len(rows) >= 33  # at least the galaxies that pass the cuts
     assert result.accepted == len(rows)
@@ -125,6 +127,16 @@ def test_shard_files_format_and_index(sample_build):
     assert verify_shards(shards_dir) == []
     index = read_index(shards_dir)
     assert index["release"] == "dr16" and index["manifest_sha256"] == release.manifest_sha256
+    assert index["format_version"] == 2
+    s = release.splits
+    assert index["split"] == {
+        "key": "healpix",
+        "order": "nested",
+        "nside": s.nside,
+        "salt": s.salt,
+        "fractions": [s.train, s.valid, s.test],
+        "repeat_radius_arcsec": s.repeat_radius,
+    }
     report = json.loads((shards_dir / "build-report.json").read_text())
     assert report["accepted"] == result.accepted
     assert sum(report["rejected_by_reason"].values()) == report["rejected_count"]
@@ -132,18 +144,21 @@ def test_shard_files_format_and_index(sample_build):
         with h5py.File(shards_dir / e["path"], "r") as h5:
             assert h5["flux"].dtype == np.float32 and h5["flux"].shape == (e["rows"], 3921)
             assert h5["flux"].chunks[1] == 3921  # whole rows per chunk
-            assert h5["specobjid"].dtype == np.uint64
-            assert h5["plate"].dtype == np.int32
+            assert h5["specobjid"].dtype == np.dtype("S32")  # format v2: exact ASCII ids
+            assert h5["plate"].dtype == np.int64 and h5["ra"].dtype == np.float64
+            assert h5["dec"].dtype == np.float64 and h5.attrs["format_version"] == 2
             np.testing.assert_allclose(h5["wave_obs"][:], release.grid.wave_obs)
             attrs = dict(h5.attrs)
             assert attrs["split"] == e["split"] and attrs["inputs_sha256"] == e["inputs_sha256"]
-            ids = h5["specobjid"][:]
-            assert (np.diff(ids.astype(np.float64)) > 0).all()
-            assert (e["specobjid_min"], e["specobjid_max"]) == (int(ids[0]), int(ids[-1]))
+            ids = [int(v) for v in h5["specobjid"][:]]
+            assert ids == sorted(ids) and len(set(ids)) == len(ids)
+            assert (e["specobjid_min"], e["specobjid_max"]) == (str(ids[0]), str(ids[-1]))
+            assert json.loads(attrs["object_key"]) == ["plate", "mjd", "fiberid"]
         assert e["rows"] <= 8
     # ordered by split, then ids
     keys = [
-        (("train", "valid", "test").index(e["split"]), e["specobjid_min"]) for e in index["shards"]
+        (("train", "valid", "test").index(e["split"]), int(e["specobjid_min"]))
+        for e in index["shards"]
     ]
     assert keys == sorted(keys)
 
@@ -247,6 +262,64 @@ def test_dr16_and_dr17_builds_agree_on_splits(tmp_path):
             for sid in read_shard(tmp_path / rel / "shards" / e["path"])["specobjid"]
         }
     assert split["dr16"] == split["dr17"] and len(split["dr16"]) > 30
+
+
+def test_shards_of_an_older_format_are_rebuilt_and_the_log_says_so(tmp_path, caplog):
+    layout_sample(tmp_path)
+    release = load_release("dr16")
+    first = build_shards(release, tmp_path, shard_size=8, workers=1, progress=False)
+    shards_dir = tmp_path / "dr16" / "shards"
+    # make the build look like one of format 1 (split by specobjid): index and shards say v1
+    index = read_index(shards_dir)
+    index["format_version"] = 1
+    for e in index["shards"]:
+        path = shards_dir / e["path"]
+        with h5py.File(path, "r+") as h5:
+            h5.attrs["format_version"] = 1
+            del h5["ra"], h5["dec"]
+        e["bytes"], e["sha256"] = path.stat().st_size, sha256_file(path)
+    (shards_dir / "index.json").write_text(json.dumps(index))
+    old_files = {e["path"] for e in index["shards"]}
+    # a v1 shard still reads (without ra/dec)
+    v1 = read_shard(shards_dir / index["shards"][0]["path"])
+    assert "ra" not in v1 and len(v1["specobjid"]) == index["shards"][0]["rows"]
+    with caplog.at_level("WARNING", logger="etl.build"):
+        again = build_shards(release, tmp_path, shard_size=8, workers=1, progress=False)
+    assert "format v1" in caplog.text and "rebuilding every shard" in caplog.text
+    assert again.written == len(first.shards) and again.kept == 0
+    assert again.replaced_format_version == 1
+    report = json.loads((shards_dir / "build-report.json").read_text())
+    assert report["replaced_format_version"] == 1
+    new = read_index(shards_dir)
+    assert new["format_version"] == 2 and not old_files & {e["path"] for e in new["shards"]}
+    on_disk = {f"{p.parent.name}/{p.name}" for p in shards_dir.glob("*/*.h5")}
+    assert on_disk == {e["path"] for e in new["shards"]}  # the v1 files are gone
+    for e in new["shards"]:
+        with h5py.File(shards_dir / e["path"], "r") as h5:
+            assert h5.attrs["format_version"] == 2 and "ra" in h5
+    # and the next run keeps them
+    assert build_shards(release, tmp_path, shard_size=8, workers=1, progress=False).written == 0
+
+
+def test_catalogue_without_positions_asks_for_a_new_fetch(tmp_path):
+    cat = layout_sample(tmp_path)
+    from astropy.table import Table
+
+    Table({k: v for k, v in cat.items() if k not in ("RA", "DEC")}).write(
+        tmp_path / "dr16" / "catalog.fits", overwrite=True
+    )
+    with pytest.raises(BuildError, match="missing column.*RA.*specetl fetch"):
+        build_shards(load_release("dr16"), tmp_path, shard_size=8, workers=1, progress=False)
+
+
+def test_invalid_positions_are_rejected_before_any_work(tmp_path):
+    cat = layout_sample(tmp_path)
+    cat["RA"][:2] = np.nan
+    cat["DEC"][2] = 91.0
+    write_catalog(cat, tmp_path / "dr16" / "catalog.fits")
+    result = build_shards(load_release("dr16"), tmp_path, shard_size=8, workers=1, progress=False)
+    bad = {r["specobjid"] for r in result.rejected if r["reason"] == "invalid position"}
+    assert bad == set(cat["SPECOBJID"][:3].tolist())
 
 
 # --- generator ---------------------------------------------------------------------------------

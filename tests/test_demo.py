@@ -55,6 +55,14 @@ def test_demo_end_to_end(tmp_path):
             assert (ev / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "[" in proc.stderr and "done" in proc.stderr  # progress was visible
 
+    # after training: every shard row embedded and scored by the last run, and the page of it
+    from model.embed import read_embedding
+
+    cols, header = read_embedding(out / "embedding.fits")
+    assert len(cols["specobjid"]) == 84 and header["RUN"].endswith("consistency")
+    assert sorted(cols["outlier_rank"]) == list(range(1, 85))
+    assert (out / "explore.html").stat().st_size > 10_000
+
     # a rerun reuses everything: nothing downloaded, no shard rewritten, no run retrained
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]

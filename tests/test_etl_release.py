@@ -162,3 +162,41 @@ def test_wrong_type_is_named(tmp_path):
 def test_unknown_release_lists_known_ones():
     with pytest.raises(ManifestError, match="known: .*dr16.*dr17"):
         load_release("dr99")
+
+
+@pytest.mark.parametrize(
+    ("text_from", "text_to", "message"),
+    [
+        ("derived = {}", 'derived = { plate_group = "eval(plate)" }', r"is not '<field> // "),
+        ("derived = {}", 'derived = { g = "field // 1000" }', r"uses 'field', not a key field"),
+        ("derived = {}", 'derived = { g = "plate // 0" }', r"is not '<field> // <positive"),
+        (
+            "{plate:04d}/spec-",
+            "{plate:04d}/{tile}/spec-",
+            r"object\.path uses unknown field \{tile\}",
+        ),
+        ('-{fiberid:04d}.fits"\n', '-0001.fits"\n', r"object\.path lacks key field \{fiberid\}"),
+        ('path = "{plate', 'path = "../{plate', r"relative path to a \.fits file"),
+        ('key = ["plate", "mjd", "fiberid"]', 'key = ["Plate", "mjd", "fiberid"]', "lower-case"),
+        ("lite/{path}", "lite/{plate}", r"spec_lite\.26 lacks \{path\}"),
+    ],
+)
+def test_object_layout_errors_are_named(tmp_path, text_from, text_to, message):
+    path = _rewrite(tmp_path, text_from, text_to)
+    with pytest.raises(ManifestError, match=message):
+        load_release(path)
+
+
+def test_derived_field_and_key_by_name(tmp_path):
+    path = _rewrite(
+        tmp_path, 'path = "{plate:04d}/spec-', 'path = "{group:02d}XX/{plate:04d}/spec-'
+    )
+    path.write_text(
+        path.read_text().replace("derived = {}", 'derived = { group = "plate // 100" }')
+    )
+    release = load_release(path)
+    rel = release.spec_lite_relpath("26", plate=266, mjd=51602, fiberid=1)
+    assert rel.as_posix() == f"26/02XX/0266/{NAME}"
+    assert release.spec_lite_url("26", 266, 51602, 1).endswith(f"/lite/02XX/0266/{NAME}")
+    with pytest.raises(ValueError, match="an object key is"):
+        release.spec_lite_relpath("26", 266, 51602)

@@ -9,17 +9,8 @@ import tracemalloc
 import numpy as np
 from fetch_support import FAST, SAMPLE_SDSS, job_named, leftovers, sample_jobs
 
-from etl.download import (
-    LEDGER_DTYPE,
-    DownloadConfig,
-    Job,
-    Ledger,
-    LedgerWriter,
-    compact_ledger,
-    download_jobs,
-    ledger_key,
-    load_ledger,
-)
+from etl.download import DownloadConfig, Job, download_jobs
+from etl.ledger import LEDGER_DTYPE, Ledger, LedgerWriter, compact_ledger, ledger_key, load_ledger
 from etl.mirror import Fault, FaultPlan
 
 ONE = "spec-0266-51602-0001.fits"
@@ -58,7 +49,7 @@ def _one(archive_server, release, tmp_path, faults, always=False, cfg=FAST):
         result,
         dest,
         time.perf_counter() - t0,
-        archive_server.hits[archive_server.url_path(job.run2d, job.plate, job.mjd, job.fiberid)],
+        archive_server.hits[archive_server.url_path(job.run2d, *(v for _, v in job.key))],
     )
 
 
@@ -167,7 +158,8 @@ def test_corrupt_local_file_is_replaced_not_trusted(archive_server, release, tmp
 
 def _job(i: int) -> Job:
     rel = f"26/{7000 + i // 500:04d}/spec-{7000 + i // 500:04d}-55000-{i % 500 + 1:04d}.fits"
-    return Job(10**17 + i, "26", 7000 + i // 500, 55000, i % 500 + 1, "", rel)
+    key = (("plate", 7000 + i // 500), ("mjd", 55000), ("fiberid", i % 500 + 1))
+    return Job(str(10**17 + i), "26", key, "", rel)
 
 
 def test_ledger_compaction_merges_atomically_and_idempotently(tmp_path):

@@ -18,8 +18,8 @@ from click.testing import CliRunner
 from fetch_support import FAST, SAMPLE_SDSS, leftovers, sample_rows
 
 from cli import main
-from etl.download import load_ledger
 from etl.fetch import fetch
+from etl.ledger import load_ledger
 from etl.mirror import ArchiveMirror, Fault, FaultPlan
 
 
@@ -142,7 +142,9 @@ def test_cli_dry_run_downloads_nothing(archive_server, tmp_path, legacy_catalog)
     assert res.exit_code == 0, res.output
     doc = json.loads((data / "dr16" / "fetch-report.json").read_text())
     assert doc["dry_run"] and doc["selected"] == 5 and doc["to_download"] == 5
-    assert sum(archive_server.hits.values()) == 0
+    # HEAD requests measure the sizes (tests/test_disk_full.py); no file body is sent
+    assert sum(archive_server.served.values()) == 0
+    assert sum(archive_server.hits.values()) == 5
 
 
 def test_cli_unknown_run2d_is_reported_and_exit_code_nonzero(archive_server, tmp_path):

@@ -50,13 +50,15 @@ def build_sample_shards(out: Path, n_train_shards: int = 2) -> Path:
                     "z": float(r["Z"]),
                     "zerr": float(r["Z_ERR"]),
                     "norm": p.norm,
-                    "specobjid": int(r["SPECOBJID"]),
+                    "specobjid": r["SPECOBJID"],
+                    "ra": float(r["RA"]),
+                    "dec": float(r["DEC"]),
                     "plate": int(r["PLATE"]),
                     "mjd": int(r["MJD"]),
                     "fiberid": int(r["FIBERID"]),
                 }
             )
-    rows.sort(key=lambda r: r["specobjid"])
+    rows.sort(key=lambda r: int(r["specobjid"]))
     # a fixed, evenly spread subset of 46 spectra keeps the model tests' training fast
     step = len(rows) / N_ROWS
     rows = [rows[int(i * step)] for i in range(min(N_ROWS, len(rows)))]
@@ -81,14 +83,14 @@ def build_sample_shards(out: Path, n_train_shards: int = 2) -> Path:
                     "split": split,
                     "rows": len(sel),
                     "sha256": digest,
-                    "specobjid_min": int(cols["specobjid"].min()),
-                    "specobjid_max": int(cols["specobjid"].max()),
+                    "specobjid_min": str(min(int(v) for v in cols["specobjid"])),
+                    "specobjid_max": str(max(int(v) for v in cols["specobjid"])),
                     "inputs_sha256": "",
                 }
             )
     index = {
         "format": "specetl-shard-index",
-        "format_version": 1,
+        "format_version": 2,
         "release": release.name,
         "manifest_sha256": release.manifest_sha256,
         "npix": len(release.wave_obs),

@@ -104,3 +104,56 @@ def test_restframe_weights_cover_only_observed_range():
     assert torch.allclose(wr[0][inside[0]], torch.tensor(4.0, dtype=torch.float64))
     near = (lam[1] > 5990) & (lam[1] < 6010)  # neighbours of the masked observed pixel
     assert (wr[1][near] == 0).all()
+
+
+def test_similarity_with_one_weight_vector_for_all_spectra_equals_naive():
+    """A restframe weight of shape (M',) is one vector shared by every spectrum: same value as
+    that vector repeated per spectrum, as the naive formula, and no deprecation warning."""
+    import warnings
+
+    g = torch.Generator().manual_seed(3)
+    n, m = 7, 120
+    s = torch.randn(n, 2, generator=g, dtype=torch.float64)
+    x = 1 + 0.3 * torch.randn(n, m, generator=g, dtype=torch.float64)
+    w1 = torch.rand(m, generator=g, dtype=torch.float64) * 50
+    w1[w1 < 10] = 0
+    wn = w1.expand(n, m).clone()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the old x.T on a 1-D tensor warned (and was wrong)
+        got = similarity_loss(s, x, w1, 2.5, 1.0)
+    torch.testing.assert_close(got, similarity_loss(s, x, wn, 2.5, 1.0))
+    want = _naive_similarity(s, x, wn, 2.5, 1.0)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fidelity_loss(x, x.flip(0), w1), fidelity_loss(x, x.flip(0), wn))
+
+
+@pytest.mark.parametrize(
+    "call, names",
+    [
+        (lambda: fidelity_loss(torch.ones(4, 10), torch.ones(4, 9), torch.ones(4, 10)),
+         ("fidelity_loss", "x (4, 10)", "x_model (4, 9)")),
+        (lambda: fidelity_loss(torch.ones(4, 10), torch.ones(4, 10), torch.ones(3, 10)),
+         ("fidelity_loss", "x (4, 10)", "w (3, 10)")),
+        (lambda: fidelity_loss(torch.ones(4, 10), torch.ones(4, 10), torch.ones(4)),
+         ("fidelity_loss", "w (4,)")),
+        (lambda: similarity_loss(torch.ones(4, 2), torch.ones(4, 10), torch.ones(11), 2.5, 1.0),
+         ("similarity_loss", "x_rest (4, 10)", "w_rest (11,)")),
+        (lambda: similarity_loss(torch.ones(4, 2), torch.ones(4, 10), torch.ones(10, 4), 2.5, 1.),
+         ("similarity_loss", "w_rest (10, 4)")),
+        (lambda: similarity_loss(torch.ones(5, 2), torch.ones(4, 10), torch.ones(4, 10), 2.5, 1.),
+         ("similarity_loss", "s (5, 2)", "x_rest (4, 10)")),
+        (lambda: similarity_loss(torch.ones(4, 2), torch.ones(40), torch.ones(40), 2.5, 1.0),
+         ("similarity_loss", "x_rest (40,)")),
+        (lambda: consistency_loss(torch.ones(4, 2), torch.ones(4, 3)),
+         ("consistency_loss", "s (4, 2)", "s_aug (4, 3)")),
+        (lambda: consistency_loss(torch.ones(4, 2), torch.ones(2)),
+         ("consistency_loss", "s_aug (2,)")),
+    ],
+)  # fmt: skip
+def test_public_losses_name_mismatched_shapes(call, names):
+    with pytest.raises(ValueError) as err:
+        call()
+    message = str(err.value)
+    assert "\n" not in message
+    for name in names:
+        assert name in message

@@ -197,3 +197,27 @@ def test_cache_on_device_trains_the_same_model_family(shards, tmp_path):
     train(_cfg(shards, part, **kw, resume=True))
     a, b = load_checkpoint(run / "last.pt")["model"], load_checkpoint(part / "last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_with_more_epochs_says_how_to_train_longer(shards, tmp_path):
+    """--resume refuses changed settings and names the way to train longer (a new run with
+    --init RUN); the command it suggests then runs."""
+    import shlex
+
+    from click.testing import CliRunner
+
+    from cli import main
+
+    run = tmp_path / "short"
+    train(_cfg(shards, run, objective="fidelity", epochs=1))
+    common = ["train", "--shards", str(shards), "--batch-size", "8", "--seed", "1"]
+    res = CliRunner().invoke(main, [*common, "--run", str(run), "--epochs", "3", "--resume"])
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    (line,) = [ln for ln in res.output.splitlines() if ln.startswith("Error:")]
+    assert "epochs: 1 → 3" in line and f"--init {run}" in line
+    suggested = shlex.split(line.split("specetl ", 1)[1].split(" (plus", 1)[0])
+    suggested = [str(tmp_path / "longer") if a == "NEW_RUN" else a for a in suggested]
+    suggested = ["1" if a == "N" else a for a in suggested]
+    again = CliRunner().invoke(main, [*suggested, *common[1:]])
+    assert again.exit_code == 0, again.output
+    assert _metrics(tmp_path / "longer")[0]["epoch"] == 1

@@ -1,0 +1,262 @@
+"""Outlier scores: how unusual a spectrum is, from where its latent lies and how well it is fitted.
+
+Two signs that a spectrum is not like the training data, each measured against the train split:
+
+- **latent density**: −log p(s) under a Gaussian mixture fitted to the train-split latents (the
+  latent space is small: 2 dimensions in both presets). A spectrum whose latent lands where few
+  training spectra do is unusual (Liang et al. 2023, AJ 166, 75 use a normalizing flow for the
+  same job; at 2 dimensions a mixture with its size picked by BIC fits as well, trains in a
+  second, scores with numpy alone and saves as plain JSON).
+- **reconstruction**: CHI2, the fidelity term per valid pixel, Σ w (x − x″)² / #(w > 0). The
+  encoder maps *any* spectrum somewhere in latent space, often into a dense region (a quasar
+  can land among galaxies), so density alone misses spectra the decoder cannot draw at all; the
+  χ² catches those.
+
+Each term is turned into a robust z-score against its train-split distribution,
+r = (t − median) / (1.4826·MAD), of a quantity that grows like a distance in standard deviations:
+t = log χ² (χ² is heavy-tailed; its log is close to symmetric), and for the density
+t = d = √(2·(log p_max − log p)), p_max the highest density of a training latent (for a single
+Gaussian d is the Mahalanobis distance from the mode; −log p itself grows like d², which would
+let the density swamp the χ² in a sum). The outlier score is their sum:
+
+    OUTLIER_SCORE = r_density + r_chi2
+
+so it is 0 for a typical training spectrum, a few units for a spectrum unusual in one respect,
+and large when it is unusual in both. It is unbounded (no ties among the extreme objects, unlike
+a rank), and new spectra are scored against the same saved reference (`RUN/outliers.json`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+#: file in the run folder holding the fitted `OutlierModel`
+OUTLIERS_FILE = "outliers.json"
+FORMAT = "specetl-outliers"
+#: MAD → standard deviation for a normal distribution
+MAD_TO_SIGMA = 1.4826
+
+
+class DensityError(RuntimeError):
+    """An outlier model cannot be fitted or read; the message names the file or the cause."""
+
+
+@dataclass(frozen=True)
+class GaussianMixture:
+    """A Gaussian mixture in latent space: weights (K,), means (K, S), covariances (K, S, S)."""
+
+    weights: np.ndarray
+    means: np.ndarray
+    covariances: np.ndarray
+
+    def log_prob(self, s: np.ndarray) -> np.ndarray:
+        """log p(s) (natural log, latent units⁻ˢ) of latents `s` (N, S); (N,) float64."""
+        s = np.asarray(s, dtype=np.float64)
+        k, dim = self.means.shape
+        out = np.empty((len(s), k))
+        for j in range(k):
+            chol = np.linalg.cholesky(self.covariances[j])
+            # solve L y = (s − μ)ᵀ: the Mahalanobis distance is |y|²
+            y = np.linalg.solve(chol, (s - self.means[j]).T)
+            log_det = 2 * np.log(np.diag(chol)).sum()
+            out[:, j] = np.log(self.weights[j]) - 0.5 * (
+                dim * np.log(2 * np.pi) + log_det + (y**2).sum(0)
+            )
+        top = out.max(1, keepdims=True)
+        return (top + np.log(np.exp(out - top).sum(1, keepdims=True)))[:, 0]
+
+    def to_dict(self) -> dict:
+        return {
+            "weights": self.weights.tolist(),
+            "means": self.means.tolist(),
+            "covariances": self.covariances.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> GaussianMixture:
+        return cls(
+            np.asarray(d["weights"], dtype=np.float64),
+            np.asarray(d["means"], dtype=np.float64),
+            np.asarray(d["covariances"], dtype=np.float64),
+        )
+
+
+def fit_mixture(
+    s: np.ndarray, max_components: int = 8, seed: int = 0, max_points: int = 200_000
+) -> GaussianMixture:
+    """Fit a full-covariance Gaussian mixture to latents `s` (N, S), K ≤ `max_components` by BIC.
+
+    K is also capped at N/(10·(S+1)) so that a small split (a test, a demo) gets a mixture with
+    enough points per component. Fits on a random subset of `max_points` (the density of 2-d
+    latents is pinned down long before that). Deterministic for a given `seed`.
+    """
+    from sklearn.mixture import GaussianMixture as SkMixture
+
+    s = np.asarray(s, dtype=np.float64)
+    n, dim = s.shape
+    if n < 2 * (dim + 1) or not np.isfinite(s).all():
+        raise DensityError(
+            f"cannot fit a latent density to {n} latents (need finite, >= {2 * (dim + 1)})"
+        )
+    rng = np.random.default_rng(seed)
+    if n > max_points:
+        s = s[rng.choice(n, max_points, replace=False)]
+    k_max = max(1, min(max_components, n // (10 * (dim + 1))))
+    best, best_bic = None, np.inf
+    for k in range(1, k_max + 1):
+        gm = SkMixture(k, covariance_type="full", reg_covar=1e-6, random_state=seed, n_init=2)
+        gm.fit(s)
+        bic = gm.bic(s)
+        if bic < best_bic:
+            best, best_bic = gm, bic
+    assert best is not None
+    return GaussianMixture(best.weights_, best.means_, best.covariances_)
+
+
+@dataclass(frozen=True)
+class RobustScale:
+    """Median and MAD-based σ of a train-split quantity; `z(t)` = (t − median) / σ."""
+
+    median: float
+    sigma: float
+
+    @classmethod
+    def of(cls, t: np.ndarray) -> RobustScale:
+        t = np.asarray(t, dtype=np.float64)
+        t = t[np.isfinite(t)]
+        med = float(np.median(t))
+        sigma = MAD_TO_SIGMA * float(np.median(np.abs(t - med)))
+        return cls(med, sigma if sigma > 0 else 1.0)
+
+    def z(self, t: np.ndarray) -> np.ndarray:
+        return (np.asarray(t, dtype=np.float64) - self.median) / self.sigma
+
+
+SCORE_DEFINITION = (
+    "OUTLIER_SCORE = robust_z(sqrt(2 (log p_max - log p))) + robust_z(log chi2), "
+    "train-split reference"
+)
+
+
+def density_distance(logp: np.ndarray, logp_max: float) -> np.ndarray:
+    """d = √(2·(log p_max − log p)): how far below the densest training latent, in σ-like units."""
+    return np.sqrt(2 * np.maximum(logp_max - np.asarray(logp, dtype=np.float64), 0.0))
+
+
+@dataclass(frozen=True)
+class OutlierModel:
+    """The train-split reference that outlier scores are measured against (see module doc)."""
+
+    mixture: GaussianMixture
+    logp_max: float  # highest log p(s) of a train-split latent
+    density_scale: RobustScale  # of the density distance d on the train split
+    chi2_scale: RobustScale  # of log χ² on the train split
+    provenance: dict
+
+    def terms(self, s: np.ndarray, chi2: np.ndarray) -> dict[str, np.ndarray]:
+        """LOGP (log density), R_DENSITY and R_CHI2 (robust z-scores) and OUTLIER_SCORE."""
+        logp = self.mixture.log_prob(s)
+        r_density = self.density_scale.z(density_distance(logp, self.logp_max))
+        # a χ² of 0 (a perfect fit) is the least anomalous: floor it before the log
+        r_chi2 = self.chi2_scale.z(np.log(np.maximum(np.asarray(chi2, dtype=np.float64), 1e-12)))
+        r_chi2 = np.where(np.isfinite(r_chi2), r_chi2, np.inf)
+        return {
+            "LOGP": logp,
+            "R_DENSITY": r_density,
+            "R_CHI2": r_chi2,
+            "OUTLIER_SCORE": r_density + r_chi2,
+        }
+
+    def score(self, s: np.ndarray, chi2: np.ndarray) -> np.ndarray:
+        """OUTLIER_SCORE of latents `s` (N, S) with per-pixel χ² `chi2` (N,); larger = odder."""
+        return self.terms(s, chi2)["OUTLIER_SCORE"]
+
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT,
+            "version": 1,
+            "score": SCORE_DEFINITION,
+            "mixture": self.mixture.to_dict(),
+            "logp_max": self.logp_max,
+            "density_scale": vars(self.density_scale),
+            "chi2_scale": vars(self.chi2_scale),
+            "provenance": self.provenance,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> OutlierModel:
+        if d.get("format") != FORMAT:
+            raise DensityError("not a specetl outlier model")
+        return cls(
+            GaussianMixture.from_dict(d["mixture"]),
+            float(d["logp_max"]),
+            RobustScale(**d["density_scale"]),
+            RobustScale(**d["chi2_scale"]),
+            dict(d.get("provenance", {})),
+        )
+
+
+def fit_outlier_model(
+    s_train: np.ndarray, chi2_train: np.ndarray, provenance: dict | None = None, seed: int = 0
+) -> OutlierModel:
+    """Fit the latent density and both robust scales on the train split's latents and χ²."""
+    mixture = fit_mixture(s_train, seed=seed)
+    logp = mixture.log_prob(s_train)
+    logp_max = float(logp.max())
+    log_chi2 = np.log(np.maximum(np.asarray(chi2_train, dtype=np.float64), 1e-12))
+    return OutlierModel(
+        mixture,
+        logp_max,
+        RobustScale.of(density_distance(logp, logp_max)),
+        RobustScale.of(log_chi2),
+        {**(provenance or {}), "n_train": int(len(s_train))},
+    )
+
+
+def save_outlier_model(model: OutlierModel, path: str | Path) -> None:
+    """Write the outlier model as JSON, through a temporary name renamed when complete."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(model.to_dict(), indent=1) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_outlier_model(path: str | Path) -> OutlierModel:
+    """Read an outlier model written by `save_outlier_model`; DensityError names the file."""
+    path = Path(path)
+    try:
+        return OutlierModel.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError, DensityError) as e:
+        raise DensityError(f"cannot read outlier model {path}: {e}") from e
+
+
+def outlier_rank(score: np.ndarray) -> np.ndarray:
+    """Rank of each score, 1 = the largest (most anomalous); ties broken by row order."""
+    order = np.argsort(-np.asarray(score, dtype=np.float64), kind="stable")
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(1, len(order) + 1)
+    return rank
+
+
+def roc_auc(score: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve of `score` separating `positive` (True) from the rest.
+
+    The Mann-Whitney form: the probability that a random positive scores above a random
+    negative, ties counting one half. NaN scores count as the lowest.
+    """
+    score = np.nan_to_num(np.asarray(score, dtype=np.float64), nan=-np.inf)
+    positive = np.asarray(positive, dtype=bool)
+    pos, neg = score[positive], score[~positive]
+    if len(pos) == 0 or len(neg) == 0:
+        raise ValueError("ROC AUC needs at least one positive and one negative")
+    greater = (pos[:, None] > neg[None, :]).sum()
+    ties = (pos[:, None] == neg[None, :]).sum()
+    return float((greater + 0.5 * ties) / (len(pos) * len(neg)))

@@ -1,0 +1,387 @@
+"""A full disk: `fetch --dry-run` measures what is still to download against the free space;
+`fetch` and `build-shards` stop at once on ENOSPC with one line, leave nothing partial, keep the
+ledger / index consistent, record the stop in their report, exit 1, and a rerun completes.
+
+ENOSPC is injected at the write (an `open` whose writes fail like a full device after a byte
+budget; a ShardWriter whose appends fail after some shards) and, where this process may mount
+file systems (root), also met on a real tmpfs that is too small.
+"""
+
+from __future__ import annotations
+
+import builtins
+import csv
+import errno
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from fetch_support import SAMPLE_SDSS, leftovers, sample_rows
+from test_build_shards import layout_sample
+
+from cli import main
+from etl.build import read_index, verify_shards
+from etl.catalog import read_catalog
+from etl.ledger import load_ledger
+from etl.release import spec_lite_relpath
+from etl.shards import ShardWriter
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def legacy_catalog(tmp_path: Path) -> Path:
+    """The sample's run2d-26 rows, all marked science-primary (~100 selected)."""
+    rows = [r for r in sample_rows() if r["RUN2D"] == "26"]
+    for r in rows:
+        r["SCIENCEPRIMARY"] = "1"
+    path = tmp_path / "legacy.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def selected_files(data: Path) -> list[str]:
+    """Relative paths of the files of the objects the fetch selected (its catalog.fits)."""
+    cat = read_catalog(data / "dr16" / "catalog.fits")
+    ids = zip(cat["RUN2D"], cat["PLATE"], cat["MJD"], cat["FIBERID"], strict=True)
+    return sorted(
+        spec_lite_relpath(str(r), int(p), int(m), int(f)).as_posix() for r, p, m, f in ids
+    )
+
+
+class FullDisk:
+    """Writes through the patched `open` succeed until ``budget`` bytes are spent, then fail as a
+    full device does: the write that crosses the budget writes what fits and raises ENOSPC, and
+    every later write raises at once (deleting a file gives nothing back: the disk stays full)."""
+
+    def __init__(self, budget: int):
+        self.left = budget
+        self.refused = 0
+        self.lock = threading.Lock()
+
+    def open(self, file, mode="r", *args, **kwargs):
+        f = builtins.open(file, mode, *args, **kwargs)
+        return _Limited(f, self) if any(c in mode for c in "wax+") else f
+
+
+class _Limited:
+    def __init__(self, f, disk: FullDisk):
+        self._f, self._disk = f, disk
+
+    def write(self, data):
+        disk = self._disk
+        with disk.lock:
+            if len(data) > disk.left:
+                part, disk.left = data[: disk.left], 0
+                disk.refused += 1
+                if part:
+                    self._f.write(part)
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self._f.name))
+            disk.left -= len(data)
+        return self._f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+
+
+def _fetch_args(data: Path, catalog: Path, base_url: str, *extra: str) -> list[str]:
+    return ["fetch", "--data-dir", str(data), "--catalog", str(catalog), "--base-url", base_url,
+            "--connections", "2", *extra]  # fmt: skip
+
+
+def _assert_ledger_consistent(data: Path) -> list[str]:
+    """Every ledgered file is on disk with its recorded size and sha256, and every file under a
+    final name is a whole sample file (verified or not yet ledgered, never partial)."""
+    spectra = data / "dr16" / "spectra"
+    ledger = load_ledger(data / "dr16" / "ledger")
+    on_disk = sorted(p.relative_to(spectra).as_posix() for p in spectra.rglob("spec-*.fits"))
+    for rel in on_disk:
+        assert (spectra / rel).read_bytes() == (SAMPLE_SDSS / rel).read_bytes(), rel
+    for rel in on_disk:
+        if rel in ledger:
+            body = (spectra / rel).read_bytes()
+            assert ledger[rel] == (len(body), hashlib.sha256(body).hexdigest())
+    assert len(ledger) <= len(on_disk)
+    return on_disk
+
+
+# --- fetch --dry-run ----------------------------------------------------------------------------
+
+
+def test_dry_run_measures_bytes_to_download_against_free_space(
+    archive_server, tmp_path, monkeypatch
+):
+    catalog = legacy_catalog(tmp_path)
+    data = tmp_path / "DATA"
+    res = CliRunner().invoke(main, _fetch_args(data, catalog, archive_server.base_url, "--dry-run"))
+    assert res.exit_code == 0, res.output
+    rels = selected_files(data)
+    doc = json.loads((data / "dr16" / "fetch-report.json").read_text())
+    space = doc["disk_space"]
+    truth = sum((SAMPLE_SDSS / rel).stat().st_size for rel in rels)
+    assert doc["to_download"] == len(rels) > 20
+    # 20 of the ~30 files measured (HEAD only, nothing downloaded), scaled to all of them
+    assert space["estimate"]["by_run2d"]["26"] == {
+        "files": len(rels),
+        "sampled": 20,
+        "mean_file_bytes": pytest.approx(truth / len(rels), rel=0.02),
+    }
+    assert space["to_download_bytes_estimate"] == pytest.approx(truth, rel=0.02)
+    assert sum(archive_server.hits.values()) == 20 and sum(archive_server.served.values()) == 0
+    assert not (data / "dr16" / "spectra").exists()
+    assert space["free_bytes"] == pytest.approx(shutil.disk_usage(tmp_path).free, rel=0.05)
+    assert space["fits"] is True and space["warning"] is None
+    assert "dry run: " in res.output and "to download" in res.output
+
+    # the same catalogue against a disk with half the room: a clear warning and exit code 1
+    monkeypatch.setattr("etl.diskspace.free_bytes", lambda path: truth // 2)
+    res = CliRunner().invoke(main, _fetch_args(data, catalog, archive_server.base_url, "--dry-run"))
+    assert res.exit_code == 1
+    (warning,) = [ln for ln in res.output.splitlines() if "WARNING" in ln]
+    assert "will not fit" in warning and f"{len(rels)} file(s)" in warning
+    doc = json.loads((data / "dr16" / "fetch-report.json").read_text())
+    assert doc["disk_space"]["fits"] is False
+
+
+def test_estimate_from_file_urls_and_unmeasured_reductions(tmp_path):
+    """file:// archives are measured with stat; a reduction none of whose sampled files answers
+    takes the mean of the others; nothing measured at all is "unknown", never 0."""
+    from etl.diskspace import SizeSample, space_report
+
+    files = sorted((SAMPLE_SDSS / "26").rglob("spec-*.fits"))[:30]
+    sample = SizeSample(k=10, seed=1)
+    for f in files:
+        sample.add("26", f.resolve().as_uri())
+    sample.add("v5_13_0", (tmp_path / "absent.fits").as_uri())
+    assert sample.counts == {"26": 30, "v5_13_0": 1} and len(sample.urls["26"]) == 10
+    assert len(set(sample.urls["26"])) == 10  # a sample without repeats
+    doc = space_report(sample, tmp_path, session=None, shards_bytes=0)
+    per = doc["estimate"]["by_run2d"]
+    mean_26 = per["26"]["mean_file_bytes"]
+    assert per["v5_13_0"] == {"files": 1, "sampled": 0, "mean_file_bytes": mean_26}
+    truth = sum(f.stat().st_size for f in files)
+    assert doc["to_download_bytes_estimate"] == pytest.approx(truth + mean_26, rel=0.02)
+    assert doc["fits"] is True and doc["warning"] is None
+
+    nothing = SizeSample()
+    nothing.add("26", (tmp_path / "absent.fits").as_uri())
+    doc = space_report(nothing, tmp_path, session=None)
+    assert doc["to_download_bytes_estimate"] is None and doc["fits"] is None
+    assert doc["warning"].startswith("could not measure")
+
+
+# --- fetch: injected ENOSPC ---------------------------------------------------------------------
+
+
+def test_fetch_stops_once_on_a_full_disk_and_the_rerun_completes(
+    archive_server, tmp_path, monkeypatch, caplog
+):
+    catalog = legacy_catalog(tmp_path)
+    data = tmp_path / "DATA"
+    disk = FullDisk(budget=5 * 175_000)  # about five spec-lite files
+    monkeypatch.setattr("etl.download.open", disk.open, raising=False)
+    monkeypatch.setattr("etl.ledger.open", disk.open, raising=False)  # the ledger journals
+    with caplog.at_level(logging.INFO):
+        res = CliRunner().invoke(main, _fetch_args(data, catalog, archive_server.base_url))
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    (line,) = [ln for ln in res.output.splitlines() if "disk full" in ln]
+    assert line.startswith("Error: disk full") and "free space and rerun" in line
+    # one stop, not one error per remaining file
+    assert not [r for r in caplog.records if "local I/O error" in r.getMessage()]
+    assert len([r for r in caplog.records if r.levelno >= logging.WARNING]) <= 1
+    rels = selected_files(data)
+    doc = json.loads((data / "dr16" / "fetch-report.json").read_text())
+    assert doc["stopped"].startswith("disk full") and doc["not_attempted"] > 0
+    assert doc["selected"] == len(rels) and doc["failed"] == 0
+    # stopped at once: only the files in flight (2 tasks x 2 connections) were asked for after
+    assert sum(archive_server.served.values()) <= doc["downloaded"] + 4 + 4
+    assert leftovers(data) == []
+    stopped_with = _assert_ledger_consistent(data)
+    assert 1 <= doc["downloaded"] <= len(stopped_with) < len(rels)
+
+    monkeypatch.undo()  # space freed
+    # the dry run now measures only what is missing
+    res = CliRunner().invoke(main, _fetch_args(data, catalog, archive_server.base_url, "--dry-run"))
+    assert res.exit_code == 0, res.output
+    doc = json.loads((data / "dr16" / "fetch-report.json").read_text())
+    ledger = load_ledger(data / "dr16" / "ledger")
+    unverified = [r for r in rels if r not in ledger]  # a file renamed into place as the
+    assert doc["to_download"] == len(unverified)  # journal filled up counts until verified
+    truth = sum((SAMPLE_SDSS / rel).stat().st_size for rel in unverified)
+    assert doc["disk_space"]["to_download_bytes_estimate"] == pytest.approx(truth, rel=0.02)
+    missing = [r for r in rels if r not in stopped_with]
+
+    archive_server.served.clear()
+    res = CliRunner().invoke(main, _fetch_args(data, catalog, archive_server.base_url))
+    assert res.exit_code == 0, res.output
+    doc = json.loads((data / "dr16" / "fetch-report.json").read_text())
+    assert doc["stopped"] is None and doc["failed"] == 0
+    assert doc["downloaded"] + doc["already_present"] == len(rels)
+    assert sum(archive_server.served.values()) == len(missing)  # the rest is not fetched again
+    assert _assert_ledger_consistent(data) == sorted(rels)
+    assert len(load_ledger(data / "dr16" / "ledger")) == len(rels)
+    assert leftovers(data) == []
+
+
+# --- build-shards: injected ENOSPC --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def thread_cluster():
+    """An in-process Dask cluster, so that the patched writer is the one the tasks use."""
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0"
+    ) as cluster:
+        yield cluster.scheduler_address
+
+
+def test_build_stops_once_on_a_full_disk_and_the_rerun_completes(
+    tmp_path, monkeypatch, thread_cluster, caplog
+):
+    layout_sample(tmp_path)
+    shards = tmp_path / "dr16" / "shards"
+    real_append = ShardWriter.append
+    appends = {"n": 0}
+    lock = threading.Lock()
+
+    def append_until_full(self, columns):
+        with lock:
+            appends["n"] += 1
+            full = appends["n"] > 3
+        if full:  # the disk filled up while this block was written
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.tmp))
+        return real_append(self, columns)
+
+    monkeypatch.setattr(ShardWriter, "append", append_until_full)
+    args = ["build-shards", "--data-dir", str(tmp_path), "--shard-size", "16",
+            "--scheduler", thread_cluster]  # fmt: skip
+    with caplog.at_level(logging.INFO):
+        res = CliRunner().invoke(main, args)
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    (line,) = [ln for ln in res.output.splitlines() if "disk full" in ln]
+    assert line.startswith("Error: disk full") and "index.json is unchanged" in line
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    report = json.loads((shards / "build-report.json").read_text())
+    stop = report["stopped"]
+    assert stop["cause"].startswith("disk full") and 1 <= stop["shards_finished"] <= 3
+    assert not (shards / "index.json").exists()  # the first build: no index yet, none half-made
+    assert not [p for p in shards.rglob(".*") if p.name not in (".lock", ".journal.jsonl")]
+    journal = (shards / ".journal.jsonl").read_text().splitlines()
+    assert len(journal) == stop["shards_finished"]  # finished shards are kept for the rerun
+
+    monkeypatch.undo()  # space freed
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    assert f"{stop['shards_finished']} unchanged" in res.output
+    assert verify_shards(shards) == []
+    report = json.loads((shards / "build-report.json").read_text())
+    assert "stopped" not in report
+    listed = {e["path"] for e in read_index(shards)["shards"]}
+    assert {f"{p.parent.name}/{p.name}" for p in shards.glob("*/*")} == listed
+
+
+# --- a real file system that is too small (root only) -------------------------------------------
+
+
+@pytest.fixture
+def tmpfs():
+    """mount(path, size) a real tmpfs; resize(path, size) frees space. Skips cleanly where this
+    process may not mount file systems (not root, a container without the capability)."""
+    mounted: list[Path] = []
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small file system needs root")
+
+    def mount(path: Path, size: str) -> Path:
+        path.mkdir(parents=True, exist_ok=True)
+        r = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+            capture_output=True,
+            text=True,
+        )
+        if r.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+        mounted.append(path)
+        return path
+
+    def resize(path: Path, size: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={size}", str(path)], check=True)
+
+    yield mount, resize
+    for path in reversed(mounted):
+        subprocess.run(["umount", str(path)], check=False)
+
+
+@pytest.mark.slow
+def test_fetch_on_a_real_small_file_system(archive_server, tmp_path, tmpfs):
+    mount, resize = tmpfs
+    catalog = legacy_catalog(tmp_path)
+    data = mount(tmp_path / "DATA", "1200k")
+    res = CliRunner().invoke(main, _fetch_args(data, catalog, archive_server.base_url))
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    rels = selected_files(data)
+    (line,) = [ln for ln in res.output.splitlines() if "disk full" in ln]
+    assert line.startswith("Error: disk full")
+    assert leftovers(data) == []
+    stopped_with = _assert_ledger_consistent(data)
+    assert 0 < len(stopped_with) < len(rels)
+    resize(data, "64m")
+    res = CliRunner().invoke(main, _fetch_args(data, catalog, archive_server.base_url))
+    assert res.exit_code == 0, res.output
+    assert _assert_ledger_consistent(data) == sorted(rels)
+    assert len(load_ledger(data / "dr16" / "ledger")) == len(rels) and leftovers(data) == []
+
+
+@pytest.mark.slow
+def test_build_on_a_real_small_file_system(tmp_path, tmpfs):
+    """Shards on a tmpfs too small for them, written by a worker *process* through h5py."""
+    mount, resize = tmpfs
+    layout_sample(tmp_path)
+    shards = mount(tmp_path / "dr16" / "shards", "700k")
+    args = ["build-shards", "--data-dir", str(tmp_path), "--shard-size", "8", "--workers", "1"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    (line,) = [ln for ln in res.output.splitlines() if "disk full" in ln]
+    assert line.startswith("Error: disk full")
+    assert not (shards / "index.json").exists()
+    assert not [p for p in shards.rglob(".*") if p.name not in (".lock", ".journal.jsonl")]
+    finished = json.loads((shards / "build-report.json").read_text())["stopped"]
+    resize(shards, "64m")
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    assert f"{finished['shards_finished']} unchanged" in res.output
+    assert verify_shards(shards) == []
+    listed = {e["path"] for e in read_index(shards)["shards"]}
+    assert {f"{p.parent.name}/{p.name}" for p in shards.glob("*/*")} == listed
+
+
+def test_disk_full_is_recognised_as_python_and_hdf5_say_it():
+    from etl.diskspace import DiskFull, is_disk_full
+
+    h5_message = (  # the shape of h5py's message when HDF5's write fails (seen on a tmpfs)
+        "Can't decrement id ref count (file write failed: time = …, filename = 'x.h5', "
+        "file descriptor = 3, errno = 28, error message = 'No space left on device', …)"
+    )
+    assert is_disk_full(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "x"))
+    assert is_disk_full(OSError(errno.EDQUOT, os.strerror(errno.EDQUOT), "x"))  # a full quota
+    assert is_disk_full(RuntimeError(h5_message)) and is_disk_full(OSError(h5_message))
+    assert is_disk_full(DiskFull("DATA"))
+    assert not is_disk_full(OSError(errno.EACCES, os.strerror(errno.EACCES), "x"))
+    assert not is_disk_full(ValueError(os.strerror(errno.ENOSPC)))
+    assert str(DiskFull("DATA", "rerun")) == "disk full: no space left on the device of DATA; rerun"
