@@ -628,7 +628,7 @@ def explore_cmd(
     "--epochs",
     type=click.IntRange(min=1),
     default=None,
-    help="Epochs for the fidelity and similarity runs (consistency gets half); default 10 on "
+    help="Epochs for the fidelity and similarity runs (consistency gets half); default 6 on "
     "the SYNTHETIC population, 60 on the real sample.",
 )
 @click.option(

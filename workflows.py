@@ -204,7 +204,7 @@ def evaluate_runs(runs: list[Path], step: Say = log.info, echo: Say = print) -> 
 #: galaxies in the demo's SYNTHETIC population: 15 % of them (>= 300) make the test split
 DEMO_POPULATION_N = 2400
 #: epochs of the demo's fidelity and similarity runs on the population (consistency: half)
-DEMO_POPULATION_EPOCHS = 10
+DEMO_POPULATION_EPOCHS = 6
 BENCHMARKS = Path(__file__).resolve().parent / "benchmarks"
 
 
