@@ -34,59 +34,56 @@ def _release_of(run: str | Path, release: str | None, shards_dir: str | Path | N
     raise ValueError(f"run {run}: cannot tell its release (no shards index); pass --release")
 
 
-def _catalog_rows(path: str | Path) -> dict[tuple[int, int, int], dict]:
-    """Rows of a catalogue (CSV or FITS with specObj column names) by (plate, mjd, fiberid)."""
-    from astropy.table import Table
+def _catalog_rows(path: str | Path, key: Sequence[str]) -> dict[tuple[int, ...], dict]:
+    """Rows of a catalogue (any spelling of etl.catalog's alias table) by the release's key."""
+    from etl.catalog import as_catalog
+    from etl.tables import iter_table_columns
 
-    t = Table.read(path, format="ascii.csv" if str(path).endswith(".csv") else None)
-    names = {n.upper(): n for n in t.colnames}
     out = {}
-    for r in t:
-        key = (int(r[names["PLATE"]]), int(r[names["MJD"]]), int(r[names["FIBERID"]]))
-        out[key] = {k: r[v] for k, v in names.items()}
+    for chunk in iter_table_columns(path, key):
+        cat = as_catalog(chunk, str(path), key)
+        for i in range(len(cat["SPECOBJID"])):
+            row = {name: values[i] for name, values in cat.items()}
+            out[tuple(int(row[k.upper()]) for k in key)] = row
     return out
 
 
-def _spec_header(path: Path) -> dict:
-    """SPECOBJID (exact string), Z, CLASS, RA, DEC from HDU 2 (SPECOBJ) of a spec-lite file."""
-    from astropy.io import fits
+def _spec_header(path: Path, key: Sequence[str]) -> dict:
+    """The catalogue row of a spec-lite file's HDU 2 (SPECOBJ / SPALL), read through the same
+    alias table as every catalogue: SPECOBJID (exact string), the key, Z, CLASS, RA, DEC."""
+    from astropy.table import Table
 
-    with fits.open(path, memmap=False) as hdul:
-        row = hdul[2].data[0]
-        names = set(hdul[2].columns.names)
-        ra = row["RA"] if "RA" in names else row["PLUG_RA"]
-        dec = row["DEC"] if "DEC" in names else row["PLUG_DEC"]
-        return {
-            "SPECOBJID": str(row["SPECOBJID"]).strip(),
-            "Z": float(row["Z"]),
-            "CLASS": str(row["CLASS"]).strip() if "CLASS" in names else "",
-            "RA": float(ra),
-            "DEC": float(dec),
-        }
+    from etl.catalog import as_catalog
+
+    table = Table.read(path, hdu=2, character_as_bytes=False)
+    cat = as_catalog({n: np.asarray(table[n]) for n in table.colnames}, path.name, key)
+    return {name: values[0] for name, values in cat.items()}
 
 
 def preprocess_spectra(
     paths: Sequence[str | Path], release, catalog: str | Path | None = None
 ) -> tuple[list[dict], list[str]]:
-    """Read and preprocess spec-lite files; rows with ids and arrays, and one error line each."""
+    """Read and preprocess spec-lite files; rows with ids and arrays, and one error line each.
+
+    Ids, z and position come from each file's HDU 2, or from `catalog` matched on the
+    release's object key (plate/mjd/fiberid, or field/mjd/catalogid for SDSS-V).
+    """
     from etl.spectrum import Preprocessor, SpectrumRejected, read_spec_lite
 
+    key = list(release.key)
     prep = Preprocessor(release)
-    cat = _catalog_rows(catalog) if catalog else None
+    cat = _catalog_rows(catalog, key) if catalog else None
     rows, errors = [], []
     for p in map(Path, paths):
         try:
-            raw = read_spec_lite(p, with_ids=True)
-            meta = _spec_header(p)
-            key = (raw.plate, raw.mjd, raw.fiberid)
+            raw = read_spec_lite(p, with_ids=False)
+            meta = _spec_header(p, key)
+            ids = tuple(int(meta[k.upper()]) for k in key)
             if cat is not None:
-                if key not in cat:
-                    raise SpectrumRejected(p.name, "not in catalogue", f"{key} not in {catalog}")
-                c = cat[key]
-                meta["Z"] = float(c["Z"])
-                meta["SPECOBJID"] = str(c.get("SPECOBJID", meta["SPECOBJID"])).strip()
-                meta["CLASS"] = str(c.get("CLASS", meta["CLASS"])).strip()
-            pre = prep.preprocess(raw, meta["Z"], p.name)
+                if ids not in cat:
+                    raise SpectrumRejected(p.name, "not in catalogue", f"{ids} not in {catalog}")
+                meta = cat[ids]
+            pre = prep.preprocess(raw, float(meta["Z"]), p.name)
         except (SpectrumRejected, OSError, KeyError, IndexError, ValueError) as e:
             errors.append(f"{p}: {e}")
             log.warning("%s: skipped: %s", p, e)
@@ -96,14 +93,12 @@ def preprocess_spectra(
                 "flux": pre.flux,
                 "ivar": pre.ivar,
                 "z": np.float32(meta["Z"]),
-                "specobjid": meta["SPECOBJID"],
-                "plate": raw.plate,
-                "mjd": raw.mjd,
-                "fiberid": raw.fiberid,
-                "ra": meta["RA"],
-                "dec": meta["DEC"],
+                "specobjid": str(meta["SPECOBJID"]),
+                **dict(zip(key, ids, strict=True)),
+                "ra": float(meta["RA"]),
+                "dec": float(meta["DEC"]),
                 "split": "none",
-                "class": meta["CLASS"],
+                "class": str(meta["CLASS"]),
                 "file": str(p),
             }
         )
@@ -137,7 +132,7 @@ def embed_spectra(
 ) -> tuple[Path, list[str]]:
     """`specetl embed --spectra`: embed and score spec-lite files; returns (FITS path, errors).
 
-    z comes from each file's HDU 2, or from `catalog` (matched on plate, mjd, fiberid). The
+    z comes from each file's HDU 2, or from `catalog` (matched on the release's object key). The
     files go through the same grid/mask/normalise as the shards (the release of the run's
     shards, or `release`), and are scored against the run's outlier model (fitted on the train
     split of the run's shards if the run has none yet).
@@ -161,7 +156,7 @@ def embed_spectra(
         raise EmbedError(f"none of the {len(paths)} spectra could be preprocessed")
     om = ensure_outlier_model(run, shards_dir, model, dev, batch_size)
     table = embed_stream(model, _batches(rows, batch_size), dev)
-    table["_object_key"] = np.array(["plate", "mjd", "fiberid"])
+    table["_object_key"] = np.array(rel.key)
     add_scores(table, om)
     header = provenance_header(run, shards_dir, om, ckpt)
     header.update(SPLIT="none", RELEASE=rel.name, NSKIPPED=len(errors))
