@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 
 import click
 
@@ -53,6 +54,9 @@ def main(verbose: int) -> None:
     _setup_logging(verbose)
 
 
+EXISTING_DIR = click.Path(exists=True, file_okay=False)
+Decorator = Callable[[Callable[..., None]], Callable[..., None]]
+
 # Options shared by the ETL commands (one definition, one help text).
 release_option = click.option(
     "--release",
@@ -72,20 +76,54 @@ device_option = click.option(
 )
 run_shards_option = click.option(
     "--shards",
-    type=click.Path(exists=True, file_okay=False),
+    type=EXISTING_DIR,
     default=None,
     help="Shards folder with index.json (default: the one the run was trained on).",
 )
 
+# Option shapes several commands share, each with its own help text.
+
+
+def data_dir_option(help_text: str) -> Decorator:
+    """--data-dir: a required data root folder (fetch, build-shards)."""
+    return click.option(
+        "--data-dir", required=True, type=click.Path(file_okay=False), help=help_text
+    )
+
+
+def workers_option(help_text: str) -> Decorator:
+    """--workers: local Dask worker processes, at least 1, default chosen by the command."""
+    return click.option("--workers", type=click.IntRange(min=1), default=None, help=help_text)
+
+
+def run_option(help_text: str, required: bool = True) -> Decorator:
+    """--run RUN (an existing run folder) passed as run_dir; None when optional and not given."""
+    default = {} if required else {"default": None}
+    return click.option(
+        "--run", "run_dir", required=required, type=EXISTING_DIR, help=help_text, **default
+    )
+
+
+def out_file_option(help_text: str) -> Decorator:
+    """--out: the required output file (embed, explore)."""
+    return click.option("--out", required=True, type=click.Path(dir_okay=False), help=help_text)
+
+
+def seed_option(help_text: str) -> Decorator:
+    """--seed: an integer seed, default 0."""
+    return click.option("--seed", type=int, default=0, show_default=True, help=help_text)
+
+
+def split_option(choices: list[str], default: str, help_text: str) -> Decorator:
+    """--split: which split of the shards a command reads."""
+    return click.option(
+        "--split", type=click.Choice(choices), default=default, show_default=True, help=help_text
+    )
+
 
 @main.command("fetch")
 @release_option
-@click.option(
-    "--data-dir",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="Data root; files land in DATA/<release>/ (catalog.fits, spectra/, report).",
-)
+@data_dir_option("Data root; files land in DATA/<release>/ (catalog.fits, spectra/, report).")
 @click.option(
     "--catalog",
     "catalog_source",
@@ -106,12 +144,9 @@ run_shards_option = click.option(
     default=None,
     help="Keep only the first N selected objects (by specObjID).",
 )
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Local Dask worker processes, one download task each (default: an "
-    "in-process cluster running 2 tasks in threads: downloads are I/O bound).",
+@workers_option(
+    "Local Dask worker processes, one download task each (default: an "
+    "in-process cluster running 2 tasks in threads: downloads are I/O bound)."
 )
 @click.option(
     "--connections",
@@ -171,24 +206,14 @@ def fetch_cmd(release: str, data_dir: str, **options: object) -> None:
 
 @main.command("build-shards")
 @release_option
-@click.option(
-    "--data-dir",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="Data root: reads DATA/<release>/catalog.fits and spectra/, writes shards/.",
-)
+@data_dir_option("Data root: reads DATA/<release>/catalog.fits and spectra/, writes shards/.")
 @click.option(
     "--shard-size",
     type=click.IntRange(min=1),
     default=None,
     help="Spectra per shard (default: the manifest's, 4096).",
 )
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Local Dask worker processes (default: usable cores).",
-)
+@workers_option("Local Dask worker processes (default: usable cores).")
 @scheduler_option
 @click.option(
     "--compression",
@@ -241,7 +266,7 @@ def build_shards_cmd(release: str, data_dir: str, **options: object) -> None:
 @click.option(
     "--shards",
     required=True,
-    type=click.Path(exists=True, file_okay=False),
+    type=EXISTING_DIR,
     help="Shards folder with index.json (e.g. DATA/dr16/shards).",
 )
 @click.option(
@@ -284,7 +309,7 @@ def build_shards_cmd(release: str, data_dir: str, **options: object) -> None:
 )
 @click.option(
     "--init",
-    type=click.Path(exists=True, file_okay=False),
+    type=EXISTING_DIR,
     default=None,
     help="Start from the best model of this run (same preset), e.g. a similarity run.",
 )
@@ -304,13 +329,7 @@ def build_shards_cmd(release: str, data_dir: str, **options: object) -> None:
     show_default=True,
     help="DataLoader worker processes reading shards (0: the training process).",
 )
-@click.option(
-    "--seed",
-    type=int,
-    default=0,
-    show_default=True,
-    help="Seeds initialisation, data order, dropout and augmentation.",
-)
+@seed_option("Seeds initialisation, data order, dropout and augmentation.")
 @click.option(
     "--checkpoint-every",
     type=int,
@@ -344,17 +363,11 @@ def train_cmd(skip_verify: bool, **options: object) -> None:
 
 
 @main.command("evaluate")
-@click.option(
-    "--run",
-    "run_dir",
-    type=click.Path(exists=True, file_okay=False),
-    default=None,
-    help="Run folder to evaluate (its best.pt, else last.pt), e.g. runs/con.",
-)
+@run_option("Run folder to evaluate (its best.pt, else last.pt), e.g. runs/con.", required=False)
 @click.option(
     "--compare",
     multiple=True,
-    type=click.Path(exists=True, file_okay=False),
+    type=EXISTING_DIR,
     help="Evaluate several runs and print one table row per run: "
     "--compare runs/fid runs/sim runs/con (the runs may follow one --compare).",
 )
@@ -362,15 +375,9 @@ def train_cmd(skip_verify: bool, **options: object) -> None:
     "more_runs",
     nargs=-1,
     metavar="[RUN_B RUN_C ...]",
-    type=click.Path(exists=True, file_okay=False),
+    type=EXISTING_DIR,
 )
-@click.option(
-    "--split",
-    type=click.Choice(["train", "valid", "test"]),
-    default="test",
-    show_default=True,
-    help="Which split of the shards to evaluate on.",
-)
+@split_option(["train", "valid", "test"], "test", "Which split of the shards to evaluate on.")
 @click.option(
     "--out",
     "out_dir",
@@ -380,13 +387,7 @@ def train_cmd(skip_verify: bool, **options: object) -> None:
     "with --compare always each RUN/eval-<split>/).",
 )
 @run_shards_option
-@click.option(
-    "--seed",
-    type=int,
-    default=0,
-    show_default=True,
-    help="Seeds the augmentation redshifts z_aug ~ U[0, 0.5] of mean |s - s_aug| and L_c.",
-)
+@seed_option("Seeds the augmentation redshifts z_aug ~ U[0, 0.5] of mean |s - s_aug| and L_c.")
 @device_option
 def evaluate_cmd(
     run_dir: str | None,
@@ -447,27 +448,10 @@ def evaluate_cmd(
 
 
 @main.command("embed")
-@click.option(
-    "--run",
-    "run_dir",
-    required=True,
-    type=click.Path(exists=True, file_okay=False),
-    help="Trained run folder (its best.pt, else last.pt).",
-)
-@click.option(
-    "--out",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="FITS table to write (one row per object); replaced atomically.",
-)
+@run_option("Trained run folder (its best.pt, else last.pt).")
+@out_file_option("FITS table to write (one row per object); replaced atomically.")
 @run_shards_option
-@click.option(
-    "--split",
-    type=click.Choice(["train", "valid", "test", "all"]),
-    default="all",
-    show_default=True,
-    help="Which split of the shards to embed.",
-)
+@split_option(["train", "valid", "test", "all"], "all", "Which split of the shards to embed.")
 @click.option(
     "--spectra",
     "spectra_mode",
@@ -558,14 +542,8 @@ def embed_cmd(
     type=click.Path(exists=True, dir_okay=False),
     help="FITS table written by `specetl embed`.",
 )
-@click.option(
-    "--run",
-    "run_dir",
-    required=True,
-    type=click.Path(exists=True, file_okay=False),
-    help="The run that made the embedding (draws the reconstructions).",
-)
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="HTML file to write.")
+@run_option("The run that made the embedding (draws the reconstructions).")
+@out_file_option("HTML file to write.")
 @click.option(
     "--top", type=click.IntRange(min=1), default=50, show_default=True, help="Top outliers listed."
 )
@@ -639,12 +617,7 @@ def explore_cmd(
     help="Train and evaluate on a SYNTHETIC galaxy population of N galaxies (bagpipes, real "
     "SDSS noise; needs the population extra); 0: on the bundled real galaxies only.",
 )
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Local Dask worker processes for fetch and build-shards (default: cores).",
-)
+@workers_option("Local Dask worker processes for fetch and build-shards (default: cores).")
 def demo_cmd(
     out_dir: str, release: str, epochs: int | None, population: int, workers: int | None
 ) -> None:
