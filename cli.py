@@ -55,6 +55,7 @@ def main(verbose: int) -> None:
 
 
 EXISTING_DIR = click.Path(exists=True, file_okay=False)
+EXISTING_FILE = click.Path(exists=True, dir_okay=False)
 Decorator = Callable[[Callable[..., None]], Callable[..., None]]
 
 # Options shared by the ETL commands (one definition, one help text).
@@ -91,9 +92,12 @@ def data_dir_option(help_text: str) -> Decorator:
     )
 
 
-def workers_option(help_text: str) -> Decorator:
-    """--workers: local Dask worker processes, at least 1, default chosen by the command."""
-    return click.option("--workers", type=click.IntRange(min=1), default=None, help=help_text)
+def count_option(name: str, minimum: int, default: int | None, help_text: str) -> Decorator:
+    """An integer option of at least `minimum`; its default shown unless the command picks it."""
+    shown = {} if default is None else {"show_default": True}
+    return click.option(
+        name, type=click.IntRange(min=minimum), default=default, help=help_text, **shown
+    )
 
 
 def run_option(help_text: str, required: bool = True) -> Decorator:
@@ -138,22 +142,16 @@ def split_option(choices: list[str], default: str, help_text: str) -> Decorator:
     default=None,
     help="Replaces https://data.sdss.org/sas in every URL (a mirror, http(s):// or file://).",
 )
-@click.option(
-    "--limit",
-    type=click.IntRange(min=0),
-    default=None,
-    help="Keep only the first N selected objects (by specObjID).",
-)
-@workers_option(
+@count_option("--limit", 0, None, "Keep only the first N selected objects (by specObjID).")
+@count_option(
+    "--workers",
+    1,
+    None,
     "Local Dask worker processes, one download task each (default: an "
-    "in-process cluster running 2 tasks in threads: downloads are I/O bound)."
+    "in-process cluster running 2 tasks in threads: downloads are I/O bound).",
 )
-@click.option(
-    "--connections",
-    type=click.IntRange(min=1),
-    default=8,
-    show_default=True,
-    help="Concurrent HTTP connections per download task (SDSS asks for few).",
+@count_option(
+    "--connections", 1, 8, "Concurrent HTTP connections per download task (SDSS asks for few)."
 )
 @scheduler_option
 @click.option(
@@ -207,13 +205,8 @@ def fetch_cmd(release: str, data_dir: str, **options: object) -> None:
 @main.command("build-shards")
 @release_option
 @data_dir_option("Data root: reads DATA/<release>/catalog.fits and spectra/, writes shards/.")
-@click.option(
-    "--shard-size",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Spectra per shard (default: the manifest's, 4096).",
-)
-@workers_option("Local Dask worker processes (default: usable cores).")
+@count_option("--shard-size", 1, None, "Spectra per shard (default: the manifest's, 4096).")
+@count_option("--workers", 1, None, "Local Dask worker processes (default: usable cores).")
 @scheduler_option
 @click.option(
     "--compression",
@@ -462,7 +455,7 @@ def evaluate_cmd(
 @click.argument("paths", nargs=-1, metavar="[PATH ...]", type=click.Path(exists=True))
 @click.option(
     "--catalog",
-    type=click.Path(exists=True, dir_okay=False),
+    type=EXISTING_FILE,
     default=None,
     help="With --spectra: CSV/FITS with PLATE, MJD, FIBERID, Z (and SPECOBJID, CLASS) whose Z "
     "replaces each file's HDU 2 redshift.",
@@ -472,12 +465,11 @@ def evaluate_cmd(
     default=None,
     help="With --spectra: release whose preprocessing to apply (default: that of the run's shards).",
 )
-@click.option(
+@count_option(
     "--batch-size",
-    type=click.IntRange(min=1),
-    default=256,
-    show_default=True,
-    help="Spectra per forward pass (memory: ~120 kB of spectra per row, plus the model's).",
+    1,
+    256,
+    "Spectra per forward pass (memory: ~120 kB of spectra per row, plus the model's).",
 )
 @device_option
 def embed_cmd(
@@ -539,27 +531,23 @@ def embed_cmd(
 @click.option(
     "--embedding",
     required=True,
-    type=click.Path(exists=True, dir_okay=False),
+    type=EXISTING_FILE,
     help="FITS table written by `specetl embed`.",
 )
 @run_option("The run that made the embedding (draws the reconstructions).")
 @out_file_option("HTML file to write.")
-@click.option(
-    "--top", type=click.IntRange(min=1), default=50, show_default=True, help="Top outliers listed."
-)
-@click.option(
+@count_option("--top", 1, 50, "Top outliers listed.")
+@count_option(
     "--sample",
-    type=click.IntRange(min=0),
-    default=150,
-    show_default=True,
-    help="Other objects whose spectra the page carries (random), besides the top outliers.",
+    0,
+    150,
+    "Other objects whose spectra the page carries (random), besides the top outliers.",
 )
-@click.option(
+@count_option(
     "--max-points",
-    type=click.IntRange(min=1000),
-    default=100_000,
-    show_default=True,
-    help="Points drawn on the map; beyond, a random sample (said on the page).",
+    1000,
+    100_000,
+    "Points drawn on the map; beyond, a random sample (said on the page).",
 )
 @device_option
 def explore_cmd(
@@ -602,22 +590,23 @@ def explore_cmd(
     show_default=True,
     help="Release manifest whose archive layout the loopback server imitates.",
 )
-@click.option(
+@count_option(
     "--epochs",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Epochs for the fidelity and similarity runs (consistency gets half); default 6 on "
+    1,
+    None,
+    "Epochs for the fidelity and similarity runs (consistency gets half); default 6 on "
     "the SYNTHETIC population, 60 on the real sample.",
 )
-@click.option(
+@count_option(
     "--population",
-    type=click.IntRange(min=0),
-    default=2400,
-    show_default=True,
-    help="Train and evaluate on a SYNTHETIC galaxy population of N galaxies (bagpipes, real "
+    0,
+    2400,
+    "Train and evaluate on a SYNTHETIC galaxy population of N galaxies (bagpipes, real "
     "SDSS noise; needs the population extra); 0: on the bundled real galaxies only.",
 )
-@workers_option("Local Dask worker processes for fetch and build-shards (default: cores).")
+@count_option(
+    "--workers", 1, None, "Local Dask worker processes for fetch and build-shards (default: cores)."
+)
 def demo_cmd(
     out_dir: str, release: str, epochs: int | None, population: int, workers: int | None
 ) -> None:
