@@ -119,13 +119,16 @@ def fetch_sample(
     return report
 
 
-def build_demo_shards(rel, data: Path, workers: int | None = None, step: Say = log.info):
-    """Build the fetched spectra into shards (a rerun keeps unchanged shards)."""
+def build_demo_shards(
+    rel, data: Path, workers: int | None = None, step: Say = log.info, what: str = "spectra"
+):
+    """Build the fetched spectra (`what` names them in the step line) into shards; a rerun keeps
+    unchanged shards."""
     from etl.build import build_shards
 
     built = build_shards(rel, data, workers=workers, progress=sys.stderr.isatty())
     step(
-        f"built {built.accepted} spectra into {len(built.shards)} shard(s), "
+        f"built {built.accepted} {what} into {len(built.shards)} shard(s), "
         f"{len(built.rejected)} rejected -> {built.shards_dir}"
     )
     return built
@@ -231,20 +234,13 @@ def build_population_shards(
     rel, out: Path, n: int, seed: int = 0, workers: int | None = None, step: Say = log.info
 ):
     """Generate the SYNTHETIC population into OUT/ (once) and build it into shards."""
-    from etl.build import build_shards
-
     _benchmarks_on_path()
     from population_corpus import make_population
 
     if not (out / rel.name / "catalog.fits").exists():
         step(f"generate a SYNTHETIC population of {n} galaxies (bagpipes, real SDSS noise)")
         make_population(out, n, seed=seed, release=rel.name, processes=workers or os.cpu_count())
-    built = build_shards(rel, out, workers=workers, progress=sys.stderr.isatty())
-    step(
-        f"built {built.accepted} SYNTHETIC spectra into {len(built.shards)} shard(s), "
-        f"{len(built.rejected)} rejected -> {built.shards_dir}"
-    )
-    return built
+    return build_demo_shards(rel, out, workers, step, what="SYNTHETIC spectra")
 
 
 def population_science(
