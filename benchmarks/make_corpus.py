@@ -267,6 +267,19 @@ def _make_plate(args: tuple[Path, int, int, int, str, list[Template] | None]) ->
     return rows
 
 
+def corpus_dirs(
+    out_dir: str | Path, n: int, release: str, banner: str, logger: logging.Logger = log
+) -> tuple[Path, Path]:
+    """Check that ``n`` files fit the SYNTHETIC plate range; return ``(out_dir/<release>,
+    its spectra/)`` after saying, with ``banner``, what is about to be written."""
+    if not 0 < n <= (LAST_PLATE - FIRST_PLATE + 1) * PER_PLATE:
+        raise ValueError(f"n must be in 1..{(LAST_PLATE - FIRST_PLATE + 1) * PER_PLATE}")
+    root = Path(out_dir) / release
+    spectra_dir = root / "spectra"
+    logger.warning("%s: writing %d files to %s", banner, n, spectra_dir)
+    return root, spectra_dir
+
+
 def make_corpus(
     out_dir: str | Path, n: int, seed: int = 0, release: str = "dr16", processes: int = 1
 ) -> Path:
@@ -274,12 +287,8 @@ def make_corpus(
 
     Returns the catalogue path. ``processes`` > 1 writes plates in parallel (same output).
     """
-    if not 0 < n <= (LAST_PLATE - FIRST_PLATE + 1) * PER_PLATE:
-        raise ValueError(f"n must be in 1..{(LAST_PLATE - FIRST_PLATE + 1) * PER_PLATE}")
     t0 = time.perf_counter()
-    root = Path(out_dir) / release
-    spectra_dir = root / "spectra"
-    log.warning("%s: writing %d files to %s", BANNER, n, spectra_dir)
+    root, spectra_dir = corpus_dirs(out_dir, n, release, BANNER)
     templates = load_templates(release)
     jobs = []
     for k, first in enumerate(range(0, n, PER_PLATE)):

@@ -41,7 +41,14 @@ for _p in (HERE.parent, HERE):  # the repository (etl) and benchmarks/ (sibling 
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-from make_corpus import Template, _find_card, _set_card, load_templates, specobjid  # noqa: E402
+from make_corpus import (  # noqa: E402
+    Template,
+    _find_card,
+    _set_card,
+    corpus_dirs,
+    load_templates,
+    specobjid,
+)
 from population import (  # noqa: E402
     DERIVED,
     DLOGLAM,
@@ -260,22 +267,6 @@ def _make_chunk(args: tuple[Path, int, int, int, int, str]) -> dict[str, list]:
     return rows
 
 
-def _add_columns(path: Path, extra: dict[str, np.ndarray]) -> None:
-    """Append columns the catalogue contract does not carry (SYNTHETIC, truths); atomic."""
-    from astropy.table import Table
-
-    table = Table.read(path)
-    for name, values in extra.items():
-        if name not in table.colnames:
-            table[name] = values
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.extra.tmp")
-    try:
-        table.write(tmp, format="fits", overwrite=True)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def make_population(
     out_dir: str | Path,
     n: int,
@@ -289,12 +280,8 @@ def make_population(
     Returns the catalogue path. The files depend on ``seed`` and ``chunk`` (objects per random
     stream), never on ``processes``.
     """
-    if not 0 < n <= (LAST_PLATE - FIRST_PLATE + 1) * PER_PLATE:
-        raise ValueError(f"n must be in 1..{(LAST_PLATE - FIRST_PLATE + 1) * PER_PLATE}")
     t0 = time.perf_counter()
-    root = Path(out_dir) / release
-    spectra_dir = root / "spectra"
-    log.warning("%s: writing %d files to %s", BANNER, n, spectra_dir)
+    root, spectra_dir = corpus_dirs(out_dir, n, release, BANNER, log)
     jobs = []
     for k, plate_first in enumerate(range(0, n, PER_PLATE)):
         in_plate = min(PER_PLATE, n - plate_first)
@@ -314,9 +301,9 @@ def make_population(
     columns["SPECPRIMARY"] = np.ones(n, dtype=np.int16)
     catalog_path = root / "catalog.fits"
     catalog = as_catalog(columns, "synthetic population")
-    write_catalog(catalog, catalog_path)
+    # columns the catalogue contract does not carry (SYNTHETIC, truths) follow its own
     extra = {"SYNTHETIC": np.ones(n, dtype=bool)}
     extra.update({k: columns[k] for k in ("RA", "DEC", "SPECPRIMARY", *TRUE_COLUMNS)})
-    _add_columns(catalog_path, extra)
+    write_catalog({**catalog, **{k: v for k, v in extra.items() if k not in catalog}}, catalog_path)
     log.warning("%s: %d files + %s in %.1f s", BANNER, n, catalog_path, time.perf_counter() - t0)
     return catalog_path
