@@ -143,3 +143,26 @@ def repeat_rows(table: RealTable, copies: int) -> RealTable:
     width = rows["CLASS"].dtype.itemsize
     rows["CLASS"][n:] = b"STAR".ljust(width)
     return RealTable(table.header, rows)
+
+
+def expected_ids(path: Path, cuts) -> list[str]:
+    """The cuts computed straight from a real-row table read by astropy (independent of etl)."""
+    with fits.open(path) as hdul:
+        d = hdul[1].data
+        keep = (
+            (np.char.strip(d["CLASS"].astype(str)) == cuts.class_)
+            & (d["Z"] > cuts.z_min)
+            & (d["Z"] <= cuts.z_max)
+            & (d["Z_ERR"] > cuts.z_err_min)
+            & (d["Z_ERR"] < cuts.z_err_max)
+            & (d["ZWARNING"] == cuts.zwarning)
+        )
+        if cuts.science_primary:
+            keep &= d["SPECPRIMARY"] == 1
+        ids = d["SPECOBJID"][keep]
+        # astropy gives str (22A), uint64 (TZERO) or int64 (signed K: ids >= 2**63 negative)
+        ids = [
+            int(str(v).strip()) % 2**64 if isinstance(v, str) else int(v) % 2**64
+            for v in ids.tolist()
+        ]
+    return [str(v) for v in sorted(set(ids))]

@@ -14,10 +14,9 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
-from astropy.io import fits
 from click.testing import CliRunner
 from fetch_support import SAMPLE_CATALOG, SAMPLE_SDSS, sample_rows
-from real_tables import spall_table, specobj_table
+from real_tables import expected_ids, spall_table, specobj_table
 
 from cli import main
 from etl.catalog import CatalogError
@@ -25,24 +24,6 @@ from etl.fetch import build_catalog
 from etl.mirror import ArchiveMirror
 from etl.release import load_release
 from etl.shards import read_shard
-
-
-def expected_ids(path: Path, cuts) -> list[str]:
-    """The release's cuts applied to a FITS table's real rows with astropy (not etl)."""
-    with fits.open(path) as hdul:
-        d = hdul[1].data
-        keep = (
-            (np.char.strip(d["CLASS"].astype(str)) == cuts.class_)
-            & (d["Z"] > cuts.z_min)
-            & (d["Z"] <= cuts.z_max)
-            & (d["Z_ERR"] > cuts.z_err_min)
-            & (d["Z_ERR"] < cuts.z_err_max)
-            & (d["ZWARNING"] == cuts.zwarning)
-        )
-        if cuts.science_primary:
-            keep &= d["SPECPRIMARY"] == 1
-        ids = {int(str(v).strip()) % 2**64 for v in d["SPECOBJID"][keep].tolist()}
-    return [str(v) for v in sorted(ids)]
 
 
 def shard_ids(shards: Path) -> dict[str, dict]:

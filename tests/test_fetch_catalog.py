@@ -16,6 +16,7 @@ import pytest
 from astropy.io import fits
 from astropy.table import Table
 from fetch_support import FAST, SAMPLE_CATALOG, sample_rows
+from real_tables import expected_ids
 
 from etl.catalog import Selector, read_catalog, select
 from etl.fetch import build_catalog
@@ -238,29 +239,6 @@ def test_sql_error_page_forever_fails_loudly(release, tmp_path, skyserver):
 # --- bulk specObj / spAll made of real rows ------------------------------------------------------
 
 
-def _expected_from(path: Path, cuts) -> list[str]:
-    """The cuts computed straight from a real-row table read by astropy (independent of etl)."""
-    with fits.open(path) as hdul:
-        d = hdul[1].data
-        keep = (
-            (np.char.strip(d["CLASS"].astype(str)) == cuts.class_)
-            & (d["Z"] > cuts.z_min)
-            & (d["Z"] <= cuts.z_max)
-            & (d["Z_ERR"] > cuts.z_err_min)
-            & (d["Z_ERR"] < cuts.z_err_max)
-            & (d["ZWARNING"] == cuts.zwarning)
-        )
-        if cuts.science_primary:
-            keep &= d["SPECPRIMARY"] == 1
-        ids = d["SPECOBJID"][keep]
-        # astropy gives str (22A), uint64 (TZERO) or int64 (signed K: ids >= 2**63 negative)
-        ids = [
-            int(str(v).strip()) % 2**64 if isinstance(v, str) else int(v) % 2**64
-            for v in ids.tolist()
-        ]
-    return [str(v) for v in sorted(set(ids))]
-
-
 def test_real_row_tables_keep_the_archive_formats(tmp_path):
     from real_tables import SAMPLE_SDSS, spall_table, specobj_table
 
@@ -297,7 +275,7 @@ def test_specobj_bulk_download_resumes_and_selects(release, tmp_path):
         )
     assert (data_dir / "dr16" / "specObj-dr16.fits").read_bytes() == src.read_bytes()
     assert not part.exists()
-    expected = _expected_from(src, release.selection)
+    expected = expected_ids(src, release.selection)
     assert len(expected) > 50 and cat["SPECOBJID"].tolist() == expected
     assert summary["steps"][0]["rows"] == 135
     rows = {r["SPECOBJID"]: r for r in sample_rows()}  # RA/DEC there = HDU 2's PLUG_RA/PLUG_DEC
@@ -325,7 +303,7 @@ def test_spall_ids_above_2_63_survive(dr17, tmp_path, signed):
         assert (np.asarray(hdul[1].data["SPECOBJID"]).astype(float) < 0).any() == signed
     release = _qso_release(dr17, tmp_path)
     cat, _ = build_catalog(release, tmp_path / "DATA", str(path))
-    expected = _expected_from(path, release.selection)
+    expected = expected_ids(path, release.selection)
     assert cat["SPECOBJID"].tolist() == expected
     assert any(int(i) > 2**63 for i in expected)
 
@@ -337,7 +315,7 @@ def test_each_real_format_as_a_local_catalog(release, tmp_path, fmt):
     table = specobj_table() if fmt == "specobj" else spall_table(signed_ids=True)
     path = table.write(tmp_path / f"{fmt}.fits")
     cat, _ = build_catalog(release, tmp_path / "DATA", str(path))
-    expected = _expected_from(path, release.selection)
+    expected = expected_ids(path, release.selection)
     assert expected and cat["SPECOBJID"].tolist() == expected
 
 
