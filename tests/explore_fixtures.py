@@ -109,11 +109,18 @@ def trained_galaxy_run(tmp_path_factory) -> tuple[Path, Path, list[Path]]:
     One epoch: enough for the machinery (ids, files, pages), not for the science (see
     test_outliers.py for a model that separates quasars and stars from galaxies).
     """
+    if "run" not in _RUNS:
+        _RUNS["run"] = train_on_galaxies(tmp_path_factory.mktemp("embed"), epochs=1)
+    return _RUNS["run"]
+
+
+def train_on_galaxies(
+    root: Path, epochs: int, lr: float | None = None
+) -> tuple[Path, Path, list[Path]]:
+    """(shards, run, held-out galaxy files): build the real-galaxy shards under `root` and train
+    a small fidelity model on them (cpu-small, batch 8, seed 1; `lr` None: the default)."""
     from model.train import TrainConfig, train
 
-    if "run" in _RUNS:
-        return _RUNS["run"]
-    root = tmp_path_factory.mktemp("embed")
     shards, held_out = build_galaxy_shards(root)
     run = root / "run"
     train(
@@ -122,11 +129,11 @@ def trained_galaxy_run(tmp_path_factory) -> tuple[Path, Path, list[Path]]:
             run=str(run),
             objective="fidelity",
             preset="cpu-small",
-            epochs=1,
+            epochs=epochs,
             batch_size=8,
             seed=1,
             progress=False,
+            **({} if lr is None else {"lr": lr}),
         )
     )
-    _RUNS["run"] = (shards, run, held_out)
-    return _RUNS["run"]
+    return shards, run, held_out

@@ -10,31 +10,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from explore_fixtures import build_galaxy_shards, non_galaxy_paths
+from explore_fixtures import non_galaxy_paths, train_on_galaxies
 
 from after_training import embed_spectra
 from model.density import roc_auc
 from model.embed import read_embedding
-from model.train import TrainConfig, train
 
 
 @pytest.mark.slow
 def test_quasars_and_stars_score_above_held_out_galaxies(tmp_path):
-    shards, held_out = build_galaxy_shards(tmp_path)
-    run = tmp_path / "run"
-    train(
-        TrainConfig(
-            shards=str(shards),
-            run=str(run),
-            objective="fidelity",
-            preset="cpu-small",
-            epochs=6,
-            batch_size=8,
-            lr=3e-3,
-            seed=1,
-            progress=False,
-        )
-    )
+    _, run, held_out = train_on_galaxies(tmp_path, epochs=6, lr=3e-3)
     anomalies = non_galaxy_paths()
     assert len(anomalies) == 35 and len(held_out) >= 40
     out, errors = embed_spectra(run, [*held_out, *anomalies], tmp_path / "c.fits", device="cpu")
