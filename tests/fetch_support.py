@@ -53,3 +53,17 @@ def job_named(jobs: list[Job], name: str) -> Job:
 def leftovers(folder: Path) -> list[Path]:
     """Temporary/partial files left anywhere below ``folder`` (must be none)."""
     return [p for p in folder.rglob("*") if p.is_file() and p.name.endswith((".part", ".tmp"))]
+
+
+def legacy_catalog(tmp_path: Path) -> Path:
+    """The sample's run2d-26 rows, all marked science-primary, as TMP/legacy.csv: a catalogue
+    input for the downloader tests."""
+    rows = [r for r in sample_rows() if r["RUN2D"] == "26"]
+    for r in rows:
+        r["SCIENCEPRIMARY"] = "1"
+    path = tmp_path / "legacy.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path

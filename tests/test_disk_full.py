@@ -10,7 +10,6 @@ file systems (root), also met on a real tmpfs that is too small.
 from __future__ import annotations
 
 import builtins
-import csv
 import errno
 import hashlib
 import json
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from fetch_support import SAMPLE_SDSS, leftovers, sample_rows
+from fetch_support import SAMPLE_SDSS, leftovers, legacy_catalog
 from test_build_shards import layout_sample
 
 from cli import main
@@ -34,19 +33,6 @@ from etl.release import spec_lite_relpath
 from etl.shards import ShardWriter
 
 # --- helpers ------------------------------------------------------------------------------------
-
-
-def legacy_catalog(tmp_path: Path) -> Path:
-    """The sample's run2d-26 rows, all marked science-primary (~100 selected)."""
-    rows = [r for r in sample_rows() if r["RUN2D"] == "26"]
-    for r in rows:
-        r["SCIENCEPRIMARY"] = "1"
-    path = tmp_path / "legacy.csv"
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return path
 
 
 def selected_files(data: Path) -> list[str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from fetch_support import FAST, SAMPLE_SDSS, leftovers, sample_rows
+from fetch_support import FAST, SAMPLE_SDSS, leftovers, legacy_catalog, sample_rows
 
 from cli import main
 from etl.fetch import fetch
@@ -23,19 +23,11 @@ from etl.ledger import load_ledger
 from etl.mirror import ArchiveMirror, Fault, FaultPlan
 
 
-@pytest.fixture
-def legacy_catalog(tmp_path) -> Path:
+@pytest.fixture(name="legacy_catalog")
+def legacy_catalog_fixture(tmp_path) -> Path:
     """The sample's run2d-26 galaxies, all marked science-primary so that ~30 are selected
     (a test input for the downloader; the science-primary cut itself is tested elsewhere)."""
-    rows = [r for r in sample_rows() if r["RUN2D"] == "26"]
-    for r in rows:
-        r["SCIENCEPRIMARY"] = "1"
-    path = tmp_path / "legacy.csv"
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return path
+    return legacy_catalog(tmp_path)
 
 
 @pytest.mark.slow
