@@ -94,9 +94,6 @@ def catalog_columns(key: Sequence[str] = SDSS_KEY) -> dict[str, str]:
     return cols
 
 
-#: The contract for SDSS-I–IV releases (kept for readers that assume that key).
-CATALOG_COLUMNS: Mapping[str, str] = catalog_columns(SDSS_KEY)
-
 
 def source_names(key: Sequence[str] = SDSS_KEY) -> set[str]:
     """Every upper-case source column name worth reading for a release with object key ``key``."""
