@@ -94,7 +94,6 @@ def catalog_columns(key: Sequence[str] = SDSS_KEY) -> dict[str, str]:
     return cols
 
 
-
 def source_names(key: Sequence[str] = SDSS_KEY) -> set[str]:
     """Every upper-case source column name worth reading for a release with object key ``key``."""
     names = {k.upper() for k in key}
