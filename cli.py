@@ -6,31 +6,26 @@ exceptions into a one-line error. The libraries never import click.
 
 from __future__ import annotations
 
-import logging
-import os
 import sys
 import time
-from collections.abc import Callable
 
 import click
 
-log = logging.getLogger("specetl")
-
-
-def _setup_logging(verbose: int) -> None:
-    """INFO by default, DEBUG with -v; chatty libraries (Dask's cluster life cycle) only with -vv."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
-    if verbose < 2:
-        # distributed sets its own levels from dask's config when first imported (here and in
-        # every worker process), so set the config through the environment as well
-        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
-        for name in ("distributed", "tornado", "asyncio", "matplotlib", "PIL", "fsspec"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+from cli_support import (
+    EXISTING_DIR,
+    EXISTING_FILE,
+    count_option,
+    data_dir_option,
+    device_option,
+    out_file_option,
+    release_option,
+    run_option,
+    run_shards_option,
+    scheduler_option,
+    seed_option,
+    setup_logging,
+    split_option,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -51,78 +46,7 @@ def main(verbose: int) -> None:
       specetl explore       an offline HTML page of an embedding: latent map, spectra, outliers
       specetl demo          all of the above on the bundled real sample, offline
     """
-    _setup_logging(verbose)
-
-
-EXISTING_DIR = click.Path(exists=True, file_okay=False)
-EXISTING_FILE = click.Path(exists=True, dir_okay=False)
-Decorator = Callable[[Callable[..., None]], Callable[..., None]]
-
-# Options shared by the ETL commands (one definition, one help text).
-release_option = click.option(
-    "--release",
-    default="dr16",
-    show_default=True,
-    help="Release manifest name (data_manifests/<name>.toml) or path.",
-)
-scheduler_option = click.option(
-    "--scheduler",
-    default=None,
-    help="Address of a running Dask scheduler (tcp://host:8786) instead of a local cluster.",
-)
-
-# Options shared by the model commands.
-device_option = click.option(
-    "--device", default="auto", show_default=True, help="auto (GPU if visible), cpu or cuda[:N]."
-)
-run_shards_option = click.option(
-    "--shards",
-    type=EXISTING_DIR,
-    default=None,
-    help="Shards folder with index.json (default: the one the run was trained on).",
-)
-
-# Option shapes several commands share, each with its own help text.
-
-
-def data_dir_option(help_text: str) -> Decorator:
-    """--data-dir: a required data root folder (fetch, build-shards)."""
-    return click.option(
-        "--data-dir", required=True, type=click.Path(file_okay=False), help=help_text
-    )
-
-
-def count_option(name: str, minimum: int, default: int | None, help_text: str) -> Decorator:
-    """An integer option of at least `minimum`; its default shown unless the command picks it."""
-    shown = {} if default is None else {"show_default": True}
-    return click.option(
-        name, type=click.IntRange(min=minimum), default=default, help=help_text, **shown
-    )
-
-
-def run_option(help_text: str, required: bool = True) -> Decorator:
-    """--run RUN (an existing run folder) passed as run_dir; None when optional and not given."""
-    default = {} if required else {"default": None}
-    return click.option(
-        "--run", "run_dir", required=required, type=EXISTING_DIR, help=help_text, **default
-    )
-
-
-def out_file_option(help_text: str) -> Decorator:
-    """--out: the required output file (embed, explore)."""
-    return click.option("--out", required=True, type=click.Path(dir_okay=False), help=help_text)
-
-
-def seed_option(help_text: str) -> Decorator:
-    """--seed: an integer seed, default 0."""
-    return click.option("--seed", type=int, default=0, show_default=True, help=help_text)
-
-
-def split_option(choices: list[str], default: str, help_text: str) -> Decorator:
-    """--split: which split of the shards a command reads."""
-    return click.option(
-        "--split", type=click.Choice(choices), default=default, show_default=True, help=help_text
-    )
+    setup_logging(verbose)
 
 
 @main.command("fetch")
@@ -181,14 +105,9 @@ def fetch_cmd(release: str, data_dir: str, **options: object) -> None:
         raise click.ClickException(str(err)) from None
     space = report.space or {}
     if report.dry_run:
-        from etl.diskspace import human_bytes
+        from etl.diskspace import dry_run_line
 
-        need = space.get("to_download_bytes_estimate")
-        click.echo(
-            f"dry run: {report.to_download} file(s) to download, "
-            f"~{'?' if need is None else human_bytes(need)}; "
-            f"{human_bytes(space.get('free_bytes', 0))} free in {data_dir}"
-        )
+        click.echo(dry_run_line(report.to_download, space, data_dir))
     if space.get("warning"):
         click.echo(f"fetch --dry-run: WARNING: {space['warning']}", err=True)
     if space.get("fits") is False:
@@ -246,13 +165,7 @@ def build_shards_cmd(release: str, data_dir: str, **options: object) -> None:
         )
     except (ManifestError, CatalogError, BuildError, ShardError, OSError) as err:
         raise click.ClickException(str(err)) from None
-    click.echo(
-        f"{result.accepted} spectra in {len(result.shards)} shard(s) "
-        f"({result.written} written, {result.kept} unchanged), "
-        f"{len(result.rejected)} rejected -> {result.shards_dir}"
-    )
-    for reason, count in result.rejected_by_reason.items():
-        click.echo(f"  rejected, {reason}: {count}")
+    click.echo(result.summary())
 
 
 @main.command("train")
@@ -383,14 +296,7 @@ def train_cmd(skip_verify: bool, **options: object) -> None:
 @seed_option("Seeds the augmentation redshifts z_aug ~ U[0, 0.5] of mean |s - s_aug| and L_c.")
 @device_option
 def evaluate_cmd(
-    run_dir: str | None,
-    compare: tuple[str, ...],
-    more_runs: tuple[str, ...],
-    split: str,
-    out_dir: str | None,
-    shards: str | None,
-    seed: int,
-    device: str,
+    run_dir: str | None, compare: tuple[str, ...], more_runs: tuple[str, ...], **options: object
 ) -> None:
     """Table 1 metrics and Figure 2 of trained runs.
 
@@ -405,31 +311,14 @@ def evaluate_cmd(
       specetl evaluate --run runs/con --split valid --out eval/con-valid --seed 1
       specetl evaluate --compare runs/fid runs/sim runs/con
     """
-    from pathlib import Path
+    from model.evaluate import EvaluateError, evaluate_runs, format_table
 
-    from model.evaluate import EvaluateError, compare_runs, evaluate_run, format_table
-
-    runs = [*compare, *more_runs]
-    if run_dir is not None and runs:
-        raise click.ClickException("give either --run RUN or --compare RUN_A RUN_B ..., not both")
-    if run_dir is None and not runs:
-        raise click.ClickException("give --run RUN or --compare RUN_A RUN_B ...")
-    if more_runs and not compare:
+    if more_runs and not compare and run_dir is None:
         raise click.ClickException(
             f"unexpected argument(s) {' '.join(more_runs)}; did you mean --compare?"
         )
     try:
-        if run_dir is not None:
-            rows = [
-                {
-                    "run": Path(run_dir).name,
-                    **evaluate_run(run_dir, shards, split, out_dir, seed, device=device),
-                }
-            ]
-        else:
-            if out_dir is not None:
-                raise click.ClickException("--out applies to --run only")
-            rows = compare_runs(runs, split, seed, shards, device=device)
+        rows = evaluate_runs(run_dir, [*compare, *more_runs], **options)
     except EvaluateError as e:
         raise click.ClickException(str(e)) from None
     click.echo(format_table(rows))

@@ -99,6 +99,15 @@ class BuildResult:
     def rejected_by_reason(self) -> dict[str, int]:
         return dict(Counter(r["reason"] for r in self.rejected).most_common())
 
+    def summary(self) -> str:
+        """What `specetl build-shards` prints: the counts, then one line per rejection reason."""
+        head = (
+            f"{self.accepted} spectra in {len(self.shards)} shard(s) ({self.written} written, "
+            f"{self.kept} unchanged), {len(self.rejected)} rejected -> {self.shards_dir}"
+        )
+        reasons = [f"  rejected, {r}: {n}" for r, n in self.rejected_by_reason.items()]
+        return "\n".join([head, *reasons])
+
 
 # --- the build ----------------------------------------------------------------------------------
 

@@ -209,3 +209,13 @@ def space_report(
         "estimate": est,
         "warning": warning,
     }
+
+
+def dry_run_line(to_download: int, space: dict, data_dir: str | Path) -> str:
+    """`fetch --dry-run`'s one-line summary of a :func:`space_report`."""
+    need = space.get("to_download_bytes_estimate")
+    return (
+        f"dry run: {to_download} file(s) to download, "
+        f"~{'?' if need is None else human_bytes(need)}; "
+        f"{human_bytes(space.get('free_bytes', 0))} free in {data_dir}"
+    )

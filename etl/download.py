@@ -43,6 +43,7 @@ from typing import NamedTuple
 from etl.atomic import fsync_dir
 from etl.diskspace import DiskFull, is_disk_full
 from etl.ledger import LedgerWriter
+from etl.mirror import FileResponse
 from etl.spectrum import SpectrumRejected, read_spec_lite
 
 log = logging.getLogger(__name__)
@@ -227,32 +228,9 @@ def _fetch_once(session: object, job: Job, dest: Path, cfg: DownloadConfig) -> t
         tmp.unlink(missing_ok=True)
 
 
-class _FileResponse:
-    """Just enough of a ``requests.Response`` for a ``file://`` archive (a local mirror)."""
-
-    def __init__(self, url: str):
-        from urllib.parse import unquote, urlsplit
-
-        self.path = Path(unquote(urlsplit(url).path))
-        self.status_code = 200 if self.path.is_file() else 404
-        size = self.path.stat().st_size if self.status_code == 200 else 0
-        self.headers = {"Content-Length": str(size)}
-
-    def iter_content(self, n: int):
-        with open(self.path, "rb") as f:
-            while data := f.read(n):
-                yield data
-
-    def __enter__(self) -> _FileResponse:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-
 def _get(session: object, url: str, cfg: DownloadConfig):
     if url.startswith("file://"):
-        return _FileResponse(url)
+        return FileResponse(url)
     return session.get(  # type: ignore[attr-defined]
         url, stream=True, timeout=(cfg.connect_timeout, cfg.read_timeout)
     )

@@ -346,6 +346,34 @@ def compare_runs(
     return rows
 
 
+def evaluate_runs(
+    run_dir: str | Path | None,
+    runs: Sequence[str | Path],
+    split: str = "test",
+    out_dir: str | Path | None = None,
+    shards: str | Path | None = None,
+    seed: int = DEFAULT_SEED,
+    device: str = "auto",
+) -> list[dict]:
+    """`specetl evaluate`: one run (`run_dir`, into `out_dir`) or several (`runs`, each into
+    RUN/eval-<split>/, reusing up-to-date results); one Table-1 row per run.
+
+    Raises:
+        EvaluateError: both or neither of `run_dir` and `runs`, `out_dir` with several runs, or
+            anything `evaluate_run` refuses.
+    """
+    if run_dir is not None and runs:
+        raise EvaluateError("give either --run RUN or --compare RUN_A RUN_B ..., not both")
+    if run_dir is None and not runs:
+        raise EvaluateError("give --run RUN or --compare RUN_A RUN_B ...")
+    if run_dir is not None:
+        row = evaluate_run(run_dir, shards, split, out_dir, seed, device=device)
+        return [{"run": Path(run_dir).name, **row}]
+    if out_dir is not None:
+        raise EvaluateError("--out applies to --run only")
+    return compare_runs(runs, split, seed, shards, device=device)
+
+
 def _fmt(v: float | None) -> str:
     if v is None or not np.isfinite(v):
         return "–"

@@ -149,6 +149,22 @@ def test_cli_run_and_compare_print_one_row_per_run(runs, tmp_path):
     assert (fid / "eval-test" / "metrics.json").exists()
 
 
+def test_cli_refuses_ambiguous_run_choices_in_one_line(runs, tmp_path):
+    """--run with --compare, neither, --out with --compare, bare run arguments: each one line."""
+    fid, con = runs
+    cases = {
+        ("--run", str(fid), "--compare", str(con)): "not both",
+        (): "give --run RUN or --compare",
+        ("--compare", str(fid), str(con), "--out", str(tmp_path / "o")): "--out applies to --run",
+        (str(fid), str(con)): "did you mean --compare?",
+    }
+    for argv, message in cases.items():
+        res = CliRunner().invoke(main, ["evaluate", *argv])
+        assert res.exit_code == 1 and res.output.count("\n") == 1, res.output
+        assert message in res.output, res.output
+    assert not (tmp_path / "o").exists()
+
+
 def test_compare_rows_and_table_formatting(runs):
     rows = compare_runs(list(runs), device="cpu")  # reuses or writes RUN/eval-test/
     assert [r["run"] for r in rows] == ["fid", "con"]
