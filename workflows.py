@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -233,14 +234,37 @@ def _benchmarks_on_path() -> None:
 def build_population_shards(
     rel, out: Path, n: int, seed: int = 0, workers: int | None = None, step: Say = log.info
 ):
-    """Generate the SYNTHETIC population into OUT/ (once) and build it into shards."""
+    """Generate the SYNTHETIC population into OUT/ (once), build it into shards, then delete its
+    spec-lite files.
+
+    The files are four fifths of what the demo would leave on disk (~160 kB per galaxy) and
+    nothing after the shards reads them: the shards and catalog.fits (the true parameters) stay,
+    and the files come back byte for byte from the seed. A rerun reuses the shards as they are.
+    """
     _benchmarks_on_path()
     from population_corpus import make_population
 
+    from etl.build import BuildResult
+    from etl.shard_index import read_index
+
+    spectra, shards = out / rel.name / "spectra", out / rel.name / "shards"
+    if (shards / "index.json").exists() and not spectra.exists():
+        index = read_index(shards)
+        accepted = sum(s["rows"] for s in index["shards"])
+        step(f"reuse the {accepted} SYNTHETIC spectra already in {shards}")
+        return BuildResult(shards, index["shards"], kept=len(index["shards"]), accepted=accepted)
     if not (out / rel.name / "catalog.fits").exists():
         step(f"generate a SYNTHETIC population of {n} galaxies (bagpipes, real SDSS noise)")
         make_population(out, n, seed=seed, release=rel.name, processes=workers or os.cpu_count())
-    return build_demo_shards(rel, out, workers, step, what="SYNTHETIC spectra")
+    built = build_demo_shards(rel, out, workers, step, what="SYNTHETIC spectra")
+    size = sum(f.stat().st_size for f in spectra.rglob("*") if f.is_file())
+    shutil.rmtree(spectra)
+    step(
+        f"deleted the population's spec-lite files ({size / 1e6:.0f} MB; the shards hold them; "
+        f"`python benchmarks/make_corpus.py population --n {n} --seed {seed} --data-dir {out}` "
+        "remakes them)"
+    )
+    return built
 
 
 def population_science(

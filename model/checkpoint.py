@@ -5,7 +5,8 @@
             need, nothing more
   last.pt   the latest epoch. While the run is unfinished it also holds TRAINING_STATE (optimizer,
             scheduler, RNG) for `--resume`; after the last epoch nothing is left to resume (the
-            LR schedule has ended), so it is written model-only, like best.pt
+            LR schedule has ended), so it is written model-only, like best.pt, and when the last
+            epoch is also the best it is the same file as best.pt (a hard link)
 
 A model-only checkpoint is a third of a full one (Adam keeps two moments per weight). Version 1
 checkpoints (full state in best.pt too) still load. Checkpoints hold only tensors and plain python
@@ -16,6 +17,7 @@ values, so `torch.load(p, weights_only=True)` reads them. Load models through
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -39,6 +41,19 @@ def save_checkpoint(ckpt: dict, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(ckpt, tmp)
     os.replace(tmp, path)  # a crash mid-write never leaves a truncated checkpoint
+
+
+def link_checkpoint(src: Path, dst: Path) -> None:
+    """Make `dst` the same file as `src`: a hard link (a copy where the file system has none),
+    replacing `dst` atomically. Safe because checkpoints are only ever replaced, never rewritten
+    in place."""
+    tmp = dst.with_suffix(".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:

@@ -30,6 +30,7 @@ from model.checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
     TrainError,
+    link_checkpoint,
     load_checkpoint,
     load_model,
     require_training_state,
@@ -316,12 +317,16 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
                 "best_valid": min(best, valid["total"]),
                 "metrics": metrics,
             }
-            if valid["total"] < best:
+            improved = valid["total"] < best
+            if improved:
                 best = valid["total"]
                 save_checkpoint(slim, run / "best.pt")
             finished = epoch + 1 == cfg.epochs
             last = finished or epoch + 1 == stop_after_epoch
-            if (epoch + 1) % cfg.checkpoint_every == 0 or last:
+            if finished and improved:
+                # the same model-only checkpoint: one file under both names, not two copies
+                link_checkpoint(run / "best.pt", run / "last.pt")
+            elif (epoch + 1) % cfg.checkpoint_every == 0 or last:
                 full = {
                     **slim,
                     "optimizer": opt.state_dict(),

@@ -90,3 +90,13 @@ def test_demo_population_path(tmp_path):
     assert "REAL bundled SDSS galaxies" in text and "| consistency |" in text
     assert (out / "runs" / "latent-maps.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "runs" / "consistency" / "eval-real-test" / "figure2.png").exists()
+    # the population's spec-lite files are gone once sharded (the shards and truths stay) ...
+    assert not (out / "population" / "dr16" / "spectra").exists()
+    assert (out / "population" / "dr16" / "catalog.fits").exists()
+    assert "deleted the population's spec-lite files" in proc.stderr
+    # ... and a rerun reuses those shards instead of rebuilding them from missing files
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1200)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"reuse the {sum(s['rows'] for s in index['shards'])} SYNTHETIC spectra" in again.stderr
+    assert json.loads((out / "population" / "dr16" / "shards" / "index.json").read_text()) == index
+    assert "| consistency |" in again.stdout

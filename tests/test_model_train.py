@@ -72,6 +72,14 @@ def test_resume_2_plus_2_equals_4(shards, tmp_path):
     ]
     # a finished run has nothing left to resume: its last.pt is slim and --resume is a no-op
     assert "optimizer" not in load_checkpoint(full / "last.pt")
+    # ... and, when its last epoch is also its best, the same file as best.pt (no second copy)
+    for run in (full, part):
+        totals = [m["valid_total"] for m in _metrics(run)]
+        last_is_best = min(totals) == totals[-1] and totals.count(min(totals)) == 1
+        assert os.path.samefile(run / "best.pt", run / "last.pt") == last_is_best, totals
+        assert load_checkpoint(run / "best.pt")["epoch"] == (
+            4 if last_is_best else totals.index(min(totals)) + 1
+        )
     before = (full / "metrics.jsonl").read_text()
     assert train(_cfg(shards, full, **kw, resume=True))["epoch"] == 4
     assert (full / "metrics.jsonl").read_text() == before
