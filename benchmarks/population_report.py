@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from consistency_sweep import sweep_table
 from population_science import (
     TARGETS,
     encode_split,
@@ -22,6 +23,7 @@ from population_science import (
     read_truth_catalog,
     real_sample_shards,
     scale_free_shift,
+    similarity_scales,
     truths_for,
 )
 
@@ -57,6 +59,7 @@ def population_report(args, release, shards_dir: Path, runs: Path, rows, table, 
         latents[obj] = per_split
         shift[obj] = scale_free_shift(per_split["test"], by[obj]["latent_shift"])
     r2 = {obj: interpretability(latents[obj], truths) for obj in objectives}
+    scales = {obj: similarity_scales(runs / obj, shards_dir, "test") for obj in objectives}
 
     real_dir = args.work / "real"
     real_shards = real_dir / release.name / "shards"
@@ -97,6 +100,15 @@ def population_report(args, release, shards_dir: Path, runs: Path, rows, table, 
         f"{by['fidelity']['L_sim']:.3f}; floor {sim_floor:.3f}\n"
         f"- median latent distance between different test galaxies: "
         + ", ".join(f"{LABEL[o]} {shift[o]['median_pair_distance']:.3f}" for o in objectives)
+        + "\n- the similarity loss's two sides over the pairs of "
+        f"{scales[objectives[0]]['n']} test spectra, median ½|s_i − s_j|² vs median spectral "
+        "distance D_ij (L_sim reaches its floor only where they agree), and the fraction of "
+        "pairs with |S_ij| < 1: "
+        + ", ".join(
+            f"{LABEL[o]} {scales[o]['median_latent_side']:.3g} vs "
+            f"{scales[o]['median_spectral_side']:.3g} ({scales[o]['matched_fraction']:.0%})"
+            for o in objectives
+        )
     )
     r2_table = _md_table(
         ["parameter", *[LABEL[o] for o in objectives]],
@@ -122,7 +134,13 @@ def population_report(args, release, shards_dir: Path, runs: Path, rows, table, 
         f"{report_s / 60:.1f} min.\n\n"
         f"### Table 1 (test split, {by['consistency']['n']} SYNTHETIC spectra)\n\n{headline}\n\n"
         f"{bars}\n\n{verdict}.\n\nAs printed by `specetl evaluate --compare`:\n\n{table}\n\n"
-        f"### Interpretability: R² of a kNN regression from the 2-D latents (test split)\n\n"
+        + (
+            "### The σ_s sweep, on the validation split (how the consistency run was chosen)\n\n"
+            f"{sweep_table(args.sweep)}\n\n"
+            if args.sweep
+            else ""
+        )
+        + f"### Interpretability: R² of a kNN regression from the 2-D latents (test split)\n\n"
         f"{r2_table}\n\n"
         f"### Sim to real: the same models on the {real['consistency']['n']} real bundled DR16 "
         f"galaxies\n\n{real_table}\n"
@@ -132,7 +150,9 @@ def population_report(args, release, shards_dir: Path, runs: Path, rows, table, 
         "table1": {o: {k: by[o][k] for k in ("L_fid", "L_sim", "L_c", "latent_shift", "n")}
                    for o in objectives},
         "scale_free": shift,
+        "similarity_scales": scales,
         "r2": r2,
+        "sweep_valid": args.sweep,
         "real": {o: {k: real[o][k] for k in ("L_fid", "L_sim", "L_c", "latent_shift", "n")}
                  for o in objectives},
     }  # fmt: skip

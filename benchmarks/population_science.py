@@ -9,7 +9,10 @@ Used by ``benchmarks/table1.py --population``:
   galaxies (a latent space without a fixed scale cannot shrink it by shrinking);
 - :func:`real_sample_shards`: shards of the real bundled DR16 galaxies (all in one split), to
   evaluate the population-trained models on real spectra;
-- :func:`plot_latent_maps`: latents coloured by log sSFR and by z, one column per objective.
+- :func:`plot_latent_maps`: latents coloured by log sSFR and by z, one column per objective;
+- :func:`similarity_scales`: the two sides of the similarity loss's S_ij = ½|s_i − s_j|² − D_ij
+  over pairs of a test batch, i.e. whether the latents are spread at the scale of the spectral
+  distances (L_sim reaches its floor only where they are).
 """
 
 from __future__ import annotations
@@ -200,3 +203,32 @@ def plot_latent_maps(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+@torch.no_grad()
+def similarity_scales(run: str | Path, shards_dir: str | Path, split: str, n: int = 256) -> dict:
+    """Medians over the pairs i < j of the first ``n`` rows of ``split`` of the latent side
+    ½|s_i − s_j|² and the spectral side D_ij (weighted restframe distance per pixel, as in
+    `model.losses.similarity_loss`), and the fraction of pairs with |S_ij| < 1, where the pair
+    loss at k0 = 2.5, k1 = 1 is within 0.06 of its minimum."""
+    from model.losses import _pairwise_weighted_sqdist, restframe_weights
+
+    model, _ = load_model(run, device="cpu")
+    model.eval()
+    shard = list_shards(shards_dir, split, verify=False)[0]
+    with h5py.File(shard.path, "r") as f:
+        x = torch.from_numpy(f["flux"][:n])
+        w = torch.from_numpy(f["ivar"][:n])
+        z = torch.from_numpy(f["z"][:n].astype(np.float32))
+    s, x_rest, _ = model(x, w, z)
+    w_rest = restframe_weights(w, z, model.wave_obs, model.wave_rest)
+    latent = 0.5 * torch.cdist(s.double(), s.double()) ** 2
+    spectral = _pairwise_weighted_sqdist(x_rest.float(), w_rest.float()) / x_rest.shape[1]
+    iu = torch.triu_indices(len(s), len(s), offset=1)
+    a, b = latent[iu[0], iu[1]].numpy(), spectral[iu[0], iu[1]].double().numpy()
+    return {
+        "median_latent_side": float(np.median(a)),
+        "median_spectral_side": float(np.median(b)),
+        "matched_fraction": float(np.mean(np.abs(a - b) < 1.0)),
+        "n": int(len(s)),
+    }

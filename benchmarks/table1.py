@@ -51,8 +51,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from make_corpus import make_corpus  # noqa: E402
 
-from etl.build import build_shards  # noqa: E402
+from etl.build import BuildResult, build_shards  # noqa: E402
 from etl.release import load_release  # noqa: E402
+from etl.shard_index import read_index  # noqa: E402
 from model.evaluate import compare_runs, format_table  # noqa: E402
 from model.train import TrainConfig, train  # noqa: E402
 
@@ -104,6 +105,25 @@ def main() -> None:
         action="store_true",
         help="train fidelity and similarity at the same time (two single-thread processes)",
     )
+    ap.add_argument(
+        "--sigma-s",
+        default="0.1",
+        help="σ_s of the consistency loss; a comma-separated list trains one consistency run "
+        "per value and reports the one chosen on the VALIDATION split (see "
+        "benchmarks/consistency_sweep.py)",
+    )
+    ap.add_argument(
+        "--reuse-shards",
+        action="store_true",
+        help="use DATA/<release>/shards as they are instead of (re)building them",
+    )
+    ap.add_argument(
+        "--sigma-s-start",
+        type=float,
+        default=None,
+        help="anneal σ_s geometrically from this value to each --sigma-s over the consistency "
+        "run (default: constant σ_s)",
+    )
     args = ap.parse_args()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"
@@ -123,7 +143,15 @@ def main() -> None:
         else:
             make_corpus(data, args.n, seed=args.seed, release=release.name, processes=2)
     args.corpus_s = time.perf_counter() - t_corpus  # ~0 when the corpus was already there
-    built = build_shards(release, data, progress=False)
+    shards_dir = data / release.name / "shards"
+    if args.reuse_shards and (shards_dir / "index.json").exists():
+        # e.g. shards made by an older specetl whose runs are being reported: rebuilding would
+        # re-split them under the current split scheme and mix the runs' train and test rows
+        index = read_index(shards_dir)
+        built = BuildResult(shards_dir, index["shards"])
+        log.info("reusing %s as it is (shard format v%s)", shards_dir, index["format_version"])
+    else:
+        built = build_shards(release, data, progress=False)
     counts = {
         split: sum(s["rows"] for s in built.shards if s["split"] == split)
         for split in ("train", "valid", "test")
@@ -131,6 +159,7 @@ def main() -> None:
     log.info("shards: %s", counts)
 
     con_epochs = args.consistency_epochs or max(1, args.epochs // 2)
+    sigmas = [float(v) for v in args.sigma_s.split(",")]
     plan = [
         ("fidelity", args.epochs, None, 1e-3),
         ("similarity", args.epochs, None, 1e-3),
@@ -148,6 +177,12 @@ def main() -> None:
             init=str(init) if init else None,
             seed=args.seed,
             progress=False,
+            # σ_s only acts on the consistency run; a sweep replaces it per run
+            **(
+                {"sigma_s": sigmas[0], "sigma_s_start": args.sigma_s_start}
+                if objective == "consistency"
+                else {}
+            ),
         )
         for objective, epochs, init, lr in plan
     }
@@ -158,6 +193,15 @@ def main() -> None:
         ctx = multiprocessing.get_context("spawn")
         with ctx.Pool(2) as pool:
             pool.map(_train_single_thread, [configs[o] for o in todo])
+    args.sweep = None
+    if len(sigmas) > 1:
+        from consistency_sweep import choose_on_validation, link_chosen, train_sweep
+
+        sweep = train_sweep(configs["consistency"], sigmas, runs, args.parallel)
+        chosen, args.sweep = choose_on_validation(
+            sweep, sigmas, runs / "fidelity", built.shards_dir
+        )
+        link_chosen(runs, chosen)
     wall = {}
     for objective, *_ in plan:
         run = runs / objective
@@ -167,6 +211,12 @@ def main() -> None:
         # training time from the run's own log, so a rerun that reuses the runs reports it too
         metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         wall[objective] = sum(m["epoch_s"] for m in metrics) or (time.perf_counter() - t0)
+    if args.sweep:  # every sweep run counts, not only the chosen one
+        wall["consistency"] = sum(
+            json.loads(line)["epoch_s"]
+            for r in args.sweep
+            for line in (runs / r["run"] / "metrics.jsonl").read_text().splitlines()
+        )
     train_wall = time.perf_counter() - t_train  # ~0 when every run was already there
     rows = compare_runs([runs / p[0] for p in plan], split="test")
     table = format_table(rows, blank_untrained=True)
@@ -192,9 +242,22 @@ def main() -> None:
         f"{args.epochs}/{args.epochs}/{con_epochs} (peak LR 1e-3/1e-3/{args.consistency_lr:g}, "
         f"batch {args.batch_size or 'preset'}); training wall time "
         + ", ".join(f"{k} {v / 60:.1f} min" for k, v in wall.items())
-        + f"; {total / 60:.1f} min of training in all on this machine (2 shared cores)"
+        + f"; {total / 60:.1f} min of training in all on this machine (2 cores)"
         + (f", {train_wall / 60:.1f} min wall-clock" if train_wall > 60 else "")
         + (" (fidelity and similarity side by side, one thread each)" if args.parallel else "")
+        + (
+            f"; consistency σ_s swept over {', '.join(f'{v:g}' for v in sigmas)}"
+            + (
+                f" (annealed geometrically from {args.sigma_s_start:g} over each run)"
+                if args.sigma_s_start
+                else ""
+            )
+            + " (one run each, "
+            f"the consistency time above is all of them), chosen on the validation split: "
+            f"σ_s = {next(r['sigma_s'] for r in args.sweep if r['chosen']):g}"
+            if args.sweep
+            else f"; consistency σ_s = {sigmas[0]:g}"
+        )
     )
     print(table)
     print(setup)

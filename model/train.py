@@ -75,6 +75,10 @@ class TrainConfig:
     k1_max: float = 1.0
     k1_cycles: int = 3
     sigma_s: float = 0.1
+    # None: σ_s constant. Else σ_s falls geometrically from this value to `sigma_s` over the run:
+    # L_c has no gradient where |s − s_aug| >> σ_s (the sigmoid saturates), so a small target
+    # σ_s is only reachable by tightening it while the shifts shrink
+    sigma_s_start: float | None = None
     z_aug_max: float = 0.5
     verify_shards: bool = True
     device: str = "auto"
@@ -101,6 +105,13 @@ def k1_schedule(step: int, total_steps: int, k1_max: float, cycles: int) -> floa
         return k1_max
     period = total_steps / cycles
     return k1_max * min(1.0, ((step % period) + 1) / period)
+
+
+def sigma_s_schedule(step: int, total_steps: int, start: float | None, end: float) -> float:
+    """σ_s at `step`: `end` throughout when `start` is None, else geometric from start to end."""
+    if start is None or total_steps <= 1:
+        return end
+    return start * (end / start) ** min(1.0, step / (total_steps - 1))
 
 
 def _epoch_seed(seed: int, epoch: int, stream: int) -> int:
@@ -250,8 +261,9 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
         for batch in bar:
             batch = to_device(batch, device)
             k1 = k1_schedule(step, total_steps, cfg.k1_max, cfg.k1_cycles)
+            sigma_s = sigma_s_schedule(step, total_steps, cfg.sigma_s_start, cfg.sigma_s)
             parts = step_losses(
-                model, core, batch, terms, cfg.k0, k1, cfg.sigma_s, gen, cfg.z_aug_max, autocast
+                model, core, batch, terms, cfg.k0, k1, sigma_s, gen, cfg.z_aug_max, autocast
             )
             opt.zero_grad(set_to_none=True)
             parts["total"].backward()
@@ -292,6 +304,7 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
                 **{f"valid_{k}": v for k, v in valid.items() if k != "n"},
                 "lr": sched.get_last_lr()[0],
                 "k1": k1,
+                **({"sigma_s": sigma_s} if cfg.sigma_s_start is not None else {}),
                 "spectra_per_s": n / wall,
                 "epoch_s": wall,
             }
@@ -353,6 +366,7 @@ _RESUME_KEYS = (
     "k1_max",
     "k1_cycles",
     "sigma_s",
+    "sigma_s_start",
     "z_aug_max",
     "cache_on_device",
 )

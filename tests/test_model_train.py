@@ -12,7 +12,14 @@ import pytest
 import torch
 from test_model_fixtures import REPO, build_sample_shards
 
-from model.train import TrainConfig, TrainError, load_checkpoint, load_model, train
+from model.train import (
+    TrainConfig,
+    TrainError,
+    load_checkpoint,
+    load_model,
+    sigma_s_schedule,
+    train,
+)
 
 
 @pytest.fixture(scope="module")
@@ -229,3 +236,13 @@ def test_resume_with_more_epochs_says_how_to_train_longer(shards, tmp_path):
     again = CliRunner().invoke(main, [*suggested, *common[1:]])
     assert again.exit_code == 0, again.output
     assert _metrics(tmp_path / "longer")[0]["epoch"] == 1
+
+
+def test_sigma_s_schedule_is_geometric_from_start_to_target():
+    total = 101
+    assert [sigma_s_schedule(k, total, None, 0.1) for k in (0, 50, 100)] == [0.1] * 3
+    sig = [sigma_s_schedule(k, total, 0.1, 0.001) for k in range(total)]
+    assert sig[0] == pytest.approx(0.1) and sig[-1] == pytest.approx(0.001)
+    assert sig[50] == pytest.approx(0.01)  # geometric: halfway in log
+    assert all(a > b for a, b in zip(sig[:-1], sig[1:], strict=True))
+    assert sigma_s_schedule(500, total, 0.1, 0.001) == pytest.approx(0.001)  # clamped after the end
