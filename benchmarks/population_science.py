@@ -29,7 +29,7 @@ import torch
 
 from etl.build import build_shards
 from etl.catalog import as_catalog, selection_masks, write_catalog
-from etl.release import Release, Splits, spec_lite_relpath
+from etl.release import Release, spec_lite_relpath
 from model.data import list_shards
 from model.train import load_model
 
@@ -155,7 +155,7 @@ def real_sample_shards(release: Release, work: str | Path) -> Path:
         shutil.copyfile(ROOT / "sample" / "sdss" / rel, dest)
     write_catalog({k: v[keep] for k, v in cat.items()}, root / "catalog.fits")
     one_split = dataclasses.replace(
-        release, splits=Splits(train=0.0, valid=0.0, test=1.0, salt=release.splits.salt)
+        release, splits=dataclasses.replace(release.splits, train=0.0, valid=0.0, test=1.0)
     )
     return build_shards(one_split, work, workers=1, progress=False).shards_dir
 
