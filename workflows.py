@@ -245,14 +245,12 @@ def build_population_shards(
     from population_corpus import make_population
 
     from etl.build import BuildResult
-    from etl.shard_index import read_index
 
     spectra, shards = out / rel.name / "spectra", out / rel.name / "shards"
     if (shards / "index.json").exists() and not spectra.exists():
-        index = read_index(shards)
-        accepted = sum(s["rows"] for s in index["shards"])
-        step(f"reuse the {accepted} SYNTHETIC spectra already in {shards}")
-        return BuildResult(shards, index["shards"], kept=len(index["shards"]), accepted=accepted)
+        built = BuildResult.from_index(shards)
+        step(f"reuse the {built.accepted} SYNTHETIC spectra already in {shards}")
+        return built
     if not (out / rel.name / "catalog.fits").exists():
         step(f"generate a SYNTHETIC population of {n} galaxies (bagpipes, real SDSS noise)")
         make_population(out, n, seed=seed, release=rel.name, processes=workers or os.cpu_count())

@@ -31,7 +31,9 @@ def sweep_run_name(sigma_s: float) -> str:
     return f"consistency-sigma{sigma_s:g}"
 
 
-def _train_one_thread(cfg: TrainConfig) -> None:
+def train_one_thread(cfg: TrainConfig) -> None:
+    """Train in this process on one thread: independent small CPU runs scale better side by
+    side, one process each, than one after another on all cores (a Pool worker)."""
     import torch
 
     torch.set_num_threads(1)
@@ -41,17 +43,22 @@ def _train_one_thread(cfg: TrainConfig) -> None:
     train(cfg)
 
 
-def train_sweep(base: TrainConfig, sigmas: list[float], runs: Path, parallel: bool) -> list[Path]:
-    """One consistency run per σ_s (skipping runs already trained); returns their folders."""
-    cfgs = [replace(base, sigma_s=s, run=str(runs / sweep_run_name(s))) for s in sigmas]
+def train_runs(cfgs: list[TrainConfig], parallel: bool) -> None:
+    """Train every run not trained yet (no last.pt); with `parallel`, side by side, one
+    single-thread process each (they are independent)."""
     todo = [c for c in cfgs if not (Path(c.run) / "last.pt").exists()]
     if parallel and len(todo) > 1:
-        # independent runs: one single-thread process each (small CPU models scale better so)
         with multiprocessing.get_context("spawn").Pool(len(todo)) as pool:
-            pool.map(_train_one_thread, todo)
+            pool.map(train_one_thread, todo)
     else:
         for cfg in todo:
             train(cfg)
+
+
+def train_sweep(base: TrainConfig, sigmas: list[float], runs: Path, parallel: bool) -> list[Path]:
+    """One consistency run per σ_s (skipping runs already trained); returns their folders."""
+    cfgs = [replace(base, sigma_s=s, run=str(runs / sweep_run_name(s))) for s in sigmas]
+    train_runs(cfgs, parallel)
     return [Path(c.run) for c in cfgs]
 
 

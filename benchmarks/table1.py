@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import multiprocessing
 import shutil
 import sys
 import time
@@ -49,11 +48,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from consistency_sweep import train_runs  # noqa: E402
 from make_corpus import make_corpus  # noqa: E402
 
 from etl.build import BuildResult, build_shards  # noqa: E402
 from etl.release import load_release  # noqa: E402
-from etl.shard_index import read_index  # noqa: E402
 from model.evaluate import compare_runs, format_table  # noqa: E402
 from model.train import TrainConfig, train  # noqa: E402
 
@@ -66,14 +65,11 @@ PAPER = """| objective | L_fid | L_sim | L_c | mean abs(s − s_aug) |
 | + consistency | 0.470 | 0.155 | 0.001 | 0.007 |"""
 
 
-def _train_single_thread(cfg: TrainConfig) -> None:
-    import torch
-
-    torch.set_num_threads(1)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+def _epoch_seconds(run: Path) -> float:
+    """Training time from the run's own log, so a rerun that reuses the run reports it too."""
+    return sum(
+        json.loads(line)["epoch_s"] for line in (run / "metrics.jsonl").read_text().splitlines()
     )
-    train(cfg)
 
 
 def main() -> None:
@@ -147,9 +143,8 @@ def main() -> None:
     if args.reuse_shards and (shards_dir / "index.json").exists():
         # e.g. shards made by an older specetl whose runs are being reported: rebuilding would
         # re-split them under the current split scheme and mix the runs' train and test rows
-        index = read_index(shards_dir)
-        built = BuildResult(shards_dir, index["shards"])
-        log.info("reusing %s as it is (shard format v%s)", shards_dir, index["format_version"])
+        built = BuildResult.from_index(shards_dir)
+        log.info("reusing %s as it is (%d spectra)", shards_dir, built.accepted)
     else:
         built = build_shards(release, data, progress=False)
     counts = {
@@ -186,13 +181,9 @@ def main() -> None:
         )
         for objective, epochs, init, lr in plan
     }
-    todo = [o for o in ("fidelity", "similarity") if not (runs / o / "last.pt").exists()]
     t_train = time.perf_counter()
-    if args.parallel and len(todo) == 2:
-        # fidelity and similarity are independent: one process each, one thread each
-        ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(2) as pool:
-            pool.map(_train_single_thread, [configs[o] for o in todo])
+    # fidelity and similarity are independent: with --parallel, one process each
+    train_runs([configs["fidelity"], configs["similarity"]], args.parallel)
     args.sweep = None
     if len(sigmas) > 1:
         from consistency_sweep import choose_on_validation, link_chosen, train_sweep
@@ -208,15 +199,9 @@ def main() -> None:
         t0 = time.perf_counter()
         if not (run / "last.pt").exists():
             train(configs[objective])
-        # training time from the run's own log, so a rerun that reuses the runs reports it too
-        metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        wall[objective] = sum(m["epoch_s"] for m in metrics) or (time.perf_counter() - t0)
+        wall[objective] = _epoch_seconds(run) or (time.perf_counter() - t0)
     if args.sweep:  # every sweep run counts, not only the chosen one
-        wall["consistency"] = sum(
-            json.loads(line)["epoch_s"]
-            for r in args.sweep
-            for line in (runs / r["run"] / "metrics.jsonl").read_text().splitlines()
-        )
+        wall["consistency"] = sum(_epoch_seconds(runs / r["run"]) for r in args.sweep)
     train_wall = time.perf_counter() - t_train  # ~0 when every run was already there
     rows = compare_runs([runs / p[0] for p in plan], split="test")
     table = format_table(rows, blank_untrained=True)

@@ -95,6 +95,13 @@ class BuildResult:
     #: format version of the shards this build replaced wholesale (None: same format or none)
     replaced_format_version: int | None = None
 
+    @classmethod
+    def from_index(cls, shards_dir: str | Path) -> BuildResult:
+        """The shards already in ``shards_dir`` as they are, every one kept (no build run)."""
+        shards = read_index(shards_dir)["shards"]
+        accepted = sum(s["rows"] for s in shards)
+        return cls(Path(shards_dir), shards, kept=len(shards), accepted=accepted)
+
     @property
     def rejected_by_reason(self) -> dict[str, int]:
         return dict(Counter(r["reason"] for r in self.rejected).most_common())
