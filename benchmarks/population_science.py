@@ -31,6 +31,7 @@ from etl.build import build_shards
 from etl.catalog import as_catalog, selection_masks, write_catalog
 from etl.release import Release, spec_lite_relpath
 from model.data import list_shards
+from model.embed import iter_shard_batches
 from model.train import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,31 +47,24 @@ TARGETS = {
 K_CHOICES = (5, 10, 20, 50, 100)
 
 
-def _as_int_ids(ids: np.ndarray) -> np.ndarray:
-    """specobjid column of a shard (v1: uint64; v2: ASCII bytes) as Python ints."""
-    if ids.dtype.kind in "SU":
-        return np.array([int(v.decode() if isinstance(v, bytes) else v) for v in ids], dtype=object)
-    return np.array([int(v) for v in ids], dtype=object)
-
-
 @torch.no_grad()
 def encode_split(
     run: str | Path, shards_dir: str | Path, split: str, batch: int = 512
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(latents (n, S), specobjids (n,) as ints, z (n,)) of every row of ``split``, in order."""
+    """(latents (n, S), specobjids (n,) as ints, z (n,)) of every row of ``split``, in order.
+
+    Reads the shards as `specetl embed` does (`model.embed.iter_shard_batches`: any shard
+    format), but runs the encoder only: the latents are all the science here needs."""
     model, _ = load_model(run, device="cpu")
     model.eval()
     lat, ids, zs = [], [], []
-    for shard in list_shards(shards_dir, split, verify=False):
-        with h5py.File(shard.path, "r") as f:
-            n = f["flux"].shape[0]
-            ids.append(_as_int_ids(f["specobjid"][:]))
-            zs.append(f["z"][:])
-            for i in range(0, n, batch):
-                flux = torch.from_numpy(f["flux"][i : i + batch])
-                ivar = torch.from_numpy(f["ivar"][i : i + batch])
-                lat.append(model.encoder(flux, ivar).float().numpy())
-    return np.concatenate(lat), np.concatenate(ids), np.concatenate(zs)
+    for rows in iter_shard_batches(shards_dir, [split], batch):
+        ids.append(rows["specobjid"])
+        zs.append(rows["z"])
+        flux, ivar = torch.from_numpy(rows["flux"]), torch.from_numpy(rows["ivar"])
+        lat.append(model.encoder(flux, ivar).float().numpy())
+    as_ints = np.array([int(v) for v in np.concatenate(ids)], dtype=object)
+    return np.concatenate(lat), as_ints, np.concatenate(zs)
 
 
 def truths_for(catalog: Mapping[str, np.ndarray], ids: np.ndarray) -> dict[str, np.ndarray]:
