@@ -23,7 +23,6 @@ import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 
@@ -31,7 +30,7 @@ from etl.build import build_shards
 from etl.catalog import as_catalog, selection_masks, write_catalog
 from etl.release import Release, spec_lite_relpath
 from model.data import list_shards
-from model.embed import iter_shard_batches
+from model.embed import iter_shard_batches, read_rows
 from model.train import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -210,10 +209,8 @@ def similarity_scales(run: str | Path, shards_dir: str | Path, split: str, n: in
     model, _ = load_model(run, device="cpu")
     model.eval()
     shard = list_shards(shards_dir, split, verify=False)[0]
-    with h5py.File(shard.path, "r") as f:
-        x = torch.from_numpy(f["flux"][:n])
-        w = torch.from_numpy(f["ivar"][:n])
-        z = torch.from_numpy(f["z"][:n].astype(np.float32))
+    rows = read_rows(shard.path, 0, min(n, shard.rows))
+    x, w, z = (torch.from_numpy(rows[k]) for k in ("flux", "ivar", "z"))
     s, x_rest, _ = model(x, w, z)
     w_rest = restframe_weights(w, z, model.wave_obs, model.wave_rest)
     latent = 0.5 * torch.cdist(s.double(), s.double()) ** 2
