@@ -190,6 +190,22 @@ def build_shards_cmd(release: str, data_dir: str, **options: object) -> None:
     "consistency: + redshift-augmentation consistency (start it with --init SIM_RUN).",
 )
 @click.option(
+    "--losses",
+    type=click.Choice(["paper-2023", "scale-free"]),
+    default="paper-2023",
+    show_default=True,
+    help="Similarity/consistency equations: paper-2023 (absolute latent distances, sigma_s) or "
+    "scale-free (each side in units of its batch scale; see model/scalefree.py).",
+)
+@click.option(
+    "--sim-form",
+    type=click.Choice(["restframe", "observed"]),
+    default="restframe",
+    show_default=True,
+    help="scale-free similarity: compare decoded restframe spectra, or the observed data "
+    "resampled to the restframe.",
+)
+@click.option(
     "--preset",
     type=click.Choice(["paper", "cpu-small"]),
     default="cpu-small",

@@ -14,8 +14,24 @@ from model.augment import redshift_augment
 from model.autoencoder import SpectrumAutoencoder
 from model.data import Batch, to_device
 from model.losses import consistency_loss, fidelity_loss, restframe_weights, similarity_loss
+from model.scalefree import (
+    SIM_FORMS,
+    chi2_dissimilarity,
+    observed_restframe,
+    scalefree_consistency,
+    scalefree_similarity,
+    window_dissimilarity,
+)
 
 OBJECTIVES = ("fidelity", "similarity", "consistency")
+
+#: The loss families and their similarity settings: the 2023 equations (k0 2.5, k1 annealed to 1,
+#: weight 1) and the scale-free ones (model/scalefree.py; k0 5, k1 annealed to 5, weight 3: the
+#: similarity term must weigh against a fidelity term of order 1 per pixel)
+LOSS_FAMILIES: dict[str, dict[str, float]] = {
+    "paper-2023": {"k0": 2.5, "k1_max": 1.0, "sim_weight": 1.0},
+    "scale-free": {"k0": 5.0, "k1_max": 5.0, "sim_weight": 3.0},
+}
 
 
 def step_losses(
@@ -29,17 +45,29 @@ def step_losses(
     generator: torch.Generator | None = None,
     z_aug_max: float = 0.5,
     autocast: bool = False,
+    losses: str = "paper-2023",
+    sim_form: str = "restframe",
 ) -> dict[str, torch.Tensor]:
     """Loss terms of one batch. `terms` ⊆ {"fidelity", "similarity", "consistency"}.
+
+    `losses` picks the family of the similarity and consistency terms (`LOSS_FAMILIES`): the
+    2023 equations (model/losses.py; `sigma_s` applies) or the scale-free ones
+    (model/scalefree.py; `sim_form` "restframe" or "observed" picks the spectral side).
 
     `model` is what is called (maybe DDP-wrapped or compiled); `core` is the bare
     `SpectrumAutoencoder` (for its grids). With "consistency", the batch and its redshift-
     augmented copy go through ONE forward pass (so DDP sees every parameter used once), and the
     copy's reconstruction is trained too ("fidelity_aug"). Returns a dict with "fidelity"
     (originals only), optionally "similarity", "fidelity_aug", "consistency", "latent_shift"
-    (mean |s − s_aug|, latent units), and "total" (the sum of the loss terms).
+    (mean |s − s_aug|, latent units), and "total" (the sum of the loss terms, similarity weighted
+    by the family's `sim_weight`; the reported "similarity" is unweighted).
     Losses are computed in float32 outside autocast (the Gram matrices need the precision).
     """
+    if losses not in LOSS_FAMILIES:
+        raise ValueError(f"unknown loss family {losses!r}; choose from {tuple(LOSS_FAMILIES)}")
+    if sim_form not in SIM_FORMS:
+        raise ValueError(f"unknown similarity form {sim_form!r}; choose from {SIM_FORMS}")
+    scale_free = losses == "scale-free"
     x, w, z = batch["flux"], batch["ivar"], batch["z"]
     n = x.shape[0]
     if "consistency" in terms:
@@ -52,15 +80,28 @@ def step_losses(
     out = {"fidelity": fidelity_loss(x[:n], x_obs_all[:n], w[:n])}
     s, x_rest = s_all[:n], x_rest_all[:n].float()
     if "similarity" in terms:
-        w_rest = restframe_weights(w[:n], z[:n], core.wave_obs, core.wave_rest)
-        out["similarity"] = similarity_loss(s, x_rest, w_rest, k0, k1)
+        if not scale_free:
+            w_rest = restframe_weights(w[:n], z[:n], core.wave_obs, core.wave_rest)
+            out["similarity"] = similarity_loss(s, x_rest, w_rest, k0, k1)
+        elif sim_form == "restframe":
+            d_spec = window_dissimilarity(x_rest, core.wave_rest)
+            out["similarity"] = scalefree_similarity(s, d_spec, k0, k1)
+        else:
+            xr, wr = observed_restframe(x[:n], w[:n], z[:n], core.wave_obs, core.wave_rest)
+            out["similarity"] = scalefree_similarity(s, chi2_dissimilarity(xr, wr), k0, k1)
     if "consistency" in terms:
         s_aug = s_all[n:]
         out["fidelity_aug"] = fidelity_loss(x[n:], x_obs_all[n:], w[n:])
-        out["consistency"] = consistency_loss(s, s_aug, sigma_s)
+        if scale_free:
+            out["consistency"] = scalefree_consistency(s, s_aug)
+        else:
+            out["consistency"] = consistency_loss(s, s_aug, sigma_s)
         out["latent_shift"] = (s - s_aug).norm(dim=-1).mean().detach()
+    sim_weight = LOSS_FAMILIES[losses]["sim_weight"]
     keys = ("fidelity", "fidelity_aug", "similarity", "consistency")
-    out["total"] = sum(out[t] for t in keys if t in out)
+    out["total"] = sum(
+        out[t] * (sim_weight if t == "similarity" else 1.0) for t in keys if t in out
+    )
     return out
 
 
@@ -82,6 +123,8 @@ def evaluate(
     sigma_s: float = 0.1,
     seed: int = 0,
     z_aug_max: float = 0.5,
+    losses: str = "paper-2023",
+    sim_form: str = "restframe",
 ) -> dict[str, float]:
     """Row-weighted mean of each loss term over `batches` (model in eval mode).
 
@@ -98,7 +141,9 @@ def evaluate(
     for batch in batches:
         batch = to_device(batch, device)
         b = batch["z"].shape[0]
-        parts = step_losses(model, model, batch, terms, k0, k1, sigma_s, gen, z_aug_max)
+        parts = step_losses(
+            model, model, batch, terms, k0, k1, sigma_s, gen, z_aug_max, False, losses, sim_form
+        )
         for k, v in parts.items():
             sums[k] = sums.get(k, 0.0) + float(v) * b
         n += b

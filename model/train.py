@@ -47,7 +47,8 @@ from model.data import (
     read_wave_obs,
     to_device,
 )
-from model.evaluation import OBJECTIVES, evaluate, step_losses, terms_for
+from model.evaluation import LOSS_FAMILIES, OBJECTIVES, evaluate, step_losses, terms_for
+from model.scalefree import SIM_FORMS
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +72,12 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 1
     grad_clip: float = 1.0
-    k0: float = 2.5
-    k1_max: float = 1.0
+    # the family of the similarity and consistency losses (model.evaluation.LOSS_FAMILIES):
+    # "paper-2023" (the paper's equations) or "scale-free" (model/scalefree.py)
+    losses: str = "paper-2023"
+    sim_form: str = "restframe"  # scale-free similarity: decoded "restframe" or "observed" data
+    k0: float | None = None  # None: the family's (2.5 paper-2023, 5 scale-free)
+    k1_max: float | None = None  # None: the family's (1 paper-2023, 5 scale-free)
     k1_cycles: int = 3
     sigma_s: float = 0.1
     # None: σ_s constant. Else σ_s falls geometrically from this value to `sigma_s` over the run:
@@ -89,6 +94,15 @@ class TrainConfig:
             raise TrainError(f"--objective must be one of {OBJECTIVES}, not {self.objective!r}")
         if self.preset not in PRESETS:
             raise TrainError(f"--preset must be one of {sorted(PRESETS)}, not {self.preset!r}")
+        if self.losses not in LOSS_FAMILIES:
+            raise TrainError(f"--losses must be one of {tuple(LOSS_FAMILIES)}, not {self.losses!r}")
+        if self.sim_form not in SIM_FORMS:
+            raise TrainError(f"--sim-form must be one of {SIM_FORMS}, not {self.sim_form!r}")
+        family = LOSS_FAMILIES[self.losses]
+        if self.k0 is None:
+            self.k0 = family["k0"]
+        if self.k1_max is None:
+            self.k1_max = family["k1_max"]
         if self.batch_size is None:
             self.batch_size = PRESET_BATCH[self.preset]
         if self.epochs < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
@@ -263,7 +277,18 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
             k1 = k1_schedule(step, total_steps, cfg.k1_max, cfg.k1_cycles)
             sigma_s = sigma_s_schedule(step, total_steps, cfg.sigma_s_start, cfg.sigma_s)
             parts = step_losses(
-                model, core, batch, terms, cfg.k0, k1, sigma_s, gen, cfg.z_aug_max, autocast
+                model,
+                core,
+                batch,
+                terms,
+                cfg.k0,
+                k1,
+                sigma_s,
+                gen,
+                cfg.z_aug_max,
+                autocast,
+                cfg.losses,
+                cfg.sim_form,
             )
             opt.zero_grad(set_to_none=True)
             parts["total"].backward()
@@ -291,8 +316,19 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
         wall = time.perf_counter() - t0
         if main:
             vbatches = valid_iter if valid_iter is not None else valid_data
+            # similarity at the end of its ramp (k1_max), the sharpness training works towards
             valid = evaluate(
-                core, vbatches, device, terms, cfg.k0, 1.0, cfg.sigma_s, cfg.seed, cfg.z_aug_max
+                core,
+                vbatches,
+                device,
+                terms,
+                cfg.k0,
+                cfg.k1_max,
+                cfg.sigma_s,
+                cfg.seed,
+                cfg.z_aug_max,
+                cfg.losses,
+                cfg.sim_form,
             )
             n = max(float(sums[0]), 1.0)
             metrics = {
@@ -362,6 +398,8 @@ _RESUME_KEYS = (
     "lr",
     "seed",
     "workers",
+    "losses",
+    "sim_form",
     "k0",
     "k1_max",
     "k1_cycles",
@@ -373,7 +411,9 @@ _RESUME_KEYS = (
 
 
 def _check_resume(saved: dict, cfg: TrainConfig) -> None:
-    diff = [k for k in _RESUME_KEYS if saved.get(k) != getattr(cfg, k)]
+    # a checkpoint older than a setting was made with the setting's default
+    defaults = {k: f.default for k, f in TrainConfig.__dataclass_fields__.items()}
+    diff = [k for k in _RESUME_KEYS if saved.get(k, defaults[k]) != getattr(cfg, k)]
     if diff:
         pairs = ", ".join(f"{k}: {saved.get(k)!r} → {getattr(cfg, k)!r}" for k in diff)
         # --resume replays the interrupted run exactly (its LR schedule spans the epochs it was
