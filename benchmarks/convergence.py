@@ -1,0 +1,182 @@
+"""Convergence study on the SYNTHETIC population: curves, the fidelity floor, Table 1 at the end.
+
+Reads finished `specetl train` runs (it trains nothing) and writes, for each run, on the
+validation and test splits: L_fid beside the fidelity floor (L_fid of the true noiseless spectra,
+`etl.fidelity_floor`), the scale-free redshift shift, how much of the second latent dimension the
+latents use (smaller / larger singular value of the centred latents), kNN R² of the true
+parameters, and the similarity loss of the run's own family beside its floor; plus the curves
+(validation L_fid per epoch, against the floor) and the doubling check for pairs of runs that
+differ only in their epochs (`--pair SHORT:LONG`): converged when doubling the epochs improves
+validation L_fid by less than 2%.
+
+    python benchmarks/convergence.py --pop /work/conv/pop --runs R/fid-60 R/sim-2023 ... \
+        --pair R/fid-30:R/fid-60 --docs docs
+
+THE SPECTRA ARE SYNTHETIC (bagpipes galaxies observed with real SDSS noise and masks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+for _p in (HERE.parent, HERE):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+from population_science import (  # noqa: E402
+    encode_split,
+    interpretability,
+    read_truth_catalog,
+    scale_free_shift,
+    truths_for,
+)
+
+from etl.fidelity_floor import fidelity_floor  # noqa: E402
+from etl.release import load_release  # noqa: E402
+from model.evaluate import evaluate_run  # noqa: E402
+
+SPLITS = ("train", "valid", "test")
+R2_SHOWN = ("TRUE_LOG_SSFR", "TRUE_AGE_MW", "TRUE_AV", "TRUE_SIGMA", "TRUE_Z")
+DOUBLING_BAR = 0.02
+
+
+def metrics_of(run: Path) -> list[dict]:
+    return [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if ln]
+
+
+def singular_ratio(latents: np.ndarray) -> float:
+    """Smaller / larger singular value of the centred latents (1: round, 0: a line)."""
+    sv = np.linalg.svd(latents - latents.mean(0), compute_uv=False)
+    return float(sv[-1] / sv[0])
+
+
+def sim_floor(cfg: dict) -> float:
+    """Lowest value of the run's own similarity loss (every pair matched exactly)."""
+    k0 = float(cfg.get("k0", 2.5))
+    return 2 / (1 + math.exp(k0))
+
+
+def measure(run: Path, shards: Path, truth_cat: dict, floors: dict) -> dict:
+    cfg = json.loads((run / "config.json").read_text())["train"]
+    rows = metrics_of(run)
+    best = min(rows, key=lambda r: r["valid_total"])
+    lat, truths = {}, {}
+    for split in SPLITS:
+        s, ids, _ = encode_split(run, shards, split)
+        lat[split], truths[split] = s, truths_for(truth_cat, ids)
+    out = {
+        "run": run.name,
+        "objective": cfg["objective"],
+        "losses": cfg.get("losses", "paper-2023"),
+        "epochs": cfg["epochs"],
+        "best_epoch": best["epoch"],
+        "sim_own": best.get("valid_similarity"),
+        "sim_floor": sim_floor(cfg),
+        "r2": {k: v["r2"] for k, v in interpretability(lat, truths).items()},
+    }
+    for split in ("valid", "test"):
+        m = evaluate_run(run, shards, split=split, out_dir=run / f"eval-{split}", figures=False)
+        sf = scale_free_shift(lat[split], m["latent_shift"])
+        out[split] = {
+            "L_fid": m["L_fid"],
+            "floor": floors[split]["L_fid_truth"],
+            "shift": m["latent_shift"],
+            "scale_free": sf["scale_free_shift"],
+            "sv_ratio": singular_ratio(lat[split]),
+            "n": m["n"],
+        }
+    return out
+
+
+def doubling(short: Path, long: Path) -> dict:
+    a, b = (min(r["valid_fidelity"] for r in metrics_of(p)) for p in (short, long))
+    gain = (a - b) / a
+    return {"short": short.name, "long": long.name, "valid_L_fid": [a, b], "gain": gain}
+
+
+def plot_curves(runs: list[Path], floor: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+    for run in runs:
+        rows = metrics_of(run)
+        ep = [r["epoch"] for r in rows]
+        ax[0].plot(ep, [r["valid_fidelity"] for r in rows], label=run.name)
+        if "valid_latent_shift" in rows[0]:
+            ax[1].plot(ep, [r["valid_latent_shift"] for r in rows], label=run.name)
+    ax[0].axhline(floor, color="k", ls="--", lw=1, label="floor: L_fid of the truth")
+    ax[0].set(xlabel="epoch", ylabel="validation L_fid", yscale="log", title="fidelity")
+    ax[1].set(xlabel="epoch", ylabel="validation mean |s - s_aug|", title="consistency runs")
+    for a in ax:
+        a.legend(fontsize=8)
+    fig.suptitle("Convergence on the SYNTHETIC population (bagpipes + real SDSS noise)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def table(results: list[dict]) -> str:
+    head = (
+        "| run | losses | epochs (best) | L_fid test | ÷ floor | mean abs(s − s_aug) | "
+        "scale-free shift | σ_min/σ_max | L_sim own (floor) | "
+        + " | ".join(f"R² {k[5:]}" for k in R2_SHOWN)
+        + " |"
+    )
+    lines = [head, "|" + "---|" * (9 + len(R2_SHOWN))]
+    for r in results:
+        t = r["test"]
+        sim = f"{r['sim_own']:.3f} ({r['sim_floor']:.3f})" if r["sim_own"] is not None else "–"
+        lines.append(
+            f"| {r['run']} | {r['losses']} | {r['epochs']} ({r['best_epoch']}) | {t['L_fid']:.3f} "
+            f"| {t['L_fid'] / t['floor']:.2f} | {t['shift']:.4f} | {t['scale_free']:.3f} "
+            f"| {t['sv_ratio']:.2f} | {sim} | "
+            + " | ".join(f"{r['r2'][k]:.2f}" for k in R2_SHOWN)
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--pop", type=Path, required=True, help="population DATA folder")
+    ap.add_argument("--runs", type=Path, nargs="+", required=True)
+    ap.add_argument("--pair", action="append", default=[], help="SHORT:LONG run folders")
+    ap.add_argument("--docs", type=Path, default=None)
+    args = ap.parse_args()
+    release = load_release("dr16")
+    shards = args.pop / release.name / "shards"
+    spectra = args.pop / release.name / "spectra"
+    floors = {
+        split: fidelity_floor(sorted((shards / split).glob("shard-*.h5")), spectra, release.grid)
+        for split in ("valid", "test")
+    }
+    truth_cat = read_truth_catalog(args.pop / release.name / "catalog.fits")
+    results = [measure(run, shards, truth_cat, floors) for run in args.runs]
+    pairs = [doubling(*(Path(p) for p in spec.split(":"))) for spec in args.pair]
+    text = table(results)
+    print(f"floors: {json.dumps(floors)}")
+    print(text)
+    for p in pairs:
+        verdict = "converged" if p["gain"] < DOUBLING_BAR else "NOT converged"
+        print(f"doubling {p['short']} -> {p['long']}: valid L_fid gain {p['gain']:.1%} ({verdict})")
+    if args.docs:
+        args.docs.mkdir(parents=True, exist_ok=True)
+        plot_curves(args.runs, floors["valid"]["L_fid_truth"], args.docs / "convergence.png")
+        (args.docs / "convergence.json").write_text(
+            json.dumps({"floors": floors, "runs": results, "pairs": pairs}, indent=1) + "\n"
+        )
+        print(f"wrote {args.docs / 'convergence.png'} and convergence.json")
+
+
+if __name__ == "__main__":
+    main()
