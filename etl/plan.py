@@ -29,8 +29,8 @@ import numpy as np
 from etl.catalog import id_sort_key
 from etl.release import ObjectLayout, Release
 from etl.shard_index import INDEX_FORMAT_VERSION
-from etl.shards import SPLITS
 from etl.splits import split_of, valid_position
+from shardio import SPLITS
 
 
 def _task_columns(release: Release) -> tuple[str, ...]:

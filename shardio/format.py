@@ -1,8 +1,10 @@
-"""Shard files: write and read one HDF5 shard.
+"""The shard format: write and read HDF5 shards and their index (the one owner of the format).
 
-The format is documented in ``docs/shard-format.md``; the model's loader depends on it and
-nothing else. Every write goes to a temporary name in the same folder and is renamed when the
-file is complete and flushed, so a crash never leaves a half-written shard under a final name.
+The format is documented in ``docs/shard-format.md``. Both ``etl`` (the writer: build-shards)
+and ``model`` (the readers: training, evaluate, embed) use this module, which imports neither
+of them: numpy and h5py only. Every write goes to a temporary name in the same folder and is
+renamed when the file is complete and flushed, so a crash never leaves a half-written shard
+under a final name.
 """
 
 from __future__ import annotations
@@ -11,12 +13,11 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
-
-from etl.release import Release
 
 FORMAT = "specetl-shard"
 #: 2: exact string ids, the release's object key, per-row ``ra``/``dec``, and the split keyed
@@ -55,7 +56,9 @@ def object_key(attrs: Mapping[str, object]) -> tuple[str, ...]:
     raw = attrs.get("object_key")
     if raw is None:
         return ("plate", "mjd", "fiberid")
-    return tuple(json.loads(raw.decode() if isinstance(raw, bytes) else str(raw)))
+    if isinstance(raw, bytes):
+        raw = raw.decode()
+    return tuple(json.loads(raw)) if isinstance(raw, str) else tuple(str(k) for k in raw)
 
 
 def row_datasets(attrs: Mapping[str, object]) -> dict[str, str]:
@@ -66,31 +69,8 @@ def row_datasets(attrs: Mapping[str, object]) -> dict[str, str]:
 
 
 class ShardError(ValueError):
-    """A shard file is missing, unreadable or does not match its index entry."""
-
-
-def shard_attrs(release: Release, split: str) -> dict[str, object]:
-    """File attributes of a shard of ``release`` (provenance and preprocessing settings)."""
-    from etl import __version__
-
-    g, t, n = release.grid, release.telluric, release.normalisation
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "release": release.name,
-        "split": split,
-        "loglam0": g.loglam0,
-        "dloglam": g.dloglam,
-        "npix": g.npix,
-        "object_key": json.dumps(list(release.key)),
-        "telluric_top_n": t.top_n,
-        "telluric_half_width": t.half_width,
-        "telluric_line_list": t.line_list.name,
-        "norm_restframe_min": n.restframe_min,
-        "norm_restframe_max": n.restframe_max,
-        "specetl_version": __version__,
-        "manifest_sha256": release.manifest_sha256,
-    }
+    """A shard file or index is missing, unreadable or does not match its index entry; the
+    message names the file."""
 
 
 def write_shard(
@@ -135,7 +115,8 @@ def read_shard(path: str | Path, rows: slice | None = None) -> dict[str, np.ndar
     return out
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    """sha256 of a file's bytes (hex), read in blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
@@ -232,3 +213,97 @@ class ShardWriter:
             pass  # closing after a failed write (a full disk) can fail again; the file goes anyway
         finally:
             self.tmp.unlink(missing_ok=True)
+
+
+# --- reading: the index and rows of a shards folder --------------------------------------------
+
+#: the object key of v1 shards (before the key was a file attribute)
+V1_OBJECT_KEY = ("plate", "mjd", "fiberid")
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    path: Path
+    rows: int
+
+
+def index_path(shards_dir: str | Path) -> Path:
+    return Path(shards_dir) / "index.json"
+
+
+def index_sha256(shards_dir: str | Path) -> str:
+    """sha256 of index.json's bytes: fingerprints exactly which shards a run was trained on."""
+    return hashlib.sha256(index_path(shards_dir).read_bytes()).hexdigest()
+
+
+def list_shards(shards_dir: str | Path, split: str, verify: bool = True) -> list[ShardInfo]:
+    """The shards of `split` listed in index.json; with `verify`, check each file's sha256.
+
+    Raises:
+        ShardError: index.json missing/invalid, a shard missing or not matching its sha256.
+    """
+    ip = index_path(shards_dir)
+    try:
+        index = json.loads(ip.read_text())
+    except (OSError, ValueError) as e:
+        raise ShardError(f"cannot read shard index {ip}: {e}") from e
+    out = []
+    for entry in index.get("shards", []):
+        if entry.get("split") != split:
+            continue
+        path = Path(shards_dir) / entry["path"]
+        if not path.is_file():
+            raise ShardError(f"shard {path} is listed in {ip} but missing")
+        if verify and entry.get("sha256"):
+            digest = sha256_file(path)
+            if digest != entry["sha256"]:
+                raise ShardError(
+                    f"shard {path} is corrupt: sha256 {digest[:12]}… != {entry['sha256'][:12]}… "
+                    f"in {ip}; rebuild it with `specetl build-shards`"
+                )
+        out.append(ShardInfo(path, int(entry["rows"])))
+    if not out:
+        raise ShardError(f"no '{split}' shards in {ip}")
+    return out
+
+
+def read_wave_obs(shard: ShardInfo | Path) -> np.ndarray:
+    """The observed-frame wavelength grid (Å, float64) stored in a shard."""
+    path = shard.path if isinstance(shard, ShardInfo) else Path(shard)
+    try:
+        with h5py.File(path, "r") as f:
+            return np.asarray(f["wave_obs"][:], dtype=np.float64)
+    except (OSError, KeyError) as e:
+        raise ShardError(f"cannot read shard {path}: {e}") from e
+
+
+def specobjid_strings(values: np.ndarray) -> np.ndarray:
+    """Exact decimal strings of specobjids: v2 stores ASCII bytes, v1 uint64 (no float detour)."""
+    if values.dtype.kind == "S":
+        return np.char.strip(values.astype("U"))
+    if values.dtype.kind == "U":
+        return np.char.strip(values)
+    return np.array([str(int(v)) for v in values.tolist()], dtype="U")
+
+
+def read_rows(path: Path, start: int, stop: int) -> dict[str, np.ndarray]:
+    """Rows ``start:stop`` of a shard (any version): flux, ivar, z, specobjid as exact strings,
+    the object-key columns (int64), ra/dec where stored, and ``_key`` (the key's names)."""
+    try:
+        with h5py.File(path, "r") as f:
+            keys = list(object_key(f.attrs))
+            out = {
+                "flux": f["flux"][start:stop],
+                "ivar": f["ivar"][start:stop],
+                "z": f["z"][start:stop].astype(np.float32),
+                "specobjid": specobjid_strings(f["specobjid"][start:stop]),
+            }
+            for k in keys:
+                out[k] = f[k][start:stop].astype(np.int64)
+            for k in ("ra", "dec"):
+                if k in f:
+                    out[k] = f[k][start:stop].astype(np.float64)
+            out["_key"] = np.array(keys)
+            return out
+    except (OSError, KeyError, ValueError) as e:
+        raise ShardError(f"cannot read shard {path} rows {start}:{stop}: {e}") from e

@@ -132,7 +132,7 @@ def test_embed_spectra_agrees_with_shards_and_scores_real_non_galaxies(trained, 
 
 @pytest.mark.slow
 def test_v2_shard_ids_as_bytes_with_object_key_and_sky_position(trained, tmp_path):
-    """Shard format v2 as etl.shards writes it: specobjid as ASCII bytes, the `object_key`
+    """Shard format v2 as shardio writes it: specobjid as ASCII bytes, the `object_key`
     attribute, ra/dec per row — all carried exactly into the embedding."""
     shards, run, _ = trained
     index = json.loads((shards / "index.json").read_text())

@@ -25,8 +25,8 @@ from etl.catalog import CatalogError
 from etl.fetch import build_catalog
 from etl.mirror import ArchiveMirror
 from etl.release import load_release
-from etl.shards import read_shard
 from etl.spectrum import Preprocessor, read_spec_lite, read_spec_lite_astropy
+from shardio import read_shard
 
 TEST_MANIFEST = Path(__file__).parent / "data" / "sdss-v" / "dr20-qso.toml"
 FILES = sorted(SAMPLE_SDSSV.rglob("spec-*.fits"))

@@ -1,6 +1,6 @@
 """After training, outside the shards: `specetl embed --spectra` and `specetl explore`.
 
-Composes `etl` and `model` (neither imports the other), like `workflows` (the demo):
+Composes `etl` and `model` (neither imports the other), like `workflows.demo`:
 
   embed_spectra     spec-lite files outside the shards, through the release's own preprocessing
                     (etl.spectrum.Preprocessor), embedded and scored against the run's outliers
@@ -137,6 +137,7 @@ def embed_spectra(
     shards, or `release`), and are scored against the run's outlier model (fitted on the train
     split of the run's shards if the run has none yet).
     """
+    from model.checkpoint import load_model, pick_device
     from model.embed import (
         EmbedError,
         add_scores,
@@ -145,7 +146,6 @@ def embed_spectra(
         provenance_header,
         write_embedding,
     )
-    from model.train import load_model, pick_device
 
     dev = pick_device(device)
     model, ckpt = load_model(run, device=dev)
@@ -180,8 +180,8 @@ def explorer_spectra(
     """
     import torch
 
+    from model.checkpoint import load_model, pick_device
     from model.embed import embed_batch, read_rows
-    from model.train import load_model, pick_device
 
     dev = pick_device(device)
     model, ckpt = load_model(run, device=dev)

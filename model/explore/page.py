@@ -6,7 +6,7 @@ lines) and the data (JSON; spectra as base64 float32) are inlined, so the page o
 file://. Canvas rectangles drawn one colour bucket at a time stay interactive at 100k points;
 beyond `max_points` the page shows a random sample (every top outlier kept) and says so.
 
-`after_training.explore_page` composes this with the model (reconstructions) and the data (shards or
+`workflows.spectra.explore_page` composes this with the model (reconstructions) and the data (shards or
 spec-lite files).
 """
 
@@ -32,7 +32,7 @@ COLOURS = {
 CATEGORIES = ("split", "class")
 #: columns shown in the object panel
 INFO = ("z", "outlier_score", "outlier_rank", "chi2", "r_density", "r_chi2", "split", "class")
-#: SDSS plates from here up are synthetic (benchmarks/make_corpus.py): no SkyServer link
+#: SDSS plates from here up are synthetic (etl/synthetic/from_real.py): no SkyServer link
 FIRST_SYNTHETIC_PLATE = 13000
 
 
