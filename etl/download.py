@@ -42,8 +42,8 @@ from typing import NamedTuple
 
 from etl.atomic import fsync_dir
 from etl.diskspace import DiskFull, is_disk_full
+from etl.file_mirror import FileResponse
 from etl.ledger import LedgerWriter
-from etl.mirror import FileResponse
 from etl.spectrum import SpectrumRejected, read_spec_lite
 
 log = logging.getLogger(__name__)
