@@ -206,7 +206,8 @@ def plan_shards(
         rejected.append(_rejection(catalog, i, "", "duplicate id", "specobjid seen before"))
 
     keep = np.flatnonzero(ok)
-    rows = {name: np.asarray(catalog[name])[keep] for name in _task_columns(release)}
+    names = (*_task_columns(release), *(["SYNTHETIC"] if "SYNTHETIC" in catalog else []))
+    rows = {name: np.asarray(catalog[name])[keep] for name in names}
     rows["SIZE"], rows["MTIME"] = size[keep], mtime[keep]
     sort_key = ids[keep]
     # the split: the object's place on the sky (repeats follow their earliest observation)

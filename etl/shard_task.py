@@ -132,6 +132,8 @@ def _build_one_shard(
                     "ra": rows["RA"][sel],
                     "dec": rows["DEC"][sel],
                     **{k: rows[k.upper()][sel] for k in task.layout.key},
+                    # etl.synthetic's objects say so in every shard row (optional dataset)
+                    **({"synthetic": rows["SYNTHETIC"][sel]} if "SYNTHETIC" in rows else {}),
                 }
             )
             kept.append(sel)

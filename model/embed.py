@@ -239,6 +239,8 @@ def write_embedding(table: dict[str, np.ndarray], path: str | Path, header: dict
         if v.dtype.kind in "US":
             width = max(1, int(max((len(x) for x in v.astype("U").tolist()), default=1)))
             cols.append(fits.Column(name.upper(), f"{width}A", array=v.astype(f"S{width}")))
+        elif v.dtype.kind == "b":  # SYNTHETIC: a FITS logical, T/F in TOPCAT
+            cols.append(fits.Column(name.upper(), "L", array=v))
         elif v.ndim == 2:
             cols.append(fits.Column(name.upper(), f"{v.shape[1]}E", array=v.astype(np.float32)))
         elif name in _FLOAT32:

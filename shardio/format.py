@@ -41,6 +41,9 @@ ROW_DATASETS: Mapping[str, str] = {
     "ra": "float64",
     "dec": "float64",
 }
+#: per-object datasets a shard may have (absent: False for every row). ``synthetic``: the object
+#: is SYNTHETIC (made by etl.synthetic, carried from its catalogue's SYNTHETIC column).
+OPTIONAL_DATASETS: Mapping[str, str] = {"synthetic": "bool"}
 #: v1 shards (uint64 specobjid, plate/mjd/fiberid int32), still readable by :func:`read_shard`
 V1_DATASETS: Mapping[str, str] = {
     **{k: v for k, v in ROW_DATASETS.items() if k not in ("ra", "dec")},
@@ -104,7 +107,7 @@ def read_shard(path: str | Path, rows: slice | None = None) -> dict[str, np.ndar
     sel = rows if rows is not None else slice(None)
     try:
         with h5py.File(path, "r") as h5:
-            names = row_datasets(h5.attrs)
+            names = [*row_datasets(h5.attrs), *(k for k in OPTIONAL_DATASETS if k in h5)]
             out: dict[str, np.ndarray] = {name: h5[name][sel] for name in names}
             out["wave_obs"] = h5["wave_obs"][:]
             out["attrs"] = dict(h5.attrs)  # type: ignore[assignment]
@@ -168,8 +171,18 @@ class ShardWriter:
         self._h5.attrs.update(dict(attrs))
 
     def append(self, columns: Mapping[str, np.ndarray]) -> None:
-        """Append a block of rows (every per-row dataset, see :func:`row_datasets`)."""
+        """Append a block of rows (every per-row dataset, see :func:`row_datasets`, and the
+        :data:`OPTIONAL_DATASETS` the first block has: every block then has the same)."""
         n = len(columns["specobjid"])
+        optional = [k for k in OPTIONAL_DATASETS if k in columns]
+        if not any(self._scalars.values()):  # the first block decides
+            for k in optional:
+                self.datasets[k] = OPTIONAL_DATASETS[k]
+                self._scalars.setdefault(k, [])
+        elif sorted(optional) != sorted(k for k in OPTIONAL_DATASETS if k in self._scalars):
+            raise ValueError(
+                f"ShardWriter: optional column(s) {optional} differ from the first block"
+            )
         for name in ("flux", "ivar"):
             data = np.asarray(columns[name], dtype=ROW_DATASETS[name])
             if data.shape != (n, self.npix):
@@ -303,6 +316,8 @@ def read_rows(path: Path, start: int, stop: int) -> dict[str, np.ndarray]:
             for k in ("ra", "dec"):
                 if k in f:
                     out[k] = f[k][start:stop].astype(np.float64)
+            if "synthetic" in f:  # only etl.synthetic's shards have the dataset
+                out["synthetic"] = f["synthetic"][start:stop].astype(bool)
             out["_key"] = np.array(keys)
             return out
     except (OSError, KeyError, ValueError) as e:

@@ -95,6 +95,10 @@ def test_population_passes_build_shards_with_few_rejections(corpus):
     built = build_shards(release, corpus, workers=1, progress=False)
     accepted = sum(s["rows"] for s in built.shards)
     assert accepted >= 0.95 * N_POP
+    # the catalogue's SYNTHETIC column travels into every shard row
+    from shardio import read_shard
+
+    assert all(read_shard(built.shards_dir / s["path"])["synthetic"].all() for s in built.shards)
 
 
 @pytest.mark.slow
@@ -193,3 +197,6 @@ def test_real_sample_shards_put_every_real_galaxy_in_the_test_split(tmp_path):
             for split in ("train", "valid", "test")}  # fmt: skip
     # 86 pass the cuts; the ETL rejects two of them by name (see test_build_shards)
     assert rows == {"train": 0, "valid": 0, "test": 84}, rows
+    from shardio import read_shard  # real galaxies: no SYNTHETIC rows
+
+    assert not any("synthetic" in read_shard(shards / s["path"]) for s in index["shards"])

@@ -308,6 +308,7 @@ def make_corpus(
     columns["DEC"] = np.degrees(np.arcsin(np.clip(2 * ((k * 0.618034) % 1.0) - 1, -1, 1)))
     columns["DEC"] = np.clip(columns["DEC"] + 0.75 * np.sin(fib), -90.0, 90.0)
     catalog_path = root / "catalog.fits"
+    columns["SYNTHETIC"] = np.ones(len(columns["SPECOBJID"]), dtype=bool)
     write_catalog(as_catalog(columns, "synthetic corpus"), catalog_path)
     log.warning("%s: %d files + %s in %.1f s", BANNER, n, catalog_path, time.perf_counter() - t0)
     return catalog_path
