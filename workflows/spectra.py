@@ -23,15 +23,22 @@ log = logging.getLogger(__name__)
 
 
 def _release_of(run: str | Path, release: str | None, shards_dir: str | Path | None):
-    """The release whose preprocessing the run's shards were made with (index.json `release`)."""
-    from etl.release import load_release
+    """The release whose preprocessing the run's shards were made with (index.json `release`).
 
-    if release:
-        return load_release(release)
-    index = Path(shards_dir) / "index.json" if shards_dir else None
-    if index and index.exists():
-        return load_release(json.loads(index.read_text())["release"])
-    raise ValueError(f"run {run}: cannot tell its release (no shards index); pass --release")
+    Raises EmbedError (what `specetl embed` and `explore` turn into one line), also for a
+    release manifest that cannot be loaded."""
+    from etl.release import ManifestError, load_release
+    from model.embed import EmbedError
+
+    try:
+        if release:
+            return load_release(release)
+        index = Path(shards_dir) / "index.json" if shards_dir else None
+        if index and index.exists():
+            return load_release(json.loads(index.read_text())["release"])
+    except ManifestError as e:
+        raise EmbedError(f"run {run}: {e}") from None
+    raise EmbedError(f"run {run}: cannot tell its release (no shards index); pass --release")
 
 
 def _catalog_rows(path: str | Path, key: Sequence[str]) -> dict[tuple[int, ...], dict]:
