@@ -198,6 +198,11 @@ def test_rank_and_auc_on_scores():
     assert roc_auc(score, positive) == 1.0
     assert roc_auc(-score, positive) == 0.0
     assert roc_auc(np.zeros(5), positive) == 0.5
+    # one of the two positives below one negative: 5 of 6 pairs ordered; NaN counts as lowest
+    assert roc_auc(np.array([0.5, 3.0, -1.0, 1.0, 2.0]), positive) == pytest.approx(5 / 6)
+    assert roc_auc(np.array([0.5, 3.0, -1.0, np.nan, 2.0]), positive) == pytest.approx(3 / 6)
+    with pytest.raises(ValueError, match="one positive and one negative"):
+        roc_auc(score, np.zeros(5, dtype=bool))
 
 
 @pytest.mark.slow
