@@ -361,6 +361,7 @@ def test_corpus_is_on_the_lattice_consistent_and_deterministic(tmp_path):
         assert 0.9 < np.std(pull) < 1.1  # noise drawn from the template's own ivar
 
 
+@pytest.mark.slow
 def test_build_on_corpus_then_growth_rewrites_only_touched_shards(tmp_path):
     mc = from_real
     mc.make_corpus(tmp_path, 1000, seed=1)
@@ -449,6 +450,7 @@ def test_cli_build_shards_prints_counts_per_reason(tmp_path):
     assert bad.exit_code != 0 and "catalog" in bad.output and "Traceback" not in bad.output
 
 
+@pytest.mark.slow
 def test_existing_scheduler(tmp_path):
     from distributed import LocalCluster
 

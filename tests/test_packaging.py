@@ -114,6 +114,7 @@ def dist(tmp_path_factory):
     }
 
 
+@pytest.mark.slow
 def test_build_backend_warns_nothing(dist):
     """Any warning the build backend emits for our pyproject.toml fails the suite, before the
     deprecation it announces (e.g. a license table, removed 2027-Feb-18) breaks `pip install`."""
@@ -129,6 +130,7 @@ def test_build_backend_warns_nothing(dist):
         assert report["warnings"] == [], "\n".join(report["warnings"])
 
 
+@pytest.mark.slow
 def test_wheel_metadata_has_spdx_license(dist):
     with zipfile.ZipFile(dist["wheel"]) as whl:
         (metadata,) = [n for n in whl.namelist() if n.endswith(".dist-info/METADATA")]
@@ -139,6 +141,7 @@ def test_wheel_metadata_has_spdx_license(dist):
         assert whl.read(licence) == (REPO / "LICENSE").read_bytes()
 
 
+@pytest.mark.slow
 def test_wheel_ships_manifests_sample_and_code(dist):
     """Every file of data_manifests/ and sample/ (whatever new releases and files they gain)
     and every module rides in the wheel, at the same place relative to the code as in the
