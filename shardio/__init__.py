@@ -1,6 +1,9 @@
-"""The shard format, owned by one module (:mod:`shardio.format`) that both ``etl`` (which writes
-shards) and ``model`` (which reads them) import; it imports neither (numpy and h5py only).
-Everything else keeps the one-way rule: ``model`` never imports ``etl``.
+"""The shard format, owned by one package that both ``etl`` (which writes shards) and ``model``
+(which reads them) import; it imports neither (numpy and h5py only). Everything else keeps the
+one-way rule: ``model`` never imports ``etl``.
+
+- :mod:`shardio.format`: one shard file: its datasets, writer, reader, ``ShardError``, ``SPLITS``;
+- :mod:`shardio.readers`: a shards folder: the index listing, the grid, rows of any version.
 """
 
 from shardio.format import (
@@ -12,21 +15,23 @@ from shardio.format import (
     ROW_DATASETS,
     SPLITS,
     V1_DATASETS,
-    V1_OBJECT_KEY,
     ShardError,
-    ShardInfo,
     ShardWriter,
+    object_key,
+    read_shard,
+    row_datasets,
+    sha256_file,
+    write_shard,
+)
+from shardio.readers import (
+    V1_OBJECT_KEY,
+    ShardInfo,
     index_path,
     index_sha256,
     list_shards,
-    object_key,
     read_rows,
-    read_shard,
     read_wave_obs,
-    row_datasets,
-    sha256_file,
     specobjid_strings,
-    write_shard,
 )
 
 __all__ = [
