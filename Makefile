@@ -32,9 +32,12 @@ $(VENV)/.installed: pyproject.toml | check-python
 demo: setup
 	$(BIN)/specetl demo --out demo-out
 
+# ruff, then the house's import rules (no circular imports, etl/model/shardio one-way, nothing
+# of the product imports benchmarks/ or tests/): .ci/import_check.py
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python .ci/import_check.py
 
 # The explorer page's test drives a real headless Chromium (Debian's chromium + chromium-driver).
 # Installed here when missing and apt is usable (CI runs as root on Debian); elsewhere the test

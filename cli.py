@@ -157,7 +157,7 @@ def build_shards_cmd(release: str, data_dir: str, **options: object) -> None:
     from etl.build import BuildError, build_shards
     from etl.catalog import CatalogError
     from etl.release import ManifestError, load_release
-    from etl.shards import ShardError
+    from shardio import ShardError
 
     try:
         result = build_shards(
@@ -416,7 +416,7 @@ def embed_cmd(
         if spectra_mode or paths:
             if not paths:
                 raise click.ClickException("--spectra needs at least one file or folder")
-            from after_training import embed_spectra, spectrum_files
+            from workflows.spectra import embed_spectra, spectrum_files
 
             files = spectrum_files(paths)
             path, errors = embed_spectra(
@@ -469,9 +469,9 @@ def explore_cmd(
     Example:
       specetl explore --embedding runs/con/embedding.fits --run runs/con --out explore.html
     """
-    from after_training import explore_page
     from model.embed import EmbedError
     from model.train import TrainError
+    from workflows.spectra import explore_page
 
     try:
         path = explore_page(embedding, run_dir, out, top, sample, max_points, device)
@@ -537,7 +537,7 @@ def demo_cmd(
     Example:
       specetl demo --out demo-out
     """
-    from workflows import WorkflowError, run_demo
+    from workflows.demo import WorkflowError, run_demo
 
     t0 = time.perf_counter()
 

@@ -1,6 +1,6 @@
 """Benchmark `specetl build-shards` against the reference implementation's way, same run.
 
-Steps (all on a SYNTHETIC corpus from ``benchmarks/make_corpus.py``):
+Steps (all on a SYNTHETIC corpus from ``etl/synthetic/from_real.py``):
 
 1. generate ``--n`` synthetic spec-lite files + catalogue (skipped if already there);
 2. baseline: the reference implementation's approach, re-implemented here (not its code):
@@ -39,10 +39,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from make_corpus import make_corpus  # noqa: E402
-
 from etl.catalog import read_catalog, write_catalog  # noqa: E402
 from etl.release import load_release, spec_lite_relpath  # noqa: E402
+from etl.synthetic.from_real import make_corpus  # noqa: E402
 from etl.telluric import release_telluric_mask  # noqa: E402
 
 BATCH = 1024

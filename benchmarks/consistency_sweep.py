@@ -19,9 +19,8 @@ import multiprocessing
 from dataclasses import replace
 from pathlib import Path
 
-from population_science import encode_split, scale_free_shift
-
 from model.evaluate import compare_runs
+from model.interpretability import encode_split, scale_free_shift
 from model.train import TrainConfig, train
 
 log = logging.getLogger("table1.sweep")

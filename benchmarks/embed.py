@@ -8,7 +8,7 @@ it, which the script reports separately). Bar: embed >= 0.8x forward-only, i.e. 
 the bottleneck.
 
 Shards: `--shards DIR` (any built shards), else a SYNTHETIC-from-real corpus is made with
-benchmarks/make_corpus.py and built. The model is an untrained `--preset` model saved as a run
+etl/synthetic/from_real.py and built. The model is an untrained `--preset` model saved as a run
 (throughput does not depend on the weights).
 
 Usage::
@@ -32,10 +32,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from model.autoencoder import PRESETS, ModelConfig, SpectrumAutoencoder  # noqa: E402
-from model.checkpoint import CHECKPOINT_FORMAT  # noqa: E402
+from model.checkpoint import CHECKPOINT_FORMAT, pick_device  # noqa: E402
 from model.data import list_shards, read_wave_obs  # noqa: E402
 from model.embed import embed_batch, embed_shards, read_rows  # noqa: E402
-from model.train import pick_device  # noqa: E402
 
 
 def make_run(run: Path, shards: Path, preset: str) -> None:
@@ -69,10 +68,9 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     shards = args.shards
     if shards is None:
-        from make_corpus import make_corpus
-
         from etl.build import build_shards
         from etl.release import load_release
+        from etl.synthetic.from_real import make_corpus
 
         data = args.work / "data"
         release = load_release("dr16")
@@ -92,7 +90,7 @@ def main() -> None:
     ivar = torch.from_numpy(np.concatenate([p["ivar"] for p in parts])).to(device)
     z = torch.from_numpy(np.concatenate([p["z"] for p in parts])).to(device)
     n = len(z)
-    from model.train import load_model
+    from model.checkpoint import load_model
 
     model, _ = load_model(run, device=device)
     model.eval()

@@ -3,7 +3,7 @@
 One short script, meant to run in a few minutes on a lent GPU machine (it also runs, slowly, on
 a CPU as a dry run). Steps:
 
-1. a SYNTHETIC-from-real corpus (``benchmarks/make_corpus.py``) of ``--n`` spectra → shards;
+1. a SYNTHETIC-from-real corpus (``etl/synthetic/from_real.py``) of ``--n`` spectra → shards;
 2. ``paper`` preset, ``similarity`` objective, ``--epochs`` epochs, streaming from the shards
    (DataLoader workers, pinned memory, non-blocking copies);
 3. the same with ``--cache-on-device`` (the whole split on the GPU);
@@ -34,10 +34,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from make_corpus import make_corpus  # noqa: E402
-
 from etl.build import build_shards  # noqa: E402
 from etl.release import load_release  # noqa: E402
+from etl.synthetic.from_real import make_corpus  # noqa: E402
 from model.train import TrainConfig, train  # noqa: E402
 
 

@@ -35,7 +35,8 @@ def build(out: Path, rows: int) -> Path:
     from test_model_fixtures import build_sample_shards
 
     from etl.release import load_release
-    from etl.shards import shard_attrs, write_shard
+    from etl.shard_task import shard_attrs
+    from shardio import write_shard
 
     small = build_sample_shards(out / "small")
     with h5py.File(next((small / "train").glob("*.h5"))) as f:

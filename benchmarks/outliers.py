@@ -6,7 +6,7 @@ all through `specetl embed --spectra`'s path (the same grid/mask/normalise as th
 Reported: ROC AUC by OUTLIER_SCORE, by the χ² term alone and by the latent-density term alone.
 Goal: >= 0.95.
 
-The training corpus is SYNTHETIC-from-real (``benchmarks/make_corpus.py``): real bundled galaxy
+The training corpus is SYNTHETIC-from-real (``etl/synthetic/from_real.py``): real bundled galaxy
 spectra moved to new redshifts with added noise. One third of the real galaxies that could be
 templates (every third by redshift) are kept out of the corpus, so the negatives include real
 galaxies the model has never seen in any form; the galaxies of reductions the release does not
@@ -33,16 +33,16 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-import make_corpus as mc  # noqa: E402
 from explore_fixtures import is_galaxy, sample_rows  # noqa: E402
 
-from after_training import embed_spectra  # noqa: E402
+import etl.synthetic.from_real as mc  # noqa: E402
 from etl.build import build_shards  # noqa: E402
 from etl.catalog import as_catalog, write_catalog  # noqa: E402
 from etl.release import load_release  # noqa: E402
 from model.density import roc_auc  # noqa: E402
 from model.embed import read_embedding  # noqa: E402
 from model.train import TrainConfig, train  # noqa: E402
+from workflows.spectra import embed_spectra  # noqa: E402
 
 log = logging.getLogger("outliers")
 

@@ -15,19 +15,19 @@ from pathlib import Path
 
 import numpy as np
 from consistency_sweep import sweep_table
-from population_science import (
+
+from etl.synthetic.real_sample import real_sample_shards
+from model.evaluate import evaluate_run
+from model.interpretability import (
     TARGETS,
     encode_split,
     interpretability,
     plot_latent_maps,
     read_truth_catalog,
-    real_sample_shards,
     scale_free_shift,
     similarity_scales,
     truths_for,
 )
-
-from model.evaluate import evaluate_run
 
 log = logging.getLogger("table1.population")
 

@@ -1,7 +1,7 @@
 """Speed of one SYNTHETIC population galaxy: bagpipes as shipped vs our vectorised resampling.
 
 bagpipes' last step resamples the model onto the observed pixels with ``spectres``, a Python loop
-over output pixels; ``benchmarks/population.py`` replaces it with :func:`population.rebin` (same
+over output pixels; ``etl/synthetic/population.py`` replaces it with :func:`population.rebin` (same
 numbers). Both are timed in this run, on the same galaxies, and the largest difference between
 their spectra is printed.
 
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import population  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: the package
+from etl.synthetic import population  # noqa: E402
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
 Real positions and plates: the 10,000 real SkyServer DR14 rows in
 ``tests/data/splits/skyserver-dr14-10k-positions.csv`` (ra, dec, plate, mjd, fiberid). For
 each row the DR16 and DR17 specObjIDs are re-derived from plate, fiber and MJD with SDSS's bit
-packing (:func:`sdss_specobjid`; it reproduces the real ids of the bundled sample): BOSS/eBOSS
+packing (``tests/sdss_ids.py``; it reproduces the real ids of the bundled sample): BOSS/eBOSS
 spectra (MJD >= 55000, the BOSS spectrographs) were reduced with ``v5_13_0`` in DR16 and
 re-reduced with ``v5_13_2`` in DR17; legacy SDSS-I/II spectra keep their reduction (and id).
 
@@ -21,7 +21,6 @@ Usage: ``python benchmarks/split_stability.py``
 from __future__ import annotations
 
 import csv
-import hashlib
 import sys
 import time
 from pathlib import Path
@@ -29,8 +28,11 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(ROOT))
+for _p in (ROOT, ROOT / "tests"):  # run as a script from anywhere; the id helpers are tests'
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+from sdss_ids import sdss_specobjid, v1_split_of  # noqa: E402
 
 from etl.release import load_release  # noqa: E402
 from etl.splits import SPLITS, split_of  # noqa: E402
@@ -39,36 +41,6 @@ POSITIONS = ROOT / "tests" / "data" / "splits" / "skyserver-dr14-10k-positions.c
 #: the salt of specetl's format-1 split (keyed on specObjID)
 V1_SALT = "specetl-splits-v1"
 FIRST_BOSS_MJD = 55000  # BOSS spectrographs from late 2009 (MJD ~55170); legacy ended 2008
-
-
-def run2d_code(run2d: str) -> int:
-    """SDSS's 14-bit run2d code in a specObjID: N for run2d "N", (N-5)*10000 + M*100 + P for
-    "vN_M_P" (v5_13_0 -> 1300, v5_13_2 -> 1302)."""
-    if run2d.isdigit():
-        return int(run2d)
-    n, m, p = (int(x) for x in run2d.lstrip("v").split("_"))
-    return (n - 5) * 10000 + m * 100 + p
-
-
-def sdss_specobjid(plate: int, fiberid: int, mjd: int, run2d: str) -> int:
-    """SDSS specObjID: plate (14 bits) | fiber (12) | mjd - 50000 (14) | run2d code (14) | 10 zero bits."""
-    return (plate << 50) | (fiberid << 38) | ((mjd - 50000) << 24) | (run2d_code(run2d) << 10)
-
-
-def v1_split_of(specobjid, salt: str, fractions: tuple[float, float, float]) -> np.ndarray:
-    """specetl format 1's split: keyed BLAKE2b of the 8-byte little-endian specObjID."""
-    key = salt.encode("utf-8")[:64]
-    u = np.array(
-        [
-            int.from_bytes(
-                hashlib.blake2b(int(s).to_bytes(8, "little"), digest_size=8, key=key).digest(),
-                "little",
-            )
-            / 2.0**64
-            for s in specobjid
-        ]
-    )
-    return np.asarray(SPLITS)[np.searchsorted(np.cumsum(fractions)[:-1], u, side="right")]
 
 
 def load_positions(path: Path = POSITIONS) -> dict[str, np.ndarray]:

@@ -2,7 +2,7 @@
 measure what the latents know about the galaxies' physics and how the models do on real spectra.
 
 ``--population`` (the headline of docs/table1.md): the corpus is the SYNTHETIC galaxy population
-of ``benchmarks/make_corpus.py population`` (bagpipes galaxies with known parameters, real SDSS
+of ``python -m etl.synthetic population`` (bagpipes galaxies with known parameters, real SDSS
 noise and masks). On top of Table 1 it reports the scale-free shift (mean |s − s_aug| over the
 median latent distance between different galaxies), the R² of a kNN regression of each true
 parameter from the 2-D latents (fitted on train, k chosen on valid, scored on test), each model
@@ -12,7 +12,7 @@ on a population galaxy and on a real one). Needs the ``population`` extra.
 Without ``--population``:
 
 Real galaxies are few offline (13 bundled ones pass the DR16 cuts), so the corpus comes from
-``benchmarks/make_corpus.py``: those real galaxy spectra moved to new redshifts 0 < z < 0.5 (on
+``etl/synthetic/from_real.py``: those real galaxy spectra moved to new redshifts 0 < z < 0.5 (on
 the SDSS lattice, with noise drawn from their own ivar, new ids). THE CORPUS IS SYNTHETIC: it
 has 13 distinct spectral shapes, so absolute losses are not comparable with the paper's 500k
 real spectra; what carries over is the *effect* of each loss.
@@ -49,10 +49,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from consistency_sweep import train_runs  # noqa: E402
-from make_corpus import make_corpus  # noqa: E402
 
 from etl.build import BuildResult, build_shards  # noqa: E402
 from etl.release import load_release  # noqa: E402
+from etl.synthetic.from_real import make_corpus  # noqa: E402
 from model.evaluate import compare_runs, format_table  # noqa: E402
 from model.train import TrainConfig, train  # noqa: E402
 
@@ -133,7 +133,7 @@ def main() -> None:
     t_corpus = time.perf_counter()
     if not (data / release.name / "catalog.fits").exists():
         if args.population:
-            from population_corpus import make_population
+            from etl.synthetic.population_corpus import make_population
 
             make_population(data, args.n, seed=args.seed, release=release.name, processes=2)
         else:

@@ -57,7 +57,7 @@ from etl.shard_index import (
     verify_shards,
 )
 from etl.shard_task import _run_tasks, build_one_shard
-from etl.shards import SPLITS, ShardError
+from shardio import SPLITS, ShardError
 
 log = logging.getLogger(__name__)
 

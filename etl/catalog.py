@@ -200,6 +200,11 @@ def as_catalog(
                 out[name] = values.astype(dtype)
             except (TypeError, ValueError) as err:
                 raise CatalogError(f"{source}: column {found[name][0]}: {err}") from None
+    # the mark of a SYNTHETIC object (etl.synthetic's catalogues): kept where the source has it,
+    # so it travels into the shards and the embedding; archive tables have no such column
+    synthetic = [n for n in columns if str(n).upper() == "SYNTHETIC"]
+    if synthetic:
+        out["SYNTHETIC"] = _flag(columns[synthetic[0]], source, synthetic[0])
     return out
 
 

@@ -11,8 +11,10 @@ one pooled ``requests`` session (keep-alive: no TCP/TLS handshake per file). Eac
 4. is fsynced and renamed into place (``os.replace``: atomic), then appended to the ledger.
 
 So a crash at any moment leaves either no file or a verified one, never a partial file under the
-final name. Retries: 5xx, 429 (Retry-After honoured), timeouts and connection resets/truncations
-back off exponentially with jitter. Content that arrives whole but verifies wrong (another
+final name. Retries: refused connections and 5xx/429 answers (Retry-After honoured) are retried
+by urllib3's ``Retry`` in the session's adapter (:func:`make_session`), with exponential backoff
+and jitter; what it cannot see once the headers are in (a read timeout, a connection reset or a
+body shorter than its Content-Length) backs off the same way in :func:`_fetch_one`. Content that arrives whole but verifies wrong (another
 object's FITS, an HTML page with status 200) is retried once, in case a mirror served a transient
 error page, and then reported with the reason; it is not retried like a network error.
 404/410 mean "missing upstream": recorded, not retried.
@@ -36,14 +38,13 @@ import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import NamedTuple
 
 from etl.atomic import fsync_dir
 from etl.diskspace import DiskFull, is_disk_full
+from etl.file_mirror import FileResponse
 from etl.ledger import LedgerWriter
-from etl.mirror import FileResponse
 from etl.spectrum import SpectrumRejected, read_spec_lite
 
 log = logging.getLogger(__name__)
@@ -94,14 +95,12 @@ class DownloadFailed(Exception):
         reason: str,
         detail: str = "",
         retryable: bool = True,
-        retry_after: float | None = None,
         content: bool = False,
     ):
         self.reason = reason
         self.content = content  #: arrived whole but is not the file asked for
         self.detail = detail
         self.retryable = retryable
-        self.retry_after = retry_after
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
@@ -173,20 +172,6 @@ def verify_spec_lite(path: Path, job: Job) -> None:
         )
 
 
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or HTTP date); None if absent/invalid."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
-
-
 def _fetch_once(session: object, job: Job, dest: Path, cfg: DownloadConfig) -> tuple[int, str]:
     """One attempt: stream, check length, verify, fsync, rename. Returns (size, sha256)."""
     import requests
@@ -197,11 +182,8 @@ def _fetch_once(session: object, job: Job, dest: Path, cfg: DownloadConfig) -> t
             if r.status_code in (404, 410):
                 raise DownloadFailed("missing upstream", f"HTTP {r.status_code}", retryable=False)
             if r.status_code == 429 or r.status_code >= 500:
-                raise DownloadFailed(
-                    "server error",
-                    f"HTTP {r.status_code}",
-                    retry_after=_retry_after(r.headers.get("Retry-After")),
-                )
+                # the adapter's Retry already asked again `attempts` times
+                raise DownloadFailed("server error", f"HTTP {r.status_code}", retryable=False)
             if r.status_code != 200:
                 raise DownloadFailed("http error", f"HTTP {r.status_code}", retryable=False)
             expected = r.headers.get("Content-Length")
@@ -223,9 +205,16 @@ def _fetch_once(session: object, job: Job, dest: Path, cfg: DownloadConfig) -> t
     except requests.Timeout as err:
         raise DownloadFailed("timeout", type(err).__name__) from None
     except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as err:
-        raise DownloadFailed("connection error", _short(err)) from None
+        # retries_exhausted: urllib3's Retry already retried the connection; don't multiply it
+        raise DownloadFailed("connection error", _short(err), not _retries_exhausted(err)) from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _retries_exhausted(err: BaseException) -> bool:
+    from urllib3.exceptions import MaxRetryError
+
+    return any(isinstance(a, MaxRetryError) for a in err.args)
 
 
 def _get(session: object, url: str, cfg: DownloadConfig):
@@ -242,9 +231,7 @@ def _short(err: BaseException) -> str:
 
 
 def _backoff(attempt: int, err: DownloadFailed, cfg: DownloadConfig) -> float:
-    """Delay before retry number ``attempt`` (1-based): Retry-After if given, else exp + jitter."""
-    if err.retry_after is not None:
-        return min(err.retry_after, cfg.retry_after_max) + random.uniform(0, 0.1 * cfg.backoff)
+    """Delay before retry number ``attempt`` (1-based) of a read failure: exp + jitter."""
     delay = min(cfg.backoff_max, cfg.backoff * 2 ** (attempt - 1))
     return delay * random.uniform(0.5, 1.0)  # jitter: retries of many files don't synchronise
 
@@ -303,13 +290,42 @@ def _fetch_one(
     return Outcome(job, "failed", last.reason, last.detail, attempts=cfg.attempts)
 
 
-def make_session(connections: int) -> object:
-    """A ``requests`` session whose pool keeps ``connections`` keep-alive connections per host."""
+def _retry(cfg: DownloadConfig):
+    """urllib3's Retry for what it can see before the body: refused connections and 429/5xx
+    answers (Retry-After honoured, capped at ``cfg.retry_after_max``). Reads are not retried
+    here (``read=False`` re-raises a read timeout as such); :func:`_fetch_one` retries them."""
+    from urllib3.util.retry import Retry
+
+    class CappedRetry(Retry):
+        def get_retry_after(self, response):  # type: ignore[no-untyped-def]
+            after = super().get_retry_after(response)
+            return None if after is None else min(after, cfg.retry_after_max)
+
+    return CappedRetry(
+        total=None,
+        connect=cfg.attempts - 1,
+        read=False,
+        status=cfg.attempts - 1,
+        other=0,
+        status_forcelist=(429, 500, 502, 503, 504),
+        allowed_methods=("GET", "HEAD"),
+        backoff_factor=cfg.backoff,
+        backoff_max=cfg.backoff_max,
+        backoff_jitter=cfg.backoff / 2,  # retries of many files don't synchronise
+        respect_retry_after_header=True,
+        raise_on_status=False,  # the last answer comes back: its status is the report's reason
+    )
+
+
+def make_session(connections: int, cfg: DownloadConfig | None = None) -> object:
+    """A ``requests`` session whose pool keeps ``connections`` keep-alive connections per host,
+    retrying connections and 429/5xx answers with urllib3's Retry (:func:`_retry`)."""
     import requests
     from requests.adapters import HTTPAdapter
 
     session = requests.Session()
-    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=connections, max_retries=0)
+    retry = _retry(cfg or DownloadConfig())
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=connections, max_retries=retry)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.headers["User-Agent"] = "specetl (+https://github.com/specetl)"
@@ -339,7 +355,7 @@ def download_jobs(
             raise
         result.disk_full, result.not_attempted = str(DiskFull(ledger_dir)), len(list(jobs))
         return result
-    session = make_session(cfg.connections)
+    session = make_session(cfg.connections, cfg)
     full = threading.Event()  # set by the first thread that meets a full disk
 
     def one(job: Job) -> Outcome | None:
@@ -392,7 +408,7 @@ def download_resumable(
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    session = make_session(1)
+    session = make_session(1, cfg)
     try:
         for attempt in range(1, cfg.attempts + 1):
             have = part.stat().st_size if part.exists() else 0
@@ -422,18 +438,16 @@ def download_resumable(
                             f.flush()
                             os.fsync(f.fileno())
                     else:
-                        raise DownloadFailed(
-                            "server error",
-                            f"HTTP {r.status_code} {url}",
-                            r.status_code == 429 or r.status_code >= 500,
-                            _retry_after(r.headers.get("Retry-After")),
-                        )
+                        # 429/5xx: the adapter's Retry already asked again
+                        raise DownloadFailed("server error", f"HTTP {r.status_code} {url}", False)
                 if part.stat().st_size == total and total >= 0:
                     os.replace(part, dest)
                     return dest
                 raise DownloadFailed("truncated", f"{part.stat().st_size} of {total} bytes")
             except requests.RequestException as err:
-                failure = DownloadFailed("connection error", _short(err))
+                failure = DownloadFailed(
+                    "connection error", _short(err), not _retries_exhausted(err)
+                )
             except DownloadFailed as err:
                 failure = err
             except OSError as err:

@@ -364,7 +364,7 @@ def _dry_run_space(
     """Estimate the bytes still to download (HEAD on a sample) against the free space."""
     # shards hold flux and ivar as float32 per pixel per object: an upper bound (rejects shrink it)
     shards_bytes = (report.selected - report.n_failed) * release.grid.npix * 8
-    session = make_session(cfg.connections)
+    session = make_session(cfg.connections, cfg)
     try:
         report.space = space_report(
             sizes, rel_dir, session, cfg.connections, cfg.connect_timeout, shards_bytes

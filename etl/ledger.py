@@ -25,14 +25,20 @@ import threading
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
 from etl.atomic import fsync_dir
 
-if TYPE_CHECKING:
-    from etl.download import Job
+
+class Verified(Protocol):
+    """What the ledger records of a downloaded file (etl.download.Job has it): the ledger does
+    not import the downloader, which writes to it."""
+
+    relpath: str
+    specobjid: object
+
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +218,7 @@ class LedgerWriter:
         self._lock = threading.Lock()
         self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
-    def add(self, job: Job, size: int, sha256: str) -> None:
+    def add(self, job: Verified, size: int, sha256: str) -> None:
         line = json.dumps(
             {"path": job.relpath, "size": size, "sha256": sha256, "specobjid": str(job.specobjid)}
         )

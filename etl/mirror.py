@@ -16,8 +16,8 @@ benchmarks use its two hooks:
 The route table is built once from the folder, so a request can only ever reach a file that was
 indexed: no path from the network is joined onto the file system.
 
-A mirror can also be a folder with no server at all: :class:`FileResponse` answers a
-``file://`` URL the way the downloader reads an HTTP response.
+A mirror can also be a folder with no server at all: :class:`etl.file_mirror.FileResponse`
+answers a ``file://`` URL the way the downloader reads an HTTP response.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from etl.release import Release
 
@@ -266,25 +266,3 @@ def _make_handler(mirror: ArchiveMirror) -> type[BaseHTTPRequestHandler]:
                 mirror.served[path] += 1
 
     return Handler
-
-
-class FileResponse:
-    """Just enough of a ``requests.Response`` for a ``file://`` archive (a local mirror on disk,
-    no server): what :mod:`etl.download` reads when the base URL is ``file://…``."""
-
-    def __init__(self, url: str):
-        self.path = Path(unquote(urlsplit(url).path))
-        self.status_code = 200 if self.path.is_file() else 404
-        size = self.path.stat().st_size if self.status_code == 200 else 0
-        self.headers = {"Content-Length": str(size)}
-
-    def iter_content(self, n: int):
-        with open(self.path, "rb") as f:
-            while data := f.read(n):
-                yield data
-
-    def __enter__(self) -> FileResponse:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass

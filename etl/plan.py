@@ -29,8 +29,8 @@ import numpy as np
 from etl.catalog import id_sort_key
 from etl.release import ObjectLayout, Release
 from etl.shard_index import INDEX_FORMAT_VERSION
-from etl.shards import SPLITS
 from etl.splits import split_of, valid_position
+from shardio import SPLITS
 
 
 def _task_columns(release: Release) -> tuple[str, ...]:
@@ -206,7 +206,8 @@ def plan_shards(
         rejected.append(_rejection(catalog, i, "", "duplicate id", "specobjid seen before"))
 
     keep = np.flatnonzero(ok)
-    rows = {name: np.asarray(catalog[name])[keep] for name in _task_columns(release)}
+    names = (*_task_columns(release), *(["SYNTHETIC"] if "SYNTHETIC" in catalog else []))
+    rows = {name: np.asarray(catalog[name])[keep] for name in names}
     rows["SIZE"], rows["MTIME"] = size[keep], mtime[keep]
     sort_key = ids[keep]
     # the split: the object's place on the sky (repeats follow their earliest observation)

@@ -26,7 +26,7 @@ from typing import NoReturn
 from etl.atomic import write_json_atomic
 from etl.diskspace import DiskFull, is_disk_full
 from etl.release import Release
-from etl.shards import FORMAT_VERSION, SPLITS, ShardError
+from shardio import FORMAT_VERSION, SPLITS, ShardError
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def _usable(shards_dir: Path, entry: dict, verify: bool = False) -> bool:
     except (OSError, KeyError):
         return False
     if verify:
-        from etl.shards import sha256_file
+        from shardio import sha256_file
 
         if sha256_file(path) != entry.get("sha256"):
             log.warning("%s: sha256 differs from index.json; rebuilding it", path)
@@ -96,7 +96,7 @@ def _usable(shards_dir: Path, entry: dict, verify: bool = False) -> bool:
 
 def verify_shards(shards_dir: str | Path) -> list[str]:
     """sha256 every shard listed in the index; return the problems (empty list: all good)."""
-    from etl.shards import sha256_file
+    from shardio import sha256_file
 
     shards_dir = Path(shards_dir)
     problems = []

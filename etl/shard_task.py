@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -22,10 +23,34 @@ from etl.diskspace import DiskFull, is_disk_full
 from etl.plan import ShardTask, _rejection
 from etl.release import Release
 from etl.shard_index import BuildError
-from etl.shards import CHUNK_ROWS, ShardWriter, shard_attrs
 from etl.spectrum import Preprocessor, SpectrumRejected
+from shardio import CHUNK_ROWS, FORMAT, FORMAT_VERSION, ShardWriter
 
 # --- the task (runs on a worker) ----------------------------------------------------------------
+
+
+def shard_attrs(release: Release, split: str) -> dict[str, object]:
+    """File attributes of a shard of ``release`` (provenance and preprocessing settings)."""
+    from etl import __version__
+
+    g, t, n = release.grid, release.telluric, release.normalisation
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "release": release.name,
+        "split": split,
+        "loglam0": g.loglam0,
+        "dloglam": g.dloglam,
+        "npix": g.npix,
+        "object_key": json.dumps(list(release.key)),
+        "telluric_top_n": t.top_n,
+        "telluric_half_width": t.half_width,
+        "telluric_line_list": t.line_list.name,
+        "norm_restframe_min": n.restframe_min,
+        "norm_restframe_max": n.restframe_max,
+        "specetl_version": __version__,
+        "manifest_sha256": release.manifest_sha256,
+    }
 
 
 def build_one_shard(
@@ -107,6 +132,8 @@ def _build_one_shard(
                     "ra": rows["RA"][sel],
                     "dec": rows["DEC"][sel],
                     **{k: rows[k.upper()][sel] for k in task.layout.key},
+                    # etl.synthetic's objects say so in every shard row (optional dataset)
+                    **({"synthetic": rows["SYNTHETIC"][sel]} if "SYNTHETIC" in rows else {}),
                 }
             )
             kept.append(sel)

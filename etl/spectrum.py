@@ -133,26 +133,6 @@ def _raw_from_fits(fits: FitsFile, obj: str, key: tuple[str, ...] | None) -> Raw
     )
 
 
-def read_spec_lite_astropy(
-    path: str | Path, key: tuple[str, ...] = SPECOBJ_ID_COLUMNS
-) -> RawSpectrum:
-    """Reference reader through astropy (the slow, trusted path; used to validate the fast one).
-
-    astropy matches column names case-insensitively, as the fast reader does."""
-    from astropy.io import fits
-
-    with fits.open(path, memmap=False) as hdul:
-        coadd = hdul[1].data
-        specobj = hdul[2].data
-        return RawSpectrum(
-            loglam=np.asarray(coadd["loglam"], dtype=np.float64),
-            flux=np.asarray(coadd["flux"], dtype=np.float64),
-            ivar=np.asarray(coadd["ivar"], dtype=np.float64),
-            and_mask=np.asarray(coadd["and_mask"], dtype=np.int64),
-            ids={k.lower(): int(specobj[k][0]) for k in key},
-        )
-
-
 # --- pure science ------------------------------------------------------------------------------
 
 

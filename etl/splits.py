@@ -27,8 +27,8 @@ import hashlib
 import numpy as np
 
 from etl.release import Splits
+from shardio import SPLITS  # the split names belong to the shard format
 
-SPLITS = ("train", "valid", "test")
 ORDER = "nested"
 
 

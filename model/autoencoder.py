@@ -105,13 +105,6 @@ class ConvBlock(nn.Module):
             out = torch.maximum(out, self.act(-F.max_pool1d(-h, self.pool, padding=pad)))
         return self.dropout(out)
 
-    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The same block in the textbook order (for tests)."""
-        h = self.dropout(self.act(F.instance_norm(self.conv(x))))
-        if self.pool is None:
-            return h
-        return F.max_pool1d(h, self.pool, padding=self.pool // 2)
-
 
 class Encoder(nn.Module):
     """Observed spectrum (B, M) → latents (B, S): conv blocks, attention pooling, MLP."""

@@ -1,6 +1,7 @@
 """Streaming batches from specetl HDF5 shards (docs/shard-format.md) into training.
 
-Reads only h5py + index.json; does not import `etl`. Two paths:
+Reads the shards through `shardio` (the shard format's one owner); does not import `etl`. Two
+paths:
 - `ShardStream`: an IterableDataset. Each split is cut into contiguous row blocks (chunk-aligned,
   `block_rows` rows); every epoch all ranks and workers draw the same block permutation from
   (seed, epoch), and block b goes to slot b mod (world_size × workers), slot = rank·workers +
@@ -15,11 +16,8 @@ Reads only h5py + index.json; does not import `etl`. Two paths:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -27,78 +25,20 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+# the shard format's names, used here and re-exported for model's modules and the CLI
+from shardio import (  # noqa: F401
+    ShardError,
+    ShardInfo,
+    index_path,
+    index_sha256,
+    list_shards,
+    read_wave_obs,
+)
+from shardio import sha256_file as file_sha256  # noqa: F401
+
 log = logging.getLogger(__name__)
 
 Batch = dict[str, torch.Tensor]
-
-
-class ShardError(RuntimeError):
-    """A shard is missing, corrupt or unreadable; the message names the file."""
-
-
-@dataclass(frozen=True)
-class ShardInfo:
-    path: Path
-    rows: int
-
-
-def index_path(shards_dir: str | Path) -> Path:
-    return Path(shards_dir) / "index.json"
-
-
-def index_sha256(shards_dir: str | Path) -> str:
-    """sha256 of index.json's bytes: fingerprints exactly which shards a run was trained on."""
-    return hashlib.sha256(index_path(shards_dir).read_bytes()).hexdigest()
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file's bytes (hex), read in 4 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def list_shards(shards_dir: str | Path, split: str, verify: bool = True) -> list[ShardInfo]:
-    """The shards of `split` listed in index.json; with `verify`, check each file's sha256.
-
-    Raises:
-        ShardError: index.json missing/invalid, a shard missing or not matching its sha256.
-    """
-    ip = index_path(shards_dir)
-    try:
-        index = json.loads(ip.read_text())
-    except (OSError, ValueError) as e:
-        raise ShardError(f"cannot read shard index {ip}: {e}") from e
-    out = []
-    for entry in index.get("shards", []):
-        if entry.get("split") != split:
-            continue
-        path = Path(shards_dir) / entry["path"]
-        if not path.is_file():
-            raise ShardError(f"shard {path} is listed in {ip} but missing")
-        if verify and entry.get("sha256"):
-            digest = file_sha256(path)
-            if digest != entry["sha256"]:
-                raise ShardError(
-                    f"shard {path} is corrupt: sha256 {digest[:12]}… != {entry['sha256'][:12]}… "
-                    f"in {ip}; rebuild it with `specetl build-shards`"
-                )
-        out.append(ShardInfo(path, int(entry["rows"])))
-    if not out:
-        raise ShardError(f"no '{split}' shards in {ip}")
-    return out
-
-
-def read_wave_obs(shard: ShardInfo | Path) -> np.ndarray:
-    """The observed-frame wavelength grid (Å, float64) stored in a shard."""
-    path = shard.path if isinstance(shard, ShardInfo) else Path(shard)
-    try:
-        with h5py.File(path, "r") as f:
-            return np.asarray(f["wave_obs"][:], dtype=np.float64)
-    except (OSError, KeyError) as e:
-        raise ShardError(f"cannot read shard {path}: {e}") from e
 
 
 class _Reader:

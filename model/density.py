@@ -247,16 +247,15 @@ def outlier_rank(score: np.ndarray) -> np.ndarray:
 
 
 def roc_auc(score: np.ndarray, positive: np.ndarray) -> float:
-    """Area under the ROC curve of `score` separating `positive` (True) from the rest.
+    """Area under the ROC curve of `score` separating `positive` (True) from the rest
+    (scikit-learn's roc_auc_score; ties count one half). NaN scores count as the lowest."""
+    from sklearn.metrics import roc_auc_score
 
-    The Mann-Whitney form: the probability that a random positive scores above a random
-    negative, ties counting one half. NaN scores count as the lowest.
-    """
-    score = np.nan_to_num(np.asarray(score, dtype=np.float64), nan=-np.inf)
+    score = np.asarray(score, dtype=np.float64)
     positive = np.asarray(positive, dtype=bool)
-    pos, neg = score[positive], score[~positive]
-    if len(pos) == 0 or len(neg) == 0:
+    if positive.all() or not positive.any():
         raise ValueError("ROC AUC needs at least one positive and one negative")
-    greater = (pos[:, None] > neg[None, :]).sum()
-    ties = (pos[:, None] == neg[None, :]).sum()
-    return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
+    finite = score[np.isfinite(score)]
+    lo, hi = (finite.min() - 1.0, finite.max() + 1.0) if len(finite) else (0.0, 0.0)
+    # sklearn refuses non-finite scores; NaN and -inf tie below every finite score
+    return float(roc_auc_score(positive, np.nan_to_num(score, nan=lo, neginf=lo, posinf=hi)))

@@ -16,19 +16,17 @@ written under a temporary name and renamed when complete; the same inputs give t
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 
 from model.autoencoder import SpectrumAutoencoder
-from model.data import ShardError, file_sha256, index_sha256, list_shards
+from model.data import file_sha256, index_sha256, list_shards
 from model.density import (
     OUTLIERS_FILE,
     DensityError,
@@ -38,11 +36,10 @@ from model.density import (
     outlier_rank,
     save_outlier_model,
 )
+from shardio import SPLITS, V1_OBJECT_KEY, read_rows, specobjid_strings  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "valid", "test")
-V1_OBJECT_KEY = ("plate", "mjd", "fiberid")
 EXTNAME = "EMBEDDING"
 
 
@@ -84,46 +81,6 @@ def embed_batch(
 
 
 # --- reading shards --------------------------------------------------------------------------
-
-
-def object_key_of(f: h5py.File) -> list[str]:
-    """The object-key columns a shard lists (format v2 `object_key`), or v1's plate/mjd/fiberid."""
-    raw = f.attrs.get("object_key")
-    if raw is None:
-        return list(V1_OBJECT_KEY)
-    if isinstance(raw, bytes):
-        raw = raw.decode()
-    return list(json.loads(raw)) if isinstance(raw, str) else [str(k) for k in raw]
-
-
-def specobjid_strings(values: np.ndarray) -> np.ndarray:
-    """Exact decimal strings of specobjids: v2 stores ASCII bytes, v1 uint64 (no float detour)."""
-    if values.dtype.kind == "S":
-        return np.char.strip(values.astype("U"))
-    if values.dtype.kind == "U":
-        return np.char.strip(values)
-    return np.array([str(int(v)) for v in values.tolist()], dtype="U")
-
-
-def read_rows(path: Path, start: int, stop: int) -> dict[str, np.ndarray]:
-    try:
-        with h5py.File(path, "r") as f:
-            keys = object_key_of(f)
-            out = {
-                "flux": f["flux"][start:stop],
-                "ivar": f["ivar"][start:stop],
-                "z": f["z"][start:stop].astype(np.float32),
-                "specobjid": specobjid_strings(f["specobjid"][start:stop]),
-            }
-            for k in keys:
-                out[k] = f[k][start:stop].astype(np.int64)
-            for k in ("ra", "dec"):
-                if k in f:
-                    out[k] = f[k][start:stop].astype(np.float64)
-            out["_key"] = np.array(keys)
-            return out
-    except (OSError, KeyError, ValueError) as e:
-        raise ShardError(f"cannot read shard {path} rows {start}:{stop}: {e}") from e
 
 
 def iter_shard_batches(
@@ -282,6 +239,8 @@ def write_embedding(table: dict[str, np.ndarray], path: str | Path, header: dict
         if v.dtype.kind in "US":
             width = max(1, int(max((len(x) for x in v.astype("U").tolist()), default=1)))
             cols.append(fits.Column(name.upper(), f"{width}A", array=v.astype(f"S{width}")))
+        elif v.dtype.kind == "b":  # SYNTHETIC: a FITS logical, T/F in TOPCAT
+            cols.append(fits.Column(name.upper(), "L", array=v))
         elif v.ndim == 2:
             cols.append(fits.Column(name.upper(), f"{v.shape[1]}E", array=v.astype(np.float32)))
         elif name in _FLOAT32:
@@ -361,7 +320,7 @@ def embed_shards(
     `shards_dir` defaults to the shards the run was trained on. Fits RUN/outliers.json on the
     train split first if the run has none for its checkpoint.
     """
-    from model.train import load_model, pick_device
+    from model.checkpoint import load_model, pick_device
 
     dev = pick_device(device) if isinstance(device, str) else device
     model, ckpt = load_model(run, device=dev)

@@ -30,11 +30,11 @@ import logging
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 
 from model.augment import redshift_augment
+from model.checkpoint import TrainError, load_model, pick_device
 from model.data import (
     Batch,
     ShardError,
@@ -46,7 +46,7 @@ from model.data import (
 )
 from model.eval_figures import SpectrumPanel, plot_figure2, plot_training
 from model.evaluation import OBJECTIVES, collect_latents, evaluate, terms_for
-from model.train import TrainError, load_model, pick_device
+from shardio import read_rows
 
 log = logging.getLogger(__name__)
 
@@ -88,17 +88,16 @@ def _tap_snr(batches: Iterable[Batch], snr: list[np.ndarray]) -> Iterator[Batch]
 
 def read_spectrum(shards: Sequence[ShardInfo], index: int) -> dict:
     """Row `index` (counted over the split's shards in order) as numpy arrays: flux, ivar (M,),
-    z, and specobjid (None when the shard has no such column)."""
+    z, and specobjid (an int)."""
     for s in shards:
         if index < s.rows:
-            with h5py.File(s.path, "r") as f:
-                sid = int(f["specobjid"][index]) if "specobjid" in f else None
-                return {
-                    "flux": np.asarray(f["flux"][index], dtype=np.float32),
-                    "ivar": np.asarray(f["ivar"][index], dtype=np.float32),
-                    "z": float(f["z"][index]),
-                    "specobjid": sid,
-                }
+            row = read_rows(s.path, index, index + 1)  # the shard format's reader (any version)
+            return {
+                "flux": np.asarray(row["flux"][0], dtype=np.float32),
+                "ivar": np.asarray(row["ivar"][0], dtype=np.float32),
+                "z": float(row["z"][0]),
+                "specobjid": int(row["specobjid"][0]),
+            }
         index -= s.rows
     raise EvaluateError(f"spectrum index out of range (split has {sum(s.rows for s in shards)})")
 

@@ -33,6 +33,7 @@ from model.checkpoint import (
     link_checkpoint,
     load_checkpoint,
     load_model,
+    pick_device,
     require_training_state,
     rng_state,
     save_checkpoint,
@@ -130,15 +131,6 @@ def sigma_s_schedule(step: int, total_steps: int, start: float | None, end: floa
 
 def _epoch_seed(seed: int, epoch: int, stream: int) -> int:
     return (seed * 1_000_003 + epoch * 101 + stream) % (2**63)
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """`auto`: cuda:LOCAL_RANK if a GPU is visible, else cpu."""
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
 
 
 def _dist_setup(device: torch.device) -> tuple[int, int]:

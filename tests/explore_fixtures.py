@@ -50,8 +50,9 @@ def build_galaxy_shards(out: Path) -> tuple[Path, list[Path]]:
     Returns the shards folder and the files of the held-out (valid + test) galaxies.
     """
     from etl.release import load_release
-    from etl.shards import shard_attrs, write_shard
+    from etl.shard_task import shard_attrs
     from etl.spectrum import Preprocessor, SpectrumRejected
+    from shardio import write_shard
 
     release = load_release("dr16")
     prep = Preprocessor(release)

@@ -1,4 +1,4 @@
-"""`after_training.preprocess_spectra`: spec-lite files outside the shards, ids by the release's key.
+"""`workflows.spectra.preprocess_spectra`: spec-lite files outside the shards, ids by the release's key.
 
 The ids, z and positions come from each real file's HDU 2 through etl.catalog's alias table, so
 SDSS-V files (field/mjd/catalogid, 28-29-digit SPECOBJID) work exactly like SDSS-I–IV ones.
@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from after_training import preprocess_spectra
 from etl.release import load_release
+from workflows.spectra import preprocess_spectra
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample"
 

@@ -6,7 +6,6 @@ Every build here runs on a real distributed LocalCluster (2 worker processes unl
 from __future__ import annotations
 
 import csv
-import importlib
 import json
 import os
 import re
@@ -24,21 +23,13 @@ import pytest
 from etl.build import BuildError, build_shards, read_index, verify_shards
 from etl.catalog import as_catalog, read_catalog, write_catalog
 from etl.release import load_release, spec_lite_relpath
-from etl.shards import read_shard, row_datasets, sha256_file
 from etl.spectrum import Preprocessor, SpectrumRejected
 from etl.splits import split_of
+from etl.synthetic import from_real
+from shardio import read_shard, row_datasets, sha256_file
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "sample"
-
-
-def _load_make_corpus():
-    # benchmarks/ is not a package; its folder on sys.path also lets spawned pool workers import it
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    return importlib.import_module("make_corpus")
-
-
-make_corpus_mod = _load_make_corpus()
 
 
 def layout_sample(data_dir: Path, release: str = "dr16") -> dict[str, np.ndarray]:
@@ -326,7 +317,7 @@ def test_invalid_positions_are_rejected_before_any_work(tmp_path):
 
 
 def test_corpus_is_on_the_lattice_consistent_and_deterministic(tmp_path):
-    mc = make_corpus_mod
+    mc = from_real
     mc.make_corpus(tmp_path / "a", 120, seed=7)
     mc.make_corpus(tmp_path / "b", 120, seed=7, processes=2)
     cat = read_catalog(tmp_path / "a/dr16/catalog.fits")
@@ -370,8 +361,9 @@ def test_corpus_is_on_the_lattice_consistent_and_deterministic(tmp_path):
         assert 0.9 < np.std(pull) < 1.1  # noise drawn from the template's own ivar
 
 
+@pytest.mark.slow
 def test_build_on_corpus_then_growth_rewrites_only_touched_shards(tmp_path):
-    mc = make_corpus_mod
+    mc = from_real
     mc.make_corpus(tmp_path, 1000, seed=1)
     release = load_release("dr16")
     first = build_shards(release, tmp_path, shard_size=200, workers=2, progress=False)
@@ -398,7 +390,7 @@ def test_build_on_corpus_then_growth_rewrites_only_touched_shards(tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_midrun_then_rerun(tmp_path):
-    make_corpus_mod.make_corpus(tmp_path, 3000, seed=2)
+    from_real.make_corpus(tmp_path, 3000, seed=2)
     shards_dir = tmp_path / "dr16" / "shards"
     cmd = [
         str(Path(sys.executable).parent / "specetl"),
@@ -458,6 +450,7 @@ def test_cli_build_shards_prints_counts_per_reason(tmp_path):
     assert bad.exit_code != 0 and "catalog" in bad.output and "Traceback" not in bad.output
 
 
+@pytest.mark.slow
 def test_existing_scheduler(tmp_path):
     from distributed import LocalCluster
 

@@ -23,7 +23,7 @@ from etl.catalog import CatalogError
 from etl.fetch import build_catalog
 from etl.mirror import ArchiveMirror
 from etl.release import load_release
-from etl.shards import read_shard
+from shardio import read_shard
 
 
 def shard_ids(shards: Path) -> dict[str, dict]:
@@ -178,7 +178,7 @@ def test_v1_shards_stay_readable(tmp_path):
     """A shard written by format v1 (uint64 ids, int32 plate/mjd/fiberid) reads as before."""
     import h5py
 
-    from etl.shards import V1_DATASETS, row_datasets
+    from shardio import V1_DATASETS, row_datasets
 
     ids = np.array([2**63 + 2**50, 299489676975171584], dtype=np.uint64)
     with h5py.File(tmp_path / "v1.h5", "w") as h5:

@@ -61,7 +61,19 @@ def test_demo_end_to_end(tmp_path):
     cols, header = read_embedding(out / "embedding.fits")
     assert len(cols["specobjid"]) == 84 and header["RUN"].endswith("consistency")
     assert sorted(cols["outlier_rank"]) == list(range(1, 85))
+    assert "synthetic" not in cols  # real galaxies: the embedding has no SYNTHETIC column
     assert (out / "explore.html").stat().st_size > 10_000
+    # what a person checks on the page: every embedded galaxy is a point, the top 20 outliers
+    # are listed in rank order with their spectra, and real galaxies link to SkyServer
+    import re
+
+    html = (out / "explore.html").read_text()
+    m = re.search(r'<script id="data" type="application/json">(.*?)</script>', html, re.S)
+    data = json.loads(m.group(1))
+    assert sorted(data["points"]["id"]) == sorted(cols["specobjid"])
+    assert [data["points"]["rank"][i] for i in data["top"]] == list(range(1, 21))
+    assert set(data["top"]) <= {sp["i"] for sp in data["spectra"]}
+    assert all(data["points"]["linkable"])
 
     # a rerun reuses everything: nothing downloaded, no shard rewritten, no run retrained
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -94,6 +106,12 @@ def test_demo_population_path(tmp_path):
     assert not (out / "population" / "dr16" / "spectra").exists()
     assert (out / "population" / "dr16" / "catalog.fits").exists()
     assert "deleted the population's spec-lite files" in proc.stderr
+    # the embedding of the population's shards says every row is SYNTHETIC (from the catalogue)
+    from model.embed import read_embedding
+
+    cols, _ = read_embedding(out / "embedding.fits")
+    assert len(cols["synthetic"]) == sum(s["rows"] for s in index["shards"])
+    assert cols["synthetic"].all()
     # ... and a rerun reuses those shards instead of rebuilding them from missing files
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1200)
     assert again.returncode == 0, again.stderr[-3000:]

@@ -30,7 +30,7 @@ from etl.build import read_index, verify_shards
 from etl.catalog import read_catalog
 from etl.ledger import load_ledger
 from etl.release import spec_lite_relpath
-from etl.shards import ShardWriter
+from shardio import ShardWriter
 
 # --- helpers ------------------------------------------------------------------------------------
 

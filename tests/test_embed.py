@@ -107,6 +107,24 @@ def test_killed_embed_leaves_no_partial_file(trained, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+def test_embed_spectra_of_a_run_without_a_release_is_one_line(trained, tmp_path):
+    """--spectra needs the release whose preprocessing to apply: with no shards index to read it
+    from (and no --release), or an unknown --release, the user gets one line and exit 1."""
+    _, run, held_out = trained
+    no_index = tmp_path / "no-index"
+    no_index.mkdir()
+    base = ["embed", "--run", str(run), "--out", str(tmp_path / "x.fits"), "--spectra"]
+    res = CliRunner().invoke(main, [*base, "--shards", str(no_index), str(held_out[0])])
+    assert res.exit_code == 1 and not isinstance(res.exception, ValueError), res.output
+    assert res.output.strip().splitlines() == [
+        f"Error: run {run}: cannot tell its release (no shards index); pass --release"
+    ]
+    res = CliRunner().invoke(main, [*base, "--release", "dr99", str(held_out[0])])
+    assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1, res.output
+    assert res.output.startswith(f"Error: run {run}: ") and "dr99" in res.output
+    assert not (tmp_path / "x.fits").exists()
+
+
 def test_embed_spectra_agrees_with_shards_and_scores_real_non_galaxies(trained, tmp_path):
     """A held-out galaxy file embedded with --spectra lands exactly where its shard row does."""
     shards, run, held_out = trained
@@ -132,7 +150,7 @@ def test_embed_spectra_agrees_with_shards_and_scores_real_non_galaxies(trained, 
 
 @pytest.mark.slow
 def test_v2_shard_ids_as_bytes_with_object_key_and_sky_position(trained, tmp_path):
-    """Shard format v2 as etl.shards writes it: specobjid as ASCII bytes, the `object_key`
+    """Shard format v2 as shardio writes it: specobjid as ASCII bytes, the `object_key`
     attribute, ra/dec per row — all carried exactly into the embedding."""
     shards, run, _ = trained
     index = json.loads((shards / "index.json").read_text())
@@ -180,6 +198,11 @@ def test_rank_and_auc_on_scores():
     assert roc_auc(score, positive) == 1.0
     assert roc_auc(-score, positive) == 0.0
     assert roc_auc(np.zeros(5), positive) == 0.5
+    # one of the two positives below one negative: 5 of 6 pairs ordered; NaN counts as lowest
+    assert roc_auc(np.array([0.5, 3.0, -1.0, 1.0, 2.0]), positive) == pytest.approx(5 / 6)
+    assert roc_auc(np.array([0.5, 3.0, -1.0, np.nan, 2.0]), positive) == pytest.approx(3 / 6)
+    with pytest.raises(ValueError, match="one positive and one negative"):
+        roc_auc(score, np.zeros(5, dtype=bool))
 
 
 @pytest.mark.slow

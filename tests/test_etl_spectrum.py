@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from astropy.io import fits
+from reference_impl import read_spec_lite_astropy
 
 from etl.spectrum import (
     IVAR_FLOOR,
     Preprocessor,
     SpectrumRejected,
     read_spec_lite,
-    read_spec_lite_astropy,
 )
 from etl.telluric import read_sky_lines, release_telluric_mask
 

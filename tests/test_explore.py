@@ -14,10 +14,10 @@ import pytest
 from click.testing import CliRunner
 from explore_fixtures import non_galaxy_paths, trained_galaxy_run
 
-from after_training import embed_spectra
 from cli import main
 from model.embed import read_embedding
 from model.explore.page import choose_rows, shown_rows
+from workflows.spectra import embed_spectra
 
 
 @pytest.fixture(scope="module")

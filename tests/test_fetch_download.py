@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import socket
 import time
 import tracemalloc
+from dataclasses import replace
+from urllib.parse import urlsplit
 
 import numpy as np
 from fetch_support import FAST, SAMPLE_SDSS, job_named, leftovers, sample_jobs
@@ -75,6 +78,32 @@ def test_503_forever_is_reported(archive_server, release, tmp_path):
     result, dest, _, hits = _one(archive_server, release, tmp_path, [f], always=True)
     _reported(result, dest, "server error")
     assert hits == FAST.attempts
+
+
+def test_retry_after_is_capped_by_the_config(archive_server, release, tmp_path):
+    """urllib3's Retry honours Retry-After, but never longer than ``retry_after_max``."""
+    f = Fault("status", 503, {"Retry-After": "100"}, b"busy")
+    cfg = replace(FAST, retry_after_max=0.3)
+    result, dest, seconds, hits = _one(archive_server, release, tmp_path, [f], cfg=cfg)
+    _recovered(result, dest)
+    assert hits == 2 and 0.3 <= seconds < 10
+
+
+def test_refused_connection_is_retried_then_reported(archive_server, release, tmp_path):
+    """No server at all: urllib3 retries the connection (attempts - 1 times, with backoff),
+    then the file is one 'connection error', not attempts x attempts tries."""
+    with socket.socket() as s:  # a port nobody listens on (bound, then closed)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    job = job_named(sample_jobs(release, archive_server), ONE)
+    host = urlsplit(archive_server.base_url).netloc
+    dead = job._replace(url=job.url.replace(host, f"127.0.0.1:{port}"))
+    assert dead.url != job.url
+    t0 = time.perf_counter()
+    result = _run([dead], tmp_path)
+    assert [(o.reason, o.attempts) for o in result.failed] == [("connection error", 1)]
+    assert "Max retries exceeded" in result.failed[0].detail
+    assert time.perf_counter() - t0 < 5
 
 
 def test_connection_reset_mid_body_recovers(archive_server, release, tmp_path):

@@ -97,23 +97,6 @@ def test_default_in_process_cluster_and_rerun(archive_server, release, tmp_path,
     assert sum(archive_server.hits.values()) == 0
 
 
-def test_cli_help_documents_every_option():
-    out = CliRunner().invoke(main, ["fetch", "--help"]).output
-    for opt in (
-        "--release",
-        "--data-dir",
-        "--catalog",
-        "--base-url",
-        "--limit",
-        "--workers",
-        "--connections",
-        "--scheduler",
-        "--dry-run",
-        "Example",
-    ):
-        assert opt in out
-
-
 def test_cli_dry_run_downloads_nothing(archive_server, tmp_path, legacy_catalog):
     data = tmp_path / "DATA"
     res = CliRunner().invoke(

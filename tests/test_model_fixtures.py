@@ -24,8 +24,9 @@ def build_sample_shards(out: Path, n_train_shards: int = 2) -> Path:
     train rows are spread over `n_train_shards` files. Returns the shards folder.
     """
     from etl.release import load_release, spec_lite_relpath
-    from etl.shards import sha256_file, shard_attrs, write_shard
+    from etl.shard_task import shard_attrs
     from etl.spectrum import Preprocessor, SpectrumRejected
+    from shardio import sha256_file, write_shard
 
     release = load_release("dr16")
     prep = Preprocessor(release)

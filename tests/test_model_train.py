@@ -141,6 +141,7 @@ def test_old_full_state_checkpoints_load_and_bad_ones_fail_clearly(shards, tmp_p
         load_model(new)
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes(shards, tmp_path):
     """The README's command: torchrun … -m cli -- train … (gloo on CPU, 2 ranks)."""
     run = tmp_path / "ddp"

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from explore_fixtures import non_galaxy_paths, train_on_galaxies
 
-from after_training import embed_spectra
 from model.density import roc_auc
 from model.embed import read_embedding
+from workflows.spectra import embed_spectra
 
 
 @pytest.mark.slow

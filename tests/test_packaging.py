@@ -114,6 +114,7 @@ def dist(tmp_path_factory):
     }
 
 
+@pytest.mark.slow
 def test_build_backend_warns_nothing(dist):
     """Any warning the build backend emits for our pyproject.toml fails the suite, before the
     deprecation it announces (e.g. a license table, removed 2027-Feb-18) breaks `pip install`."""
@@ -129,6 +130,7 @@ def test_build_backend_warns_nothing(dist):
         assert report["warnings"] == [], "\n".join(report["warnings"])
 
 
+@pytest.mark.slow
 def test_wheel_metadata_has_spdx_license(dist):
     with zipfile.ZipFile(dist["wheel"]) as whl:
         (metadata,) = [n for n in whl.namelist() if n.endswith(".dist-info/METADATA")]
@@ -139,6 +141,7 @@ def test_wheel_metadata_has_spdx_license(dist):
         assert whl.read(licence) == (REPO / "LICENSE").read_bytes()
 
 
+@pytest.mark.slow
 def test_wheel_ships_manifests_sample_and_code(dist):
     """Every file of data_manifests/ and sample/ (whatever new releases and files they gain)
     and every module rides in the wheel, at the same place relative to the code as in the
@@ -146,10 +149,20 @@ def test_wheel_ships_manifests_sample_and_code(dist):
     wanted = {
         n
         for n in dist["files"]
-        if n.startswith(("data_manifests/", "sample/", "etl/", "model/"))
+        if n.startswith(("data_manifests/", "sample/"))
+        or ("/" in n and (REPO / n.split("/")[0] / "__init__.py").is_file())  # every package
         or ("/" not in n and n.endswith(".py"))  # cli.py and any module beside it (py-modules)
     }
     assert "cli.py" in wanted
+    # the packages of the house: the ETL with its synthetic stand-ins, the model, the shard
+    # format both use, and the orchestration (the demo's population path lives in the package)
+    for module in (
+        "etl/synthetic/population_corpus.py",
+        "model/interpretability.py",
+        "shardio/format.py",
+        "workflows/demo.py",
+    ):
+        assert module in wanted, module
     assert any(n.startswith("sample/sdss/") for n in wanted)  # the copy saw the real sample
     assert any(n.startswith("data_manifests/lines/") for n in wanted)
     with zipfile.ZipFile(dist["wheel"]) as whl:
@@ -261,12 +274,21 @@ def test_installed_wheel_works_from_any_folder(dist, tmp_path):
     assert dry.returncode == 0, dry.stderr[-3000:]
     assert (elsewhere / "data" / "dr16" / "catalog.fits").is_file()
 
-    # The demo on the installed sample, one epoch: loopback archive → fetch → build → train → eval
-    demo = run(specetl, "demo", "--out", "demo", "--epochs", "1", "--workers", "1", timeout=900)
+    # The demo on the installed sample, one epoch: loopback archive → fetch → build → train → eval;
+    # with the population extra (this environment has it) the science part comes from the
+    # installed package too: a small SYNTHETIC population, Table 1 on it, the interpretability
+    demo = run(
+        specetl, "demo", "--out", "demo", "--epochs", "1", "--workers", "1",
+        "--population", "200", timeout=900,
+    )  # fmt: skip
     assert demo.returncode == 0, demo.stderr[-3000:]
     report = json.loads((elsewhere / "demo" / "data" / "dr16" / "fetch-report.json").read_text())
     assert report["selected"] > 0 and report["downloaded"] == report["selected"]
     assert (elsewhere / "demo" / "runs" / "consistency" / "eval-test" / "metrics.json").is_file()
+    assert "Table 1 on the SYNTHETIC population's test split" in demo.stdout, demo.stderr[-3000:]
+    assert "What the 2-D latents know" in demo.stdout
+    assert "python -m etl.synthetic population" in demo.stderr  # a command the wheel can run
+    assert (elsewhere / "demo" / "population" / "dr16" / "shards" / "index.json").is_file()
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make (the README's prerequisite)")

@@ -1,4 +1,4 @@
-"""The SYNTHETIC galaxy population (benchmarks/population.py, benchmarks/population_corpus.py).
+"""The SYNTHETIC galaxy population (etl/synthetic/population.py, etl/synthetic/population_corpus.py).
 
 Pure parts (resampling, the noise model on a real SDSS galaxy's ivar/and_mask) run in the default
 suite; generating spectra needs bagpipes (the ``population`` extra) and is marked slow.
@@ -7,8 +7,6 @@ suite; generating spectra needs bagpipes (the ``population`` extra) and is marke
 from __future__ import annotations
 
 import hashlib
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,9 +16,7 @@ from conftest import sample_objects
 
 from etl.build import build_shards
 from etl.release import load_release
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-import population  # noqa: E402
+from etl.synthetic import population
 
 N_POP = 240
 
@@ -86,7 +82,7 @@ def test_priors_stay_in_their_documented_ranges():
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     pytest.importorskip("bagpipes")
-    import population_corpus
+    from etl.synthetic import population_corpus
 
     root = tmp_path_factory.mktemp("population")
     population_corpus.make_population(root, N_POP, seed=5, processes=2, chunk=120)
@@ -99,6 +95,10 @@ def test_population_passes_build_shards_with_few_rejections(corpus):
     built = build_shards(release, corpus, workers=1, progress=False)
     accepted = sum(s["rows"] for s in built.shards)
     assert accepted >= 0.95 * N_POP
+    # the catalogue's SYNTHETIC column travels into every shard row
+    from shardio import read_shard
+
+    assert all(read_shard(built.shards_dir / s["path"])["synthetic"].all() for s in built.shards)
 
 
 @pytest.mark.slow
@@ -150,7 +150,7 @@ def test_population_files_are_specobj_shaped_and_labelled_synthetic(corpus):
 
 @pytest.mark.slow
 def test_population_is_byte_identical_per_seed_whatever_the_processes(corpus, tmp_path):
-    import population_corpus
+    from etl.synthetic import population_corpus
 
     population_corpus.make_population(tmp_path, N_POP, seed=5, processes=1, chunk=120)
 
@@ -169,7 +169,7 @@ def test_population_is_byte_identical_per_seed_whatever_the_processes(corpus, tm
 
 def test_knn_r2_and_scale_free_shift_measure_what_they_claim():
     pytest.importorskip("sklearn")
-    import population_science as ps
+    import model.interpretability as ps
 
     rng = np.random.default_rng(3)
     truth = {s: rng.normal(size=n) for s, n in (("train", 600), ("valid", 200), ("test", 200))}
@@ -189,7 +189,7 @@ def test_real_sample_shards_put_every_real_galaxy_in_the_test_split(tmp_path):
     cuts, built by the real ETL with every object in the test split."""
     import json
 
-    from population_science import real_sample_shards
+    from etl.synthetic.real_sample import real_sample_shards
 
     shards = real_sample_shards(load_release("dr16"), tmp_path)
     index = json.loads((shards / "index.json").read_text())
@@ -197,3 +197,6 @@ def test_real_sample_shards_put_every_real_galaxy_in_the_test_split(tmp_path):
             for split in ("train", "valid", "test")}  # fmt: skip
     # 86 pass the cuts; the ETL rejects two of them by name (see test_build_shards)
     assert rows == {"train": 0, "valid": 0, "test": 84}, rows
+    from shardio import read_shard  # real galaxies: no SYNTHETIC rows
+
+    assert not any("synthetic" in read_shard(shards / s["path"]) for s in index["shards"])

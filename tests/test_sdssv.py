@@ -19,14 +19,15 @@ import pytest
 from astropy.io import fits
 from click.testing import CliRunner
 from real_tables import SAMPLE_SDSSV, sdssv_spall_table
+from reference_impl import read_spec_lite_astropy
 
 from cli import main
 from etl.catalog import CatalogError
 from etl.fetch import build_catalog
 from etl.mirror import ArchiveMirror
 from etl.release import load_release
-from etl.shards import read_shard
-from etl.spectrum import Preprocessor, read_spec_lite, read_spec_lite_astropy
+from etl.spectrum import Preprocessor, read_spec_lite
+from shardio import read_shard
 
 TEST_MANIFEST = Path(__file__).parent / "data" / "sdss-v" / "dr20-qso.toml"
 FILES = sorted(SAMPLE_SDSSV.rglob("spec-*.fits"))

@@ -12,8 +12,6 @@ manifests are the shipped DR16/DR17 ones with quasar cuts (their [splits] untouc
 from __future__ import annotations
 
 import csv
-import importlib
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +23,7 @@ from etl.build import build_shards, read_index
 from etl.fetch import fetch
 from etl.mirror import ArchiveMirror
 from etl.release import MANIFEST_DIR, load_release
-from etl.shards import read_shard
+from shardio import read_shard
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "sample"
@@ -36,12 +34,7 @@ HDU2_COLUMNS = (
 )
 
 
-def _split_stability():
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    return importlib.import_module("split_stability")
-
-
-stability = _split_stability()
+import sdss_ids as stability  # noqa: E402  (SDSS's id packing and the format-1 split)
 
 
 def _quasar_manifest(tmp_path: Path, name: str) -> Path:

@@ -1,4 +1,4 @@
-"""workflows: the demo's training step reuses finished runs and resumes interrupted ones."""
+"""workflows.demo: the demo's training step reuses finished runs and resumes interrupted ones."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from test_model_fixtures import build_sample_shards
 
 from model.train import TrainConfig, load_checkpoint, train
-from workflows import WorkflowError, train_objectives
+from workflows.demo import WorkflowError, train_objectives
 
 PLAN = (("fidelity", 1.0, None),)
 

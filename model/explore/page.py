@@ -6,7 +6,7 @@ lines) and the data (JSON; spectra as base64 float32) are inlined, so the page o
 file://. Canvas rectangles drawn one colour bucket at a time stay interactive at 100k points;
 beyond `max_points` the page shows a random sample (every top outlier kept) and says so.
 
-`after_training.explore_page` composes this with the model (reconstructions) and the data (shards or
+`workflows.spectra.explore_page` composes this with the model (reconstructions) and the data (shards or
 spec-lite files).
 """
 
@@ -31,9 +31,17 @@ COLOURS = {
 #: categorical columns offered as colours when present
 CATEGORIES = ("split", "class")
 #: columns shown in the object panel
-INFO = ("z", "outlier_score", "outlier_rank", "chi2", "r_density", "r_chi2", "split", "class")
-#: SDSS plates from here up are synthetic (benchmarks/make_corpus.py): no SkyServer link
-FIRST_SYNTHETIC_PLATE = 13000
+INFO = (
+    "z",
+    "outlier_score",
+    "outlier_rank",
+    "chi2",
+    "r_density",
+    "r_chi2",
+    "split",
+    "class",
+    "synthetic",
+)
 
 
 def choose_rows(
@@ -110,9 +118,12 @@ def page_data(
             colour[k] = {"label": k.upper(), "values": _num(v, 4)}
     release = str(header.get("RELEASE", "dr16")).lower()
     plate = sub.get("plate")
-    # real SDSS objects link to SkyServer; the page builds each URL from this template
+    # real SDSS objects link to SkyServer; the page builds each URL from this template. A
+    # SYNTHETIC object (the embedding's SYNTHETIC column, carried from the generator's
+    # catalogue through the shards) has no page there.
+    synthetic = sub.get("synthetic", np.zeros(len(shown), dtype=bool)).astype(bool)
     linkable = (
-        [int(0 < int(p) < FIRST_SYNTHETIC_PLATE) for p in plate.tolist()]
+        [int(0 < int(p) and not s) for p, s in zip(plate.tolist(), synthetic.tolist(), strict=True)]
         if plate is not None
         else [0] * len(shown)
     )

@@ -17,7 +17,8 @@ are real. Each galaxy is:
    galaxy (chosen at random), rescaled so the median S/N per good pixel is the drawn one,
    Gaussian noise drawn from that ivar.
 
-``make_corpus.py population`` writes the files; this module holds the science.
+``etl.synthetic.population_corpus`` writes the files (``python -m etl.synthetic population``);
+this module holds the science.
 """
 
 from __future__ import annotations

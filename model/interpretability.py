@@ -1,14 +1,12 @@
 """What the trained models know about the SYNTHETIC population's physics, and about real galaxies.
 
-Used by ``benchmarks/table1.py --population``:
+Used by the demo (``workflows.demo``) and ``benchmarks/table1.py --population``:
 
 - :func:`encode_split`: the 2-D latents of every spectrum of a split, with its specobjid;
 - :func:`interpretability`: k-nearest-neighbour regression of each true parameter from the
   latents, fitted on the train split, k chosen on the validation split, R² on the test split;
 - :func:`scale_free_shift`: mean |s − s_aug| over the median latent distance between different
   galaxies (a latent space without a fixed scale cannot shrink it by shrinking);
-- :func:`real_sample_shards`: shards of the real bundled DR16 galaxies (all in one split), to
-  evaluate the population-trained models on real spectra;
 - :func:`plot_latent_maps`: latents coloured by log sSFR and by z, one column per objective;
 - :func:`similarity_scales`: the two sides of the similarity loss's S_ij = ½|s_i − s_j|² − D_ij
   over pairs of a test batch, i.e. whether the latents are spread at the scale of the spectral
@@ -17,23 +15,16 @@ Used by ``benchmarks/table1.py --population``:
 
 from __future__ import annotations
 
-import csv
-import dataclasses
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from etl.build import build_shards
-from etl.catalog import as_catalog, selection_masks, write_catalog
-from etl.release import Release, spec_lite_relpath
+from model.checkpoint import load_model
 from model.data import list_shards
 from model.embed import iter_shard_batches, read_rows
-from model.train import load_model
 
-ROOT = Path(__file__).resolve().parent.parent
 #: the true parameters the latents are asked to predict: catalogue column -> label
 TARGETS = {
     "TRUE_LOG_SSFR": "log sSFR [1/yr]",
@@ -124,33 +115,6 @@ def scale_free_shift(latents: np.ndarray, latent_shift: float, seed: int = 0) ->
     j = (i + rng.integers(1, n, size=20000)) % n  # never i itself
     typical = float(np.median(np.linalg.norm(latents[i] - latents[j], axis=1)))
     return {"median_pair_distance": typical, "scale_free_shift": latent_shift / typical}
-
-
-def real_sample_shards(release: Release, work: str | Path) -> Path:
-    """Shards of the bundled real galaxies that pass ``release``'s cuts, all in the test split.
-
-    Copies the files into ``work/<release>/spectra`` (archive layout) with a catalogue of their
-    real HDU2 values (``sample/catalog.csv``), then runs the real ``build_shards``.
-    """
-    work = Path(work)
-    with open(ROOT / "sample" / "catalog.csv", newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    raw = {c: np.array([r[c] for r in rows]) for c in rows[0]}
-    cat = as_catalog(raw, "sample/catalog.csv")
-    cat["SCIENCEPRIMARY"] = raw["SCIENCEPRIMARY"].astype(int)
-    keep = np.logical_and.reduce(list(selection_masks(cat, release.selection).values()))
-    keep &= np.isin(cat["RUN2D"], release.run2ds)
-    root = work / release.name
-    for i in np.flatnonzero(keep):
-        rel = spec_lite_relpath(cat["RUN2D"][i], cat["PLATE"][i], cat["MJD"][i], cat["FIBERID"][i])
-        dest = root / "spectra" / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(ROOT / "sample" / "sdss" / rel, dest)
-    write_catalog({k: v[keep] for k, v in cat.items()}, root / "catalog.fits")
-    one_split = dataclasses.replace(
-        release, splits=dataclasses.replace(release.splits, train=0.0, valid=0.0, test=1.0)
-    )
-    return build_shards(one_split, work, workers=1, progress=False).shards_dir
 
 
 def plot_latent_maps(

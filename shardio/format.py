@@ -1,8 +1,10 @@
-"""Shard files: write and read one HDF5 shard.
+"""The shard format: write and read HDF5 shards and their index (the one owner of the format).
 
-The format is documented in ``docs/shard-format.md``; the model's loader depends on it and
-nothing else. Every write goes to a temporary name in the same folder and is renamed when the
-file is complete and flushed, so a crash never leaves a half-written shard under a final name.
+The format is documented in ``docs/shard-format.md``. Both ``etl`` (the writer: build-shards)
+and ``model`` (the readers: training, evaluate, embed) use this module, which imports neither
+of them: numpy and h5py only. Every write goes to a temporary name in the same folder and is
+renamed when the file is complete and flushed, so a crash never leaves a half-written shard
+under a final name.
 """
 
 from __future__ import annotations
@@ -15,8 +17,6 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-
-from etl.release import Release
 
 FORMAT = "specetl-shard"
 #: 2: exact string ids, the release's object key, per-row ``ra``/``dec``, and the split keyed
@@ -40,6 +40,9 @@ ROW_DATASETS: Mapping[str, str] = {
     "ra": "float64",
     "dec": "float64",
 }
+#: per-object datasets a shard may have (absent: False for every row). ``synthetic``: the object
+#: is SYNTHETIC (made by etl.synthetic, carried from its catalogue's SYNTHETIC column).
+OPTIONAL_DATASETS: Mapping[str, str] = {"synthetic": "bool"}
 #: v1 shards (uint64 specobjid, plate/mjd/fiberid int32), still readable by :func:`read_shard`
 V1_DATASETS: Mapping[str, str] = {
     **{k: v for k, v in ROW_DATASETS.items() if k not in ("ra", "dec")},
@@ -55,7 +58,9 @@ def object_key(attrs: Mapping[str, object]) -> tuple[str, ...]:
     raw = attrs.get("object_key")
     if raw is None:
         return ("plate", "mjd", "fiberid")
-    return tuple(json.loads(raw.decode() if isinstance(raw, bytes) else str(raw)))
+    if isinstance(raw, bytes):
+        raw = raw.decode()
+    return tuple(json.loads(raw)) if isinstance(raw, str) else tuple(str(k) for k in raw)
 
 
 def row_datasets(attrs: Mapping[str, object]) -> dict[str, str]:
@@ -66,31 +71,8 @@ def row_datasets(attrs: Mapping[str, object]) -> dict[str, str]:
 
 
 class ShardError(ValueError):
-    """A shard file is missing, unreadable or does not match its index entry."""
-
-
-def shard_attrs(release: Release, split: str) -> dict[str, object]:
-    """File attributes of a shard of ``release`` (provenance and preprocessing settings)."""
-    from etl import __version__
-
-    g, t, n = release.grid, release.telluric, release.normalisation
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "release": release.name,
-        "split": split,
-        "loglam0": g.loglam0,
-        "dloglam": g.dloglam,
-        "npix": g.npix,
-        "object_key": json.dumps(list(release.key)),
-        "telluric_top_n": t.top_n,
-        "telluric_half_width": t.half_width,
-        "telluric_line_list": t.line_list.name,
-        "norm_restframe_min": n.restframe_min,
-        "norm_restframe_max": n.restframe_max,
-        "specetl_version": __version__,
-        "manifest_sha256": release.manifest_sha256,
-    }
+    """A shard file or index is missing, unreadable or does not match its index entry; the
+    message names the file."""
 
 
 def write_shard(
@@ -124,7 +106,7 @@ def read_shard(path: str | Path, rows: slice | None = None) -> dict[str, np.ndar
     sel = rows if rows is not None else slice(None)
     try:
         with h5py.File(path, "r") as h5:
-            names = row_datasets(h5.attrs)
+            names = [*row_datasets(h5.attrs), *(k for k in OPTIONAL_DATASETS if k in h5)]
             out: dict[str, np.ndarray] = {name: h5[name][sel] for name in names}
             out["wave_obs"] = h5["wave_obs"][:]
             out["attrs"] = dict(h5.attrs)  # type: ignore[assignment]
@@ -135,7 +117,8 @@ def read_shard(path: str | Path, rows: slice | None = None) -> dict[str, np.ndar
     return out
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    """sha256 of a file's bytes (hex), read in blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
@@ -187,8 +170,18 @@ class ShardWriter:
         self._h5.attrs.update(dict(attrs))
 
     def append(self, columns: Mapping[str, np.ndarray]) -> None:
-        """Append a block of rows (every per-row dataset, see :func:`row_datasets`)."""
+        """Append a block of rows (every per-row dataset, see :func:`row_datasets`, and the
+        :data:`OPTIONAL_DATASETS` the first block has: every block then has the same)."""
         n = len(columns["specobjid"])
+        optional = [k for k in OPTIONAL_DATASETS if k in columns]
+        if not any(self._scalars.values()):  # the first block decides
+            for k in optional:
+                self.datasets[k] = OPTIONAL_DATASETS[k]
+                self._scalars.setdefault(k, [])
+        elif sorted(optional) != sorted(k for k in OPTIONAL_DATASETS if k in self._scalars):
+            raise ValueError(
+                f"ShardWriter: optional column(s) {optional} differ from the first block"
+            )
         for name in ("flux", "ivar"):
             data = np.asarray(columns[name], dtype=ROW_DATASETS[name])
             if data.shape != (n, self.npix):

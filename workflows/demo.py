@@ -19,7 +19,7 @@ of the ~60 real training galaxies (the ETL still runs on the real sample):
   embed_demo        `specetl embed` of every shard row + `specetl explore`'s page
 
 After training, outside the shards (`specetl embed --spectra`, `specetl explore`): see
-`after_training`.
+`workflows.spectra`.
 
 Every step reuses what an earlier run left in OUT, so a rerun is quick. Progress lines go to
 `step` (the CLI prints them to stderr with the elapsed time), results to `echo` (stdout); this
@@ -39,7 +39,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-SAMPLE = Path(__file__).resolve().parent / "sample"
+SAMPLE = Path(__file__).resolve().parents[1] / "sample"
 
 # (objective, which share of --epochs it trains, the objective whose run initialises it)
 DEMO_PLAN: tuple[tuple[str, float, str | None], ...] = (
@@ -149,7 +149,8 @@ def train_objectives(
     retrained; an interrupted one (a Ctrl-C mid-run) is resumed from its last.pt. Raises
     WorkflowError when a run cannot be trained or resumed.
     """
-    from model.train import TrainConfig, TrainError, load_checkpoint, train
+    from model.checkpoint import load_checkpoint
+    from model.train import TrainConfig, TrainError, train
 
     done = []
     for objective, share, init in plan:
@@ -209,7 +210,6 @@ def evaluate_runs(runs: list[Path], step: Say = log.info, echo: Say = print) -> 
 DEMO_POPULATION_N = 2400
 #: epochs of the demo's fidelity and similarity runs on the population (consistency: half)
 DEMO_POPULATION_EPOCHS = 6
-BENCHMARKS = Path(__file__).resolve().parent / "benchmarks"
 
 
 def population_available() -> str | None:
@@ -218,17 +218,10 @@ def population_available() -> str | None:
 
     for name in ("bagpipes", "sklearn"):
         if importlib.util.find_spec(name) is None:  # importing bagpipes takes seconds and prints
-            return f"the population extra is not installed ({name}; pip install -e '.[population]')"
-    if not (BENCHMARKS / "population_corpus.py").exists():
-        return f"the population generator is not here ({BENCHMARKS}; run from a checkout)"
+            return (
+                f"the population extra is not installed ({name}; pip install 'specetl[population]')"
+            )
     return None
-
-
-def _benchmarks_on_path() -> None:
-    # the generator and its science helpers are benchmark code, not part of the installed
-    # package: the demo uses them from the checkout it runs in
-    if str(BENCHMARKS) not in sys.path:
-        sys.path.insert(0, str(BENCHMARKS))
 
 
 def build_population_shards(
@@ -241,10 +234,8 @@ def build_population_shards(
     nothing after the shards reads them: the shards and catalog.fits (the true parameters) stay,
     and the files come back byte for byte from the seed. A rerun reuses the shards as they are.
     """
-    _benchmarks_on_path()
-    from population_corpus import make_population
-
     from etl.build import BuildResult
+    from etl.synthetic.population_corpus import make_population
 
     spectra, shards = out / rel.name / "spectra", out / rel.name / "shards"
     if (shards / "index.json").exists() and not spectra.exists():
@@ -259,7 +250,7 @@ def build_population_shards(
     shutil.rmtree(spectra)
     step(
         f"deleted the population's spec-lite files ({size / 1e6:.0f} MB; the shards hold them; "
-        f"`python benchmarks/make_corpus.py population --n {n} --seed {seed} --data-dir {out}` "
+        f"`python -m etl.synthetic population --n {n} --seed {seed} --data-dir {out}` "
         "remakes them)"
     )
     return built
@@ -270,9 +261,8 @@ def population_science(
 ) -> dict:
     """What the population-trained models know: kNN R² of log sSFR and z from the latents, the
     scale-free shift, each model on every real galaxy the demo fetched, a latent map."""
-
-    _benchmarks_on_path()
-    from population_science import (
+    from model.evaluate import EvaluateError, evaluate_run
+    from model.interpretability import (
         encode_split,
         interpretability,
         plot_latent_maps,
@@ -280,8 +270,6 @@ def population_science(
         scale_free_shift,
         truths_for,
     )
-
-    from model.evaluate import EvaluateError, evaluate_run
 
     step("interpretability: what the latents know about the true parameters")
     shards = pop_dir / rel.name / "shards"
@@ -346,8 +334,8 @@ def population_science(
 
 def embed_demo(run: Path, out: Path, step: Say = log.info, echo: Say = print) -> tuple[Path, Path]:
     """`specetl embed` of every shard row with `run`, then `specetl explore`'s page of it."""
-    from after_training import explore_page
     from model.embed import embed_shards
+    from workflows.spectra import explore_page
 
     step(f"embed every shard row with {run.name}; outlier scores against its train split")
     emb = embed_shards(run, out / "embedding.fits", device="cpu")

@@ -3,8 +3,8 @@
 Two kinds (subcommands), both in the archive layout that ``specetl build-shards`` reads:
 
 - ``population``: a continuous, bimodal population of bagpipes galaxies with known physical
-  parameters, observed through real SDSS noise and masks (``benchmarks/population_corpus.py``,
-  physics in ``benchmarks/population.py``, priors in ``docs/population.md``);
+  parameters, observed through real SDSS noise and masks (``etl/synthetic/population_corpus.py``,
+  physics in ``etl/synthetic/population.py``, priors in ``docs/population.md``);
 - ``from-real``: the bundled real galaxies moved to new redshifts (below).
 
 ``from-real``: THE CORPUS IS SYNTHETIC. Every file is one of the bundled *real* SDSS galaxy spectra
@@ -34,21 +34,18 @@ costs ~0.1 ms of CPU plus the write. Objects are generated per plate (1000 files
 
 Usage::
 
-    python benchmarks/make_corpus.py population --n 20000 --data-dir DATA [--seed 0] [--release dr16]
-    python benchmarks/make_corpus.py from-real --n 50000 --data-dir DATA [--seed 0] [--release dr16]
+    python -m etl.synthetic population --n 20000 --data-dir DATA [--seed 0] [--release dr16]
+    python -m etl.synthetic from-real --n 50000 --data-dir DATA [--seed 0] [--release dr16]
 
 write ``DATA/<release>/spectra/<run2d>/<plate>/spec-….fits`` and ``DATA/<release>/catalog.fits``.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import functools
 import logging
 import multiprocessing
-import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,13 +53,12 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(ROOT))
+from etl.catalog import as_catalog, selection_masks, write_catalog
+from etl.release import load_release, spec_lite_relpath
+from etl.spectrum import Preprocessor, SpectrumRejected
 
-from etl.catalog import as_catalog, selection_masks, write_catalog  # noqa: E402
-from etl.release import load_release, spec_lite_relpath  # noqa: E402
-from etl.spectrum import Preprocessor, SpectrumRejected  # noqa: E402
+#: the package's root: sample/ ships beside etl/ (in a checkout and in an installed wheel)
+ROOT = Path(__file__).resolve().parents[2]
 
 log = logging.getLogger("make_corpus")
 
@@ -312,39 +308,7 @@ def make_corpus(
     columns["DEC"] = np.degrees(np.arcsin(np.clip(2 * ((k * 0.618034) % 1.0) - 1, -1, 1)))
     columns["DEC"] = np.clip(columns["DEC"] + 0.75 * np.sin(fib), -90.0, 90.0)
     catalog_path = root / "catalog.fits"
+    columns["SYNTHETIC"] = np.ones(len(columns["SPECOBJID"]), dtype=bool)
     write_catalog(as_catalog(columns, "synthetic corpus"), catalog_path)
     log.warning("%s: %d files + %s in %.1f s", BANNER, n, catalog_path, time.perf_counter() - t0)
     return catalog_path
-
-
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sub = ap.add_subparsers(dest="kind", required=True)
-    kinds = {
-        "population": "bagpipes galaxies with known parameters, real SDSS noise and masks",
-        "from-real": "the bundled real galaxies moved to new redshifts",
-    }
-    for kind, text in kinds.items():
-        p = sub.add_parser(kind, help=text, description=f"SYNTHETIC corpus: {text}")
-        p.add_argument(
-            "--data-dir", type=Path, required=True, help="files go to DATA/<release>/..."
-        )
-        p.add_argument("--n", type=int, default=20000, help="number of files (default 20000)")
-        p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-        p.add_argument("--release", default="dr16", help="release manifest (default dr16)")
-        p.add_argument("--processes", type=int, default=os.cpu_count() or 1)
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.kind == "population":
-        from population_corpus import BANNER as POP_BANNER
-        from population_corpus import make_population
-
-        print(POP_BANNER)
-        make_population(args.data_dir, args.n, args.seed, args.release, args.processes)
-    else:
-        print(BANNER)
-        make_corpus(args.data_dir, args.n, args.seed, args.release, args.processes)
-
-
-if __name__ == "__main__":
-    main()

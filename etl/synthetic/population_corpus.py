@@ -1,6 +1,6 @@
 """Write a SYNTHETIC galaxy population as SDSS spec-lite files + a catalogue (archive layout).
 
-THE SPECTRA ARE SYNTHETIC: bagpipes models (``benchmarks/population.py``) observed through the
+THE SPECTRA ARE SYNTHETIC: bagpipes models (``etl/synthetic/population.py``) observed through the
 noise and masks of the real bundled SDSS galaxies. Each file is a real spec-lite file of one of
 those galaxies (the noise template, drawn at random) with:
 
@@ -28,7 +28,6 @@ import io
 import logging
 import multiprocessing
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,12 +35,9 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-HERE = Path(__file__).resolve().parent
-for _p in (HERE.parent, HERE):  # the repository (etl) and benchmarks/ (sibling scripts)
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
-
-from make_corpus import (  # noqa: E402
+from etl.catalog import as_catalog, write_catalog
+from etl.release import spec_lite_relpath
+from etl.synthetic.from_real import (
     Template,
     _find_card,
     _set_card,
@@ -49,7 +45,7 @@ from make_corpus import (  # noqa: E402
     load_templates,
     specobjid,
 )
-from population import (  # noqa: E402
+from etl.synthetic.population import (
     DERIVED,
     DLOGLAM,
     LOGLAM0,
@@ -58,9 +54,6 @@ from population import (  # noqa: E402
     draw_parameters,
     observe,
 )
-
-from etl.catalog import as_catalog, write_catalog  # noqa: E402
-from etl.release import spec_lite_relpath  # noqa: E402
 
 log = logging.getLogger("make_corpus.population")
 

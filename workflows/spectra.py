@@ -1,6 +1,6 @@
 """After training, outside the shards: `specetl embed --spectra` and `specetl explore`.
 
-Composes `etl` and `model` (neither imports the other), like `workflows` (the demo):
+Composes `etl` and `model` (neither imports the other), like `workflows.demo`:
 
   embed_spectra     spec-lite files outside the shards, through the release's own preprocessing
                     (etl.spectrum.Preprocessor), embedded and scored against the run's outliers
@@ -23,15 +23,22 @@ log = logging.getLogger(__name__)
 
 
 def _release_of(run: str | Path, release: str | None, shards_dir: str | Path | None):
-    """The release whose preprocessing the run's shards were made with (index.json `release`)."""
-    from etl.release import load_release
+    """The release whose preprocessing the run's shards were made with (index.json `release`).
 
-    if release:
-        return load_release(release)
-    index = Path(shards_dir) / "index.json" if shards_dir else None
-    if index and index.exists():
-        return load_release(json.loads(index.read_text())["release"])
-    raise ValueError(f"run {run}: cannot tell its release (no shards index); pass --release")
+    Raises EmbedError (what `specetl embed` and `explore` turn into one line), also for a
+    release manifest that cannot be loaded."""
+    from etl.release import ManifestError, load_release
+    from model.embed import EmbedError
+
+    try:
+        if release:
+            return load_release(release)
+        index = Path(shards_dir) / "index.json" if shards_dir else None
+        if index and index.exists():
+            return load_release(json.loads(index.read_text())["release"])
+    except ManifestError as e:
+        raise EmbedError(f"run {run}: {e}") from None
+    raise EmbedError(f"run {run}: cannot tell its release (no shards index); pass --release")
 
 
 def _catalog_rows(path: str | Path, key: Sequence[str]) -> dict[tuple[int, ...], dict]:
@@ -137,6 +144,7 @@ def embed_spectra(
     shards, or `release`), and are scored against the run's outlier model (fitted on the train
     split of the run's shards if the run has none yet).
     """
+    from model.checkpoint import load_model, pick_device
     from model.embed import (
         EmbedError,
         add_scores,
@@ -145,7 +153,6 @@ def embed_spectra(
         provenance_header,
         write_embedding,
     )
-    from model.train import load_model, pick_device
 
     dev = pick_device(device)
     model, ckpt = load_model(run, device=dev)
@@ -180,8 +187,8 @@ def explorer_spectra(
     """
     import torch
 
+    from model.checkpoint import load_model, pick_device
     from model.embed import embed_batch, read_rows
-    from model.train import load_model, pick_device
 
     dev = pick_device(device)
     model, ckpt = load_model(run, device=dev)
