@@ -30,17 +30,16 @@ for _p in (HERE.parent, HERE):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-from population_science import (  # noqa: E402
+from etl.fidelity_floor import fidelity_floor  # noqa: E402
+from etl.release import load_release  # noqa: E402
+from model.evaluate import evaluate_run  # noqa: E402
+from model.interpretability import (  # noqa: E402
     encode_split,
     interpretability,
     read_truth_catalog,
     scale_free_shift,
     truths_for,
 )
-
-from etl.fidelity_floor import fidelity_floor  # noqa: E402
-from etl.release import load_release  # noqa: E402
-from model.evaluate import evaluate_run  # noqa: E402
 
 SPLITS = ("train", "valid", "test")
 R2_SHOWN = ("TRUE_LOG_SSFR", "TRUE_AGE_MW", "TRUE_AV", "TRUE_SIGMA", "TRUE_Z")

@@ -20,8 +20,8 @@ import numpy as np
 from etl.fitsread import FitsError, FitsFile
 from etl.objects import spec_lite_name
 from etl.release import Grid
-from etl.shards import object_key, read_shard
 from etl.spectrum import place_on_grid
+from shardio import object_key, read_shard
 
 
 class FloorError(ValueError):

@@ -7,7 +7,6 @@ is misplaced on the grid, or normalised differently from the flux, misses it by 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +18,11 @@ from etl.fidelity_floor import FloorError, fidelity_floor, truth_on_grid
 from etl.objects import spec_lite_name
 from etl.release import load_release
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-
 
 @pytest.fixture(scope="module")
 def built_population(tmp_path_factory):
     pytest.importorskip("bagpipes")
-    import population_corpus
+    from etl.synthetic import population_corpus
 
     root = tmp_path_factory.mktemp("floor")
     population_corpus.make_population(root, 60, seed=11, processes=1, chunk=60)
@@ -48,7 +45,7 @@ def test_a_misplaced_truth_is_far_above_the_floor(built_population):
     """The same sum with the truth shifted by one pixel: the check above can fail."""
     root, release = built_population
     shard = sorted((root / "dr16" / "shards").rglob("shard-*.h5"))[0]
-    from etl.shards import read_shard
+    from shardio import read_shard
 
     rows = read_shard(shard)
     i = 0
