@@ -19,32 +19,72 @@ from pathlib import Path
 
 import numpy as np
 
+from etl.paths import under
+
 log = logging.getLogger(__name__)
 
 
 def _release_of(run: str | Path, release: str | None, shards_dir: str | Path | None):
     """The release whose preprocessing the run's shards were made with (index.json `release`)."""
     from etl.release import load_release
+    from model.embed import EmbedError
 
     if release:
         return load_release(release)
     index = Path(shards_dir) / "index.json" if shards_dir else None
-    if index and index.exists():
-        return load_release(json.loads(index.read_text())["release"])
-    raise ValueError(f"run {run}: cannot tell its release (no shards index); pass --release")
+    try:
+        name = json.loads(index.read_text())["release"] if index else None
+    except (OSError, ValueError, KeyError, TypeError):
+        name = None
+    if not isinstance(name, str):
+        raise EmbedError(
+            f"run {run}: cannot tell its release (no readable release in {index}); pass --release"
+        )
+    return load_release(name)
+
+
+#: what `embed --spectra --catalog` needs of a table (its --help says so): the key and Z; the
+#: rest (SPECOBJID, CLASS, RA/DEC) comes from the file's HDU 2 when the table lacks it
+_CATALOG_OPTIONAL = ("SPECOBJID", "CLASS", "RA", "DEC")
 
 
 def _catalog_rows(path: str | Path, key: Sequence[str]) -> dict[tuple[int, ...], dict]:
-    """Rows of a catalogue (any spelling of etl.catalog's alias table) by the release's key."""
-    from etl.catalog import as_catalog
+    """Rows of a catalogue by the release's key: the key columns and Z (any spelling of
+    etl.catalog's alias table), plus SPECOBJID, CLASS, RA, DEC where present."""
+    from etl.catalog import POSITION_PAIRS, SOURCE_ALIASES, CatalogError
     from etl.tables import iter_table_columns
+
+    want = {k.upper(): (k.upper(),) for k in key} | {"Z": SOURCE_ALIASES["Z"]}
+    optional = {
+        "SPECOBJID": SOURCE_ALIASES["SPECOBJID"],
+        "CLASS": SOURCE_ALIASES["CLASS"],
+        "RA": tuple(ra for ra, _ in POSITION_PAIRS),
+        "DEC": tuple(dec for _, dec in POSITION_PAIRS),
+    }
+
+    def column(chunk: dict, aliases: tuple[str, ...]) -> np.ndarray | None:
+        upper = {name.upper(): name for name in chunk}
+        name = next((upper[a] for a in aliases if a in upper), None)
+        return None if name is None or chunk[name] is None else np.asarray(chunk[name])
 
     out = {}
     for chunk in iter_table_columns(path, key):
-        cat = as_catalog(chunk, str(path), key)
-        for i in range(len(cat["SPECOBJID"])):
-            row = {name: values[i] for name, values in cat.items()}
-            out[tuple(int(row[k.upper()]) for k in key)] = row
+        cols = {c: column(chunk, a) for c, a in want.items()}
+        missing = [c for c, v in cols.items() if v is None]
+        if missing:
+            raise CatalogError(
+                f"{path}: lacks column(s) {', '.join(missing)} (has {', '.join(chunk) or 'none'})"
+            )
+        cols |= {c: v for c, a in optional.items() if (v := column(chunk, a)) is not None}
+        for i in range(len(cols["Z"])):
+            row = {name: values[i] for name, values in cols.items()}
+            try:
+                ids = tuple(int(row[k.upper()]) for k in key)
+            except (TypeError, ValueError) as err:
+                raise CatalogError(
+                    f"{path}: row {i + 1} has a key that is no integer ({err})"
+                ) from None
+            out[ids] = row
     return out
 
 
@@ -82,7 +122,7 @@ def preprocess_spectra(
             if cat is not None:
                 if ids not in cat:
                     raise SpectrumRejected(p.name, "not in catalogue", f"{ids} not in {catalog}")
-                meta = cat[ids]
+                meta = {**meta, **cat[ids]}  # the table's Z (and ids it has) over HDU 2's
             pre = prep.preprocess(raw, float(meta["Z"]), p.name)
         except (SpectrumRejected, OSError, KeyError, IndexError, ValueError) as e:
             errors.append(f"{p}: {e}")
@@ -145,12 +185,14 @@ def embed_spectra(
         provenance_header,
         write_embedding,
     )
+    from model.run_checks import check_pixels, shards_of_run
     from model.train import load_model, pick_device
 
     dev = pick_device(device)
     model, ckpt = load_model(run, device=dev)
-    shards_dir = Path(shards_dir or ckpt["config"]["shards"])
+    shards_dir = shards_of_run(run, ckpt, shards_dir)
     rel = _release_of(run, release, shards_dir)
+    check_pixels(ckpt, rel.grid.npix, f"embed {run} with release {rel.name}", shards_dir)
     rows, errors = preprocess_spectra(paths, rel, catalog)
     if not rows:
         raise EmbedError(f"none of the {len(paths)} spectra could be preprocessed")
@@ -161,6 +203,26 @@ def embed_spectra(
     header = provenance_header(run, shards_dir, om, ckpt)
     header.update(SPLIT="none", RELEASE=rel.name, NSKIPPED=len(errors))
     return write_embedding(table, out, header), errors
+
+
+def _embedding_shards(header: dict) -> Path:
+    """The shards an embedding's rows come from: its SHARDS card, absolute, holding the same
+    index.json (INDEXSHA) as when it was embedded; EmbedError otherwise (no silent substitute)."""
+    from model.data import index_sha256
+    from model.embed import EmbedError
+
+    recorded = str(header.get("SHARDS") or "")
+    if not Path(recorded).is_absolute():
+        raise EmbedError(
+            f"the embedding records its shards as {recorded!r}, not an absolute path; "
+            "embed it again with this version"
+        )
+    path = Path(recorded)
+    if not (path / "index.json").is_file():
+        raise EmbedError(f"the shards this embedding was made from are gone ({path})")
+    if header.get("INDEXSHA") and index_sha256(path) != header["INDEXSHA"]:
+        raise EmbedError(f"the shards at {path} changed since this embedding was made; embed again")
+    return path
 
 
 def explorer_spectra(
@@ -186,21 +248,22 @@ def explorer_spectra(
     dev = pick_device(device)
     model, ckpt = load_model(run, device=dev)
     model.eval()
-    shards_dir = Path(str(header.get("SHARDS") or ckpt["config"]["shards"]))
+    shards_dir = _embedding_shards(header) if "shard" in cols else None
     arrays: dict[int, tuple[np.ndarray, np.ndarray, float]] = {}
     files = {}
     for r in rows:
         r = int(r)
         if "shard" in cols and str(cols["shard"][r]):
-            d = read_rows(
-                shards_dir / str(cols["shard"][r]), int(cols["row"][r]), int(cols["row"][r]) + 1
-            )
+            # the table names the shard; it may name only a file under the shards folder
+            shard = under(shards_dir, str(cols["shard"][r]))
+            d = read_rows(shard, int(cols["row"][r]), int(cols["row"][r]) + 1)
             arrays[r] = (d["flux"][0], d["ivar"][0], float(d["z"][0]))
         elif "file" in cols:
             files[r] = str(cols["file"][r])
     if files:
-        rel = _release_of(run, release or header.get("RELEASE"), shards_dir)
-        pre, _ = preprocess_spectra(list(files.values()), rel)
+        rel = _release_of(run, release or header.get("RELEASE"), header.get("SHARDS"))
+        # a FILE cell is read as a spec-lite file and nothing else
+        pre, _ = preprocess_spectra([f for f in files.values() if f.endswith(".fits")], rel)
         by_file = {p["file"]: p for p in pre}
         for r, f in files.items():
             if f in by_file:
@@ -236,10 +299,16 @@ def explore_page(
     device: str = "auto",
 ) -> Path:
     """`specetl explore`: the self-contained HTML page of an embedding made by `run`."""
-    from model.embed import read_embedding
+    from model.embed import EmbedError, read_embedding
     from model.explore.page import choose_rows, write_page
 
     cols, header = read_embedding(embedding)
+    missing = [c for c in ("s", "outlier_score", "z") if c not in cols]
+    if missing or not ("shard" in cols or "file" in cols):
+        raise EmbedError(
+            f"{embedding} is not an embedding made by `specetl embed` (lacks "
+            f"{', '.join(c.upper() for c in missing) or 'SHARD/FILE'})"
+        )
     top, sample = choose_rows(cols["outlier_score"], top_n, n_sample)
     spectra, wave_obs, wave_rest = explorer_spectra(
         run, cols, [*top.tolist(), *sample.tolist()], header, device
