@@ -299,7 +299,8 @@ def explore_page(
     device: str = "auto",
 ) -> Path:
     """`specetl explore`: the self-contained HTML page of an embedding made by `run`."""
-    from model.embed import EmbedError, read_embedding
+    from model.data import file_sha256
+    from model.embed import EmbedError, checkpoint_path, read_embedding
     from model.explore.page import choose_rows, write_page
 
     cols, header = read_embedding(embedding)
@@ -308,6 +309,13 @@ def explore_page(
         raise EmbedError(
             f"{embedding} is not an embedding made by `specetl embed` (lacks "
             f"{', '.join(c.upper() for c in missing) or 'SHARD/FILE'})"
+        )
+    made_by = header.get("CKPTSHA")
+    if made_by and made_by != file_sha256(checkpoint_path(run)):
+        # the page draws this run's reconstructions next to another model's latents and scores
+        raise EmbedError(
+            f"{embedding} was made by another checkpoint than {checkpoint_path(run)}; "
+            "pass the --run that made it, or embed again with this one"
         )
     top, sample = choose_rows(cols["outlier_score"], top_n, n_sample)
     spectra, wave_obs, wave_rest = explorer_spectra(

@@ -640,6 +640,14 @@ CASES = [
         "not an absolute path",
     ),
     _c(
+        "explore-with-another-run",
+        lambda w, f: (
+            ["explore", "--embedding", str(w.embedding), "--run", run_copy(w, f, nan_weights)]
+            + ["--out", str(f / "p.html")]
+        ),
+        "made by another checkpoint",
+    ),
+    _c(
         "explore-out-parent-is-a-file",
         lambda w, f: (
             ["explore", "--embedding", str(w.embedding), "--run", str(w.run)]

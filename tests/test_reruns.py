@@ -197,3 +197,45 @@ def test_demo_reuses_only_runs_of_the_same_settings(world: World, tmp_path):  # 
     assert "reusing" in said[-1] and "same settings" in said[-1]
     with pytest.raises(WorkflowError, match="other settings .*epochs 1 -> 2"):
         train_objectives(world.shards, runs, 2, 8, plan=plan, step=said.append)
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_build_shards_is_one_line_and_the_rerun_completes(
+    archive_server, release, tmp_path
+):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = tmp_path / "DATA"
+    got = fetch(
+        release,
+        data,
+        str(REPO / "sample" / "catalog.csv"),
+        base_url=archive_server.base_url,
+        config=FAST,
+        progress=False,
+    )
+    assert got.downloaded > 50
+    cmd = [sys.executable, "-c", "from cli import main; main()", "build-shards"]
+    cmd += ["--data-dir", str(data), "--workers", "2", "--shard-size", "1"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    shards = data / "dr16" / "shards"
+    deadline = time.monotonic() + 120
+    while not any(shards.glob("*/*")) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the workers are writing: the cluster is up
+    os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C goes to the whole group
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    assert "Traceback" not in out, out
+    assert [ln for ln in out.splitlines() if ln.startswith("Error")] == [
+        "Error: interrupted (Ctrl-C); rerun the same command to resume"
+    ]
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert (shards / "index.json").exists()
