@@ -212,15 +212,20 @@ def _embedding_shards(header: dict) -> Path:
     from model.embed import EmbedError
 
     recorded = str(header.get("SHARDS") or "")
-    if not Path(recorded).is_absolute():
-        raise EmbedError(
-            f"the embedding records its shards as {recorded!r}, not an absolute path; "
-            "embed it again with this version"
-        )
     path = Path(recorded)
+    made_from = header.get("INDEXSHA")
+    if not path.is_absolute():
+        # an embedding of an older version: its relative path is accepted only where it holds
+        # exactly the shards it was made from
+        if (path / "index.json").is_file() and made_from and index_sha256(path) == made_from:
+            return path.resolve()
+        raise EmbedError(
+            f"the embedding records its shards as {recorded!r}, not an absolute path, and that "
+            "is not the shard set it was made from here; embed it again with this version"
+        )
     if not (path / "index.json").is_file():
         raise EmbedError(f"the shards this embedding was made from are gone ({path})")
-    if header.get("INDEXSHA") and index_sha256(path) != header["INDEXSHA"]:
+    if made_from and index_sha256(path) != made_from:
         raise EmbedError(f"the shards at {path} changed since this embedding was made; embed again")
     return path
 

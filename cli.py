@@ -105,7 +105,7 @@ def fetch_cmd(release: str, data_dir: str, **options: object) -> None:
 
     try:
         report = fetch(load_release(release), data_dir, **options)
-    except (ManifestError, CatalogError, OSError) as err:
+    except (ManifestError, CatalogError) as err:  # OSError: one line by OneLineGroup
         raise click.ClickException(str(err)) from None
     space = report.space or {}
     if report.dry_run:
@@ -167,7 +167,7 @@ def build_shards_cmd(release: str, data_dir: str, **options: object) -> None:
         result = build_shards(
             load_release(release), data_dir, progress=sys.stderr.isatty(), **options
         )
-    except (ManifestError, CatalogError, BuildError, ShardError, OSError) as err:
+    except (ManifestError, CatalogError, BuildError, ShardError) as err:  # OSError: OneLineGroup
         raise click.ClickException(str(err)) from None
     click.echo(result.summary())
 

@@ -69,7 +69,7 @@ DEVICE = Device()
 
 def one_line(err: BaseException) -> str:
     """The message of ``err`` on one line (the first line of a multi-line one)."""
-    if isinstance(err, OSError) and err.strerror:
+    if isinstance(err, OSError) and err.strerror and not _is_named(err):
         where = err.filename if err.filename is not None else ""
         text = f"{where}: {err.strerror}" if where else err.strerror
     else:

@@ -3,8 +3,8 @@ model, and whether its loss is still a number.
 
 - :func:`shards_of_run`: the shards a command reads for a run. ``--shards`` when given; else the
   folder the run's config records, which must be absolute (a relative one would mean whatever
-  sits at that path below the current folder) and must still hold the shard set the run was
-  trained on (the sha256 of its ``index.json`` is in every checkpoint). A missing or changed set
+  sits at that path below the current folder: one is accepted only where it holds exactly the
+  run's shards) and must still hold the shard set the run was trained on (the sha256 of its ``index.json`` is in every checkpoint). A missing or changed set
   is one :class:`TrainError`, never a silent substitute.
 - :func:`check_pixels`: the model's input size against the shards' grid, as one line
   ("this model expects 3921 pixels, these shards have 3500") instead of a tensor-size error.
@@ -45,15 +45,20 @@ def shards_of_run(run: str | Path, ckpt: dict, shards: str | Path | None = None)
     recorded = str(ckpt.get("config", {}).get("shards") or "")
     if not recorded:
         raise TrainError(f"{run} does not record its shards; pass --shards DIR")
+    trained_on = ckpt.get("index_sha256")
+    path = Path(recorded)
     if not os.path.isabs(recorded):
+        # a run made before paths were stored absolute: its path meant "below the folder it was
+        # started in"; accepted only where that is provably the same shard set
+        if (path / "index.json").is_file() and trained_on and index_sha256(path) == trained_on:
+            return path.resolve()
         raise TrainError(
             f"{run} records its shards as the relative path {recorded!r} (a run made before "
-            "paths were stored absolute); pass --shards DIR"
+            "paths were stored absolute), and there is not the shard set it was trained on "
+            "from this folder; pass --shards DIR"
         )
-    path = Path(recorded)
     if not (path / "index.json").is_file():
         raise TrainError(f"the shards {run} was trained on are gone ({path}); pass --shards DIR")
-    trained_on = ckpt.get("index_sha256")
     try:
         now = index_sha256(path)
     except (OSError, ShardError) as e:

@@ -239,3 +239,23 @@ def test_ctrl_c_during_build_shards_is_one_line_and_the_rerun_completes(
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert (shards / "index.json").exists()
+
+
+def test_a_run_of_an_older_version_with_a_relative_path(world: World, tmp_path, monkeypatch):  # noqa: F811
+    """Accepted only from a folder where that path holds exactly the run's shards."""
+    from test_bad_input import run_copy
+
+    def relative(ckpt: dict) -> None:
+        ckpt["config"]["shards"] = "data/shards"
+
+    run = run_copy(world, tmp_path, relative)
+    there = tmp_path / "there"
+    shutil.copytree(world.shards, there / "data" / "shards")
+    monkeypatch.chdir(there)
+    result = CliRunner().invoke(main, ["evaluate", "--run", run, "--out", str(tmp_path / "e")])
+    assert result.exit_code == 0, result.output
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(world.other_grid, elsewhere / "data" / "shards")
+    monkeypatch.chdir(elsewhere)
+    result = CliRunner().invoke(main, ["evaluate", "--run", run, "--out", str(tmp_path / "f")])
+    assert result.exit_code == 1 and "relative path 'data/shards'" in result.output
