@@ -171,7 +171,7 @@ def train_objectives(
                     "pass another --out to train with these"
                 )
             if last["epoch"] >= last["config"]["epochs"]:
-                step(f"train {objective}: reusing {run} (same settings: {n_epochs} epochs)")
+                step(f"train {objective}: reusing {run} (same settings: {n_epochs} epoch(s))")
                 continue
             resume = True
             step(f"train {objective}: resuming {run} after epoch {last['epoch']}/{n_epochs}")

@@ -297,6 +297,9 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
             dist.all_reduce(sums_d)
             sums = sums_d.cpu()
         wall = time.perf_counter() - t0
+        # every rank sees the all-reduced train loss, so all of them stop together (no rank
+        # left waiting at a barrier); the validation loss is rank 0's, checked below
+        stop_if_not_finite(float(sums[1]) / max(float(sums[0]), 1.0), 0.0, epoch + 1, run)
         if main:
             vbatches = valid_iter if valid_iter is not None else valid_data
             valid = evaluate(
