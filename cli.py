@@ -11,6 +11,7 @@ import time
 
 import click
 
+from cli_guard import LEARNING_RATE, OneLineGroup
 from cli_support import (
     EXISTING_DIR,
     EXISTING_FILE,
@@ -28,7 +29,10 @@ from cli_support import (
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    cls=OneLineGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.option(
     "-v", "--verbose", count=True, help="More log output: -v debug, -vv also Dask's own logs."
 )
@@ -101,7 +105,7 @@ def fetch_cmd(release: str, data_dir: str, **options: object) -> None:
 
     try:
         report = fetch(load_release(release), data_dir, **options)
-    except (ManifestError, CatalogError, OSError) as err:
+    except (ManifestError, CatalogError) as err:  # OSError: one line by OneLineGroup
         raise click.ClickException(str(err)) from None
     space = report.space or {}
     if report.dry_run:
@@ -163,7 +167,7 @@ def build_shards_cmd(release: str, data_dir: str, **options: object) -> None:
         result = build_shards(
             load_release(release), data_dir, progress=sys.stderr.isatty(), **options
         )
-    except (ManifestError, CatalogError, BuildError, ShardError, OSError) as err:
+    except (ManifestError, CatalogError, BuildError, ShardError) as err:  # OSError: OneLineGroup
         raise click.ClickException(str(err)) from None
     click.echo(result.summary())
 
@@ -214,17 +218,21 @@ def build_shards_cmd(release: str, data_dir: str, **options: object) -> None:
     "encoder, batch 64, same grids.",
 )
 @click.option(
-    "--epochs", type=int, default=10, show_default=True, help="Epochs over the train split."
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Epochs over the train split.",
 )
 @click.option(
     "--batch-size",
-    type=int,
+    type=click.IntRange(min=1),
     default=None,
     help="Spectra per step and rank (default: the preset's).",
 )
 @click.option(
     "--lr",
-    type=float,
+    type=LEARNING_RATE,
     default=1e-3,
     show_default=True,
     help="Peak learning rate of the OneCycle schedule (Adam).",
@@ -246,7 +254,7 @@ def build_shards_cmd(release: str, data_dir: str, **options: object) -> None:
 @click.option("--compile", is_flag=True, help="Wrap the model in torch.compile.")
 @click.option(
     "--workers",
-    type=int,
+    type=click.IntRange(min=0),
     default=0,
     show_default=True,
     help="DataLoader worker processes reading shards (0: the training process).",
@@ -254,7 +262,7 @@ def build_shards_cmd(release: str, data_dir: str, **options: object) -> None:
 @seed_option("Seeds initialisation, data order, dropout and augmentation.")
 @click.option(
     "--checkpoint-every",
-    type=int,
+    type=click.IntRange(min=1),
     default=1,
     show_default=True,
     help="Write RUN/last.pt every N epochs (and at the end); best.pt follows validation.",

@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 import click
 
+from cli_guard import DEVICE
+
 
 def setup_logging(verbose: int) -> None:
     """INFO by default, DEBUG with -v; chatty libraries (Dask's cluster life cycle) only with -vv."""
@@ -50,7 +52,11 @@ scheduler_option = click.option(
 
 # Options shared by the model commands.
 device_option = click.option(
-    "--device", default="auto", show_default=True, help="auto (GPU if visible), cpu or cuda[:N]."
+    "--device",
+    type=DEVICE,
+    default="auto",
+    show_default=True,
+    help="auto (GPU if visible), cpu or cuda[:N].",
 )
 run_shards_option = click.option(
     "--shards",

@@ -42,11 +42,33 @@ def dask_client(
         n = max(1, workers or usable_cores())
         log.info("starting a local Dask cluster with %d worker process(es)", n)
         cluster_kw = dict(n_workers=n, threads_per_worker=1, processes=True)
-    with (
-        LocalCluster(**cluster_kw, dashboard_address=None, silence_logs=logging.WARNING) as cluster,
-        Client(cluster) as client,
-    ):
+    with contextlib.ExitStack() as stack:
+        with _ctrl_c_for_this_process_only():
+            cluster = stack.enter_context(
+                LocalCluster(**cluster_kw, dashboard_address=None, silence_logs=logging.WARNING)
+            )
+            client = stack.enter_context(Client(cluster))
         yield client
+
+
+@contextlib.contextmanager
+def _ctrl_c_for_this_process_only() -> Iterator[None]:
+    """Start the cluster with SIGINT ignored: the worker processes it spawns inherit that (an
+    ignored signal stays ignored across exec, and Python keeps it so), so a Ctrl-C reaches only
+    this process (one KeyboardInterrupt; the `with` closes the cluster) instead of every worker
+    mid-import (a traceback each). The price: a Ctrl-C in the seconds the cluster takes to start
+    is ignored; the next one stops the run."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def usable_cores() -> int:

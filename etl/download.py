@@ -262,7 +262,8 @@ def _fetch_one(
         try:
             verify_spec_lite(dest, job)
             data = dest.read_bytes()
-            ledger.add(job, len(data), hashlib.sha256(data).hexdigest())
+            sha = hashlib.sha256(data).hexdigest()
+            ledger.add(job, len(data), sha, dest.stat().st_mtime_ns)
             return Outcome(job, "present", size=len(data))
         except DownloadFailed as err:
             log.info("%s: local copy fails verification (%s); downloading again", job.label, err)
@@ -285,7 +286,7 @@ def _fetch_one(
                 raise  # not this file's problem: the batch stops (see fetch_one)
             return Outcome(job, "failed", "local I/O error", _short(err), attempts=attempt)
         else:
-            ledger.add(job, size, sha)
+            ledger.add(job, size, sha, dest.stat().st_mtime_ns)
             return Outcome(job, "downloaded", size=size, attempts=attempt)
     return Outcome(job, "failed", last.reason, last.detail, attempts=cfg.attempts)
 

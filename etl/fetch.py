@@ -26,6 +26,7 @@ worker processes that import numpy/Dask again. ``workers=N`` starts N worker pro
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -55,6 +56,7 @@ from etl.download import (
     make_session,
 )
 from etl.ledger import Ledger, compact_ledger
+from etl.paths import safe_name, under
 from etl.release import Release, UnknownRun2d
 from etl.skyserver import iter_sql_pages
 from etl.tables import iter_fits_columns, iter_table_columns
@@ -144,7 +146,7 @@ def build_catalog(
     :class:`CatalogError` when the table lacks a required column or the cuts leave nothing (the
     message names the cut that removed the last rows); nothing is written then.
     """
-    rel_dir = Path(data_dir) / release.name
+    rel_dir = under(data_dir, safe_name(release.name, "release name"))
     rel_dir.mkdir(parents=True, exist_ok=True)
     chunks: Iterable[dict]
     if source == "sql":
@@ -213,17 +215,48 @@ def plan_jobs(
             )
             continue
         candidates.append(Job(str(specobjid), run2d, named, url, relpath))
-    sizes = ledger.sizes([j.relpath for j in candidates])
-    for job, known in zip(candidates, sizes.tolist(), strict=True):
-        if known >= 0:
-            try:
-                if (spectra_dir / job.relpath).stat().st_size == known:
-                    done.add(Outcome(job, "present", size=known))
-                    continue
-            except FileNotFoundError:
-                pass  # in the ledger but deleted since: fetch again
+    sizes, mtimes = ledger.stats([j.relpath for j in candidates])
+    for job, known, mtime in zip(candidates, sizes.tolist(), mtimes.tolist(), strict=True):
+        if known >= 0 and _still_verified(spectra_dir / job.relpath, known, mtime, ledger, job):
+            done.add(Outcome(job, "present", size=known))
+            continue
         jobs.append(job)
     return jobs, done
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _still_verified(path: Path, size: int, mtime_ns: int, ledger: Ledger, job: Job) -> bool:
+    """Whether a file the ledger lists is still the file it verified.
+
+    Same size and mtime: trusted without reading it (a rerun of a million files stays a stat
+    each). A different mtime (or an entry of an older ledger without one, 0, is trusted on size
+    as before): the file is hashed again; if its sha256 differs from the ledger's it is deleted
+    and downloaded again; if it is the same, the download step records it with its new mtime.
+    """
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return False  # in the ledger but deleted since: fetch again
+    if st.st_size != size:
+        path.unlink(missing_ok=True)  # truncated or replaced: never keep a file of another size
+        log.warning("%s: size changed since it was verified; downloading it again", path)
+        return False
+    if mtime_ns == 0 or st.st_mtime_ns == mtime_ns:
+        return True
+    recorded = ledger.get(job.relpath)
+    if recorded is None or _sha256(path) != recorded[1]:
+        path.unlink(missing_ok=True)
+        log.warning(
+            "%s: changed since it was verified (sha256 differs); downloading it again", path
+        )
+    return False  # the same bytes are re-recorded with their new mtime by the download step
 
 
 def fetch_partition(
@@ -291,7 +324,7 @@ def fetch(
     config = config or DownloadConfig()
     if connections != config.connections:
         config = DownloadConfig(**{**config.__dict__, "connections": connections})
-    rel_dir = Path(data_dir) / release.name
+    rel_dir = under(data_dir, safe_name(release.name, "release name"))
     ledger_dir = rel_dir / "ledger"
     ledger_dir.mkdir(parents=True, exist_ok=True)
     verified = compact_ledger(ledger_dir)  # journals of an interrupted run join the index

@@ -3,8 +3,8 @@
 A file is listed only after :mod:`etl.download` verified it and renamed it into place, so the
 ledger is what a fetch may skip and what a later run trusts. It has two parts:
 
-- ``ledger.npy``: the compacted index, one fixed 48-byte record per verified file (64-bit key of
-  its relative path, size, raw sha256), sorted by key. Readers map it (``mmap``) and binary-search
+- ``ledger.npy``: the compacted index, one fixed 56-byte record per verified file (64-bit key of
+  its relative path, size, raw sha256, the file's mtime in ns when verified), sorted by key. Readers map it (``mmap``) and binary-search
   it, so a 5M-object ledger costs ~240 MB on disk and next to nothing in a reader's memory.
 - ``*.jsonl``: append-only journals, one per writer (one per Dask task), each line fsynced, so
   concurrent writers never share a file and a torn last line (SIGKILL mid-write) is ignored.
@@ -43,8 +43,12 @@ class Verified(Protocol):
 log = logging.getLogger(__name__)
 
 LEDGER_INDEX = "ledger.npy"
-#: One record per verified file: 8 + 8 + 32 bytes.
-LEDGER_DTYPE = np.dtype([("key", "<u8"), ("size", "<i8"), ("sha256", "u1", (32,))])
+#: One record per verified file: 8 + 8 + 32 + 8 bytes. ``mtime_ns`` lets a rerun tell a file
+#: changed since it was verified (re-hashed then); 0 means unknown (an index of the older format).
+LEDGER_DTYPE = np.dtype(
+    [("key", "<u8"), ("size", "<i8"), ("sha256", "u1", (32,)), ("mtime_ns", "<i8")]
+)
+_LEDGER_DTYPE_V1 = np.dtype([("key", "<u8"), ("size", "<i8"), ("sha256", "u1", (32,))])
 
 
 def ledger_key(relpath: str) -> int:
@@ -54,8 +58,9 @@ def ledger_key(relpath: str) -> int:
     return int.from_bytes(hashlib.blake2b(relpath.encode(), digest_size=8).digest(), "little")
 
 
-def _iter_journal(path: Path) -> Iterable[tuple[str, int, str]]:
-    """(relpath, size, sha256 hex) per intact line; torn lines (crash mid-write) skipped."""
+def _iter_journal(path: Path) -> Iterable[tuple[str, int, str, int]]:
+    """(relpath, size, sha256 hex, mtime_ns) per intact line; torn lines (crash mid-write)
+    skipped; mtime_ns 0 where a line of an older version has none."""
     with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
             try:
@@ -63,7 +68,7 @@ def _iter_journal(path: Path) -> Iterable[tuple[str, int, str]]:
                 sha = str(rec["sha256"])
                 if len(bytes.fromhex(sha)) != 32:
                     continue
-                yield str(rec["path"]), int(rec["size"]), sha
+                yield str(rec["path"]), int(rec["size"]), sha, int(rec.get("mtime_ns", 0))
             except (ValueError, KeyError, TypeError):
                 continue
 
@@ -87,6 +92,10 @@ def _load_index(folder: Path) -> np.ndarray:
         index = np.load(path, mmap_mode="r")
     except ValueError:  # an empty array cannot be mapped
         index = np.load(path)
+    if index.dtype == _LEDGER_DTYPE_V1:  # written before mtimes were kept: mtime unknown
+        old, index = index, np.zeros(len(index), LEDGER_DTYPE)
+        for name in _LEDGER_DTYPE_V1.names:
+            index[name] = old[name]
     if index.dtype != LEDGER_DTYPE:
         raise ValueError(f"{path}: not a ledger index (dtype {index.dtype})")
     return index
@@ -102,11 +111,11 @@ class Ledger:
     def __init__(self, folder: str | Path, journals: bool = True):
         self.folder = Path(folder)
         self.index = _load_index(self.folder)
-        self.recent: dict[int, tuple[int, str]] = {}
+        self.recent: dict[int, tuple[int, str, int]] = {}
         if journals:
             for path in _journals(self.folder):
-                for rel, size, sha in _iter_journal(path):
-                    self.recent[ledger_key(rel)] = (size, sha)
+                for rel, size, sha, mtime in _iter_journal(path):
+                    self.recent[ledger_key(rel)] = (size, sha, mtime)
 
     def _find(self, key: int) -> int:
         keys = self.index["key"]
@@ -117,7 +126,7 @@ class Ledger:
         """(size, sha256 hex) of a verified file, or None."""
         key = ledger_key(relpath)
         if key in self.recent:
-            return self.recent[key]
+            return self.recent[key][:2]
         i = self._find(key)
         if i < 0:
             return None
@@ -139,19 +148,26 @@ class Ledger:
 
     def sizes(self, relpaths: list[str]) -> np.ndarray:
         """Verified size of each path (-1: not in the ledger); one vectorised index lookup."""
-        out = np.full(len(relpaths), -1, dtype=np.int64)
+        return self.stats(relpaths)[0]
+
+    def stats(self, relpaths: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(size, mtime_ns) of each path when verified: size -1 where not in the ledger, mtime 0
+        where unknown; one vectorised index lookup."""
+        sizes = np.full(len(relpaths), -1, dtype=np.int64)
+        mtimes = np.zeros(len(relpaths), dtype=np.int64)
         if not relpaths:
-            return out
+            return sizes, mtimes
         keys = np.fromiter((ledger_key(r) for r in relpaths), np.uint64, len(relpaths))
         if len(self.index):
             pos = np.searchsorted(self.index["key"], keys)
             pos = np.minimum(pos, len(self.index) - 1)
             hit = self.index["key"][pos] == keys
-            out[hit] = self.index["size"][pos[hit]]
+            sizes[hit] = self.index["size"][pos[hit]]
+            mtimes[hit] = self.index["mtime_ns"][pos[hit]]
         for i, k in enumerate(keys.tolist()):
             if k in self.recent:
-                out[i] = self.recent[k][0]
-        return out
+                sizes[i], _, mtimes[i] = self.recent[k]
+        return sizes, mtimes
 
 
 def load_ledger(folder: str | Path) -> Ledger:
@@ -170,14 +186,15 @@ def compact_ledger(folder: str | Path) -> int:
     old = _load_index(folder)
     if not journals:
         return len(old)
-    latest: dict[int, tuple[int, str]] = {}
+    latest: dict[int, tuple[int, str, int]] = {}
     for path in journals:
-        for rel, size, sha in _iter_journal(path):
-            latest[ledger_key(rel)] = (size, sha)
+        for rel, size, sha, mtime in _iter_journal(path):
+            latest[ledger_key(rel)] = (size, sha, mtime)
     new = np.empty(len(latest), LEDGER_DTYPE)
     if latest:
         new["key"] = np.fromiter(latest, np.uint64, len(latest))
         new["size"] = [v[0] for v in latest.values()]
+        new["mtime_ns"] = [v[2] for v in latest.values()]
         new["sha256"] = np.frombuffer(
             b"".join(bytes.fromhex(v[1]) for v in latest.values()), np.uint8
         ).reshape(-1, 32)
@@ -218,9 +235,16 @@ class LedgerWriter:
         self._lock = threading.Lock()
         self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
-    def add(self, job: Verified, size: int, sha256: str) -> None:
+    def add(self, job: Verified, size: int, sha256: str, mtime_ns: int = 0) -> None:
+        """Record a verified file; ``mtime_ns``: its mtime as verified (0: unknown)."""
         line = json.dumps(
-            {"path": job.relpath, "size": size, "sha256": sha256, "specobjid": str(job.specobjid)}
+            {
+                "path": job.relpath,
+                "size": size,
+                "sha256": sha256,
+                "specobjid": str(job.specobjid),
+                "mtime_ns": mtime_ns,
+            }
         )
         with self._lock:
             self._f.write(line + "\n")

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from etl.catalog import id_sort_key
+from etl.paths import safe_name, under
 from etl.release import ObjectLayout, Release
 from etl.shard_index import INDEX_FORMAT_VERSION
 from etl.splits import split_of, valid_position
@@ -76,7 +77,8 @@ class ShardTask:
 
 
 def release_dir(data_dir: str | Path, release: Release) -> Path:
-    return Path(data_dir) / release.name
+    """DATA/<release>, checked to stay under DATA (UnsafePath otherwise)."""
+    return under(data_dir, safe_name(release.name, "release name"))
 
 
 def settings_fingerprint(release: Release, compression: str | None) -> str:

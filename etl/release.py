@@ -33,9 +33,10 @@ from etl.objects import (
     _valid_int,
     validate_run2d,
 )
-from etl.objects import spec_lite_name as spec_lite_name  # re-exported: etl.release's API
+from etl.objects import spec_lite_name as spec_lite_name
 from etl.objects import spec_lite_relpath as spec_lite_relpath
 from etl.objects import validate_object_id as validate_object_id
+from etl.paths import UnsafePath, safe_name  # re-exported: etl.release's API
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -339,6 +340,10 @@ def load_release(name_or_path: str | os.PathLike) -> Release:
 
 
 def _check(r: Release, path: Path) -> None:
+    try:  # the name becomes DATA/<name>/: one plain folder name, never '../..' or '/abs'
+        safe_name(r.release.name, "release.name")
+    except UnsafePath as err:
+        raise ManifestError(f"{path}: {err}") from None
     s = r.splits
     if min(s.train, s.valid, s.test) < 0 or abs(s.train + s.valid + s.test - 1.0) > 1e-9:
         raise ManifestError(f"{path}: splits must be non-negative and sum to 1")

@@ -79,6 +79,15 @@ def _iter_csv(path: Path, key: Sequence[str], chunk_rows: int):
     # The csv module keeps every value a string, so long ids never pass through float.
     import csv
 
+    try:
+        yield from _read_csv(path, key, chunk_rows)
+    except (UnicodeDecodeError, csv.Error) as err:  # a binary file (an image, a FITS) named .csv
+        raise CatalogError(f"{path}: not a readable CSV table ({err})") from None
+
+
+def _read_csv(path: Path, key: Sequence[str], chunk_rows: int):
+    import csv
+
     wanted = source_names(key)
     with open(path, newline="", encoding="utf-8") as f:
         lines = (line for line in f if not line.startswith("#"))

@@ -28,6 +28,7 @@ a rank), and new spectra are scored against the same saved reference (`RUN/outli
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -225,8 +226,9 @@ def save_outlier_model(model: OutlierModel, path: str | Path) -> None:
     try:
         tmp.write_text(json.dumps(model.to_dict(), indent=1) + "\n")
         os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    finally:  # a failed clean-up must not hide why the write failed
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 def load_outlier_model(path: str | Path) -> OutlierModel:

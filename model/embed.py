@@ -16,6 +16,7 @@ written under a temporary name and renamed when complete; the same inputs give t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 
 from model.autoencoder import SpectrumAutoencoder
-from model.data import file_sha256, index_sha256, list_shards
+from model.data import file_sha256, index_sha256, list_shards, read_wave_obs
 from model.density import (
     OUTLIERS_FILE,
     DensityError,
@@ -36,6 +37,7 @@ from model.density import (
     outlier_rank,
     save_outlier_model,
 )
+from model.run_checks import check_pixels, shards_of_run
 from shardio import SPLITS, V1_OBJECT_KEY, read_rows, specobjid_strings  # noqa: F401
 
 log = logging.getLogger(__name__)
@@ -252,14 +254,15 @@ def write_embedding(table: dict[str, np.ndarray], path: str | Path, header: dict
     hdu = fits.BinTableHDU.from_columns(cols, name=EXTNAME)
     hdu.header["OBJKEY"] = (",".join(k.upper() for k in key), "object-key columns of the release")
     for k, v in header.items():
-        hdu.header[k] = v
+        hdu.header[k] = header_text(v) if isinstance(v, str) else v
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(tmp, overwrite=True)
         os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    finally:  # a failed clean-up must not hide why the write failed
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
     return path
 
 
@@ -270,7 +273,12 @@ def read_embedding(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
     try:
         with fits.open(path, memmap=False) as hdul:
             hdu = hdul[EXTNAME]
-            data, header = hdu.data, dict(hdu.header)
+            data = hdu.data
+            header = {
+                k: unheader_text(v) if isinstance(v, str) else v for k, v in hdu.header.items()
+            }
+            if data is None or not hasattr(data, "columns"):
+                raise ValueError(f"HDU {EXTNAME} is not a table")
             cols = {}
             for name in data.columns.names:
                 v = np.asarray(data[name])
@@ -280,6 +288,21 @@ def read_embedding(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
     return cols, header
 
 
+def header_text(value: str) -> str:
+    """A header string as FITS allows (printable ASCII): other characters and '%' as UTF-8
+    percent escapes, so a path like 'démo ✓/run' survives the round trip (unheader_text)."""
+    from urllib.parse import quote
+
+    return quote(value, safe="".join(chr(c) for c in range(32, 127) if chr(c) != "%"))
+
+
+def unheader_text(value: str) -> str:
+    """Inverse of header_text."""
+    from urllib.parse import unquote
+
+    return unquote(value) if "%" in value else value
+
+
 def provenance_header(
     run: str | Path, shards_dir: str | Path | None, om: OutlierModel, ckpt: dict
 ) -> dict:
@@ -287,18 +310,18 @@ def provenance_header(
     run = Path(run)
     cp = checkpoint_path(run)
     card = {
-        "RUN": str(run),
+        "RUN": os.path.abspath(run),
         "CKPT": cp.name,
         "CKPTSHA": file_sha256(cp),
         "EPOCH": int(ckpt.get("epoch", 0)),
         "OBJECTIV": str(ckpt.get("config", {}).get("objective", "")),
         "NLATENT": int(ckpt["model_config"]["n_latent"]),
-        "OUTLIERS": str(run / OUTLIERS_FILE),
+        "OUTLIERS": os.path.abspath(run / OUTLIERS_FILE),
         "OUTLSHA": file_sha256(run / OUTLIERS_FILE),
         "SCOREDEF": "robust_z(density distance) + robust_z(log chi2) vs train split",
     }
     if shards_dir is not None:
-        card["SHARDS"] = str(shards_dir)
+        card["SHARDS"] = os.path.abspath(shards_dir)
         card["INDEXSHA"] = index_sha256(shards_dir)
     return card
 
@@ -324,13 +347,14 @@ def embed_shards(
 
     dev = pick_device(device) if isinstance(device, str) else device
     model, ckpt = load_model(run, device=dev)
-    shards_dir = Path(shards_dir or ckpt["config"]["shards"])
+    shards_dir = shards_of_run(run, ckpt, shards_dir)
     splits = list(SPLITS) if split == "all" else [split]
     if any(s not in SPLITS for s in splits):
         raise EmbedError(f"--split must be one of train, valid, test, all, not {split!r}")
-    if verify:
-        for s in splits:
-            list_shards(shards_dir, s, verify=True)
+    for s in splits:
+        listed = list_shards(shards_dir, s, verify=verify)
+        if listed:
+            check_pixels(ckpt, len(read_wave_obs(listed[0])), f"embed {run}", shards_dir)
     table = embed_stream(model, iter_shard_batches(shards_dir, splits, batch_size), dev)
     is_train = table["split"] == "train"
     train = {"s": table["s"][is_train], "chi2": table["chi2"][is_train]} if is_train.any() else None

@@ -27,6 +27,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -43,9 +44,11 @@ from model.data import (
     file_sha256,
     index_sha256,
     list_shards,
+    read_wave_obs,
 )
 from model.eval_figures import SpectrumPanel, plot_figure2, plot_training
 from model.evaluation import OBJECTIVES, collect_latents, evaluate, terms_for
+from model.run_checks import check_pixels, shards_of_run
 from shardio import read_rows
 
 log = logging.getLogger(__name__)
@@ -181,18 +184,23 @@ def evaluate_run(
     except TrainError as e:
         raise EvaluateError(str(e)) from None
     cfg = _run_config(run, ckpt)
-    shards_dir = Path(shards_dir if shards_dir is not None else cfg.get("shards", ""))
-    if not (shards_dir / "index.json").is_file():
-        raise EvaluateError(f"no shards at {shards_dir} (index.json missing); pass --shards DIR")
     try:
+        shards_dir = shards_of_run(run, {**ckpt, "config": cfg}, shards_dir)
         shards = list_shards(shards_dir, split, verify=verify)
-    except ShardError as e:
+        if shards:
+            check_pixels(ckpt, len(read_wave_obs(shards[0])), f"evaluate {run}", shards_dir)
+    except (ShardError, TrainError) as e:
         raise EvaluateError(str(e)) from None
     bs = int(batch_size or cfg.get("batch_size") or 64)
     sigma_s = float(cfg.get("sigma_s", 0.1))
     stream = ShardStream(shards, bs, shuffle=False)  # in order, every row once
 
     m = evaluate(model, stream, dev, OBJECTIVES, TABLE1_K0, TABLE1_K1, sigma_s, seed, Z_AUG_MAX)
+    if not math.isfinite(m["fidelity"]):  # a diverged model: NaN metrics are no result
+        raise EvaluateError(
+            f"{run}: the model's fidelity loss on the {split} split is not finite "
+            f"({m['fidelity']}); the run diverged, retrain it with a smaller --lr"
+        )
     out = Path(out_dir) if out_dir is not None else run / f"eval-{split}"
     out.mkdir(parents=True, exist_ok=True)
     objective = cfg.get("objective", "?")

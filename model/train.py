@@ -49,6 +49,7 @@ from model.data import (
     to_device,
 )
 from model.evaluation import LOSS_FAMILIES, OBJECTIVES, evaluate, step_losses, terms_for
+from model.run_checks import check_pixels, stop_if_not_finite
 from model.scalefree import SIM_FORMS
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,12 @@ class TrainConfig:
             self.batch_size = PRESET_BATCH[self.preset]
         if self.epochs < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
             raise TrainError("--epochs, --batch-size and --checkpoint-every must be >= 1")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise TrainError(f"--lr must be a finite number > 0, not {self.lr!r}")
+        # config.json and the checkpoints store these: absolute, so that evaluate, embed and
+        # --init read the same folders from any working directory
+        self.shards, self.run = os.path.abspath(self.shards), os.path.abspath(self.run)
+        self.init = os.path.abspath(self.init) if self.init else None
 
 
 def k1_schedule(step: int, total_steps: int, k1_max: float, cycles: int) -> float:
@@ -173,6 +180,7 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
     core = SpectrumAutoencoder(mcfg, wave_obs).to(device)
     if cfg.init:
         init_model, init_ckpt = load_model(cfg.init)
+        check_pixels(init_ckpt, len(wave_obs), f"--init {cfg.init}", cfg.shards)
         if init_ckpt["model_config"] != mcfg.to_dict():
             raise TrainError(f"--init {cfg.init}: model config differs from preset {cfg.preset}")
         core.load_state_dict(init_model.state_dict())
@@ -306,6 +314,9 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
             dist.all_reduce(sums_d)
             sums = sums_d.cpu()
         wall = time.perf_counter() - t0
+        # every rank sees the all-reduced train loss, so all of them stop together (no rank
+        # left waiting at a barrier); the validation loss is rank 0's, checked below
+        stop_if_not_finite(float(sums[1]) / max(float(sums[0]), 1.0), 0.0, epoch + 1, run)
         if main:
             vbatches = valid_iter if valid_iter is not None else valid_data
             # similarity at the end of its ramp (k1_max), the sharpness training works towards
@@ -323,6 +334,7 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
                 cfg.sim_form,
             )
             n = max(float(sums[0]), 1.0)
+            stop_if_not_finite(float(sums[1]) / n, valid["total"], epoch + 1, run)
             metrics = {
                 "epoch": epoch + 1,
                 "train_total": float(sums[1]) / n,

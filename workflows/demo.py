@@ -163,11 +163,18 @@ def train_objectives(
                 last = load_checkpoint(run / "last.pt")
             except TrainError as e:
                 raise WorkflowError(str(e)) from None
+            # reuse (or resume) only what these settings made: a run of other epochs, batch
+            # size or shards is another experiment, and reusing it would mislabel the results
+            differs = _settings_differ(last, n_epochs, batch_size, shards_dir)
+            if differs:
+                raise WorkflowError(
+                    f"{run} was made with other settings ({differs}); remove {run.parent} or "
+                    "pass another --out to train with these"
+                )
             if last["epoch"] >= last["config"]["epochs"]:
-                step(f"train {objective}: reusing {run}")
+                step(f"train {objective}: reusing {run} (same settings: {n_epochs} epoch(s))")
                 continue
             resume = True
-            n_epochs = last["config"]["epochs"]  # --resume needs the run's own settings
             step(f"train {objective}: resuming {run} after epoch {last['epoch']}/{n_epochs}")
         else:
             step(f"train {objective} ({n_epochs} epochs, cpu-small)")
@@ -188,6 +195,21 @@ def train_objectives(
         except TrainError as e:
             raise WorkflowError(f"train {objective}: {e}") from None
     return done
+
+
+def _settings_differ(ckpt: dict, epochs: int, batch_size: int, shards_dir: Path) -> str:
+    """What differs between a run's checkpoint and the demo's settings ("" when nothing)."""
+    from model.data import index_sha256
+
+    saved = ckpt.get("config", {})
+    diff = [
+        f"{name} {saved.get(name)} -> {want}"
+        for name, want in (("epochs", epochs), ("batch_size", batch_size))
+        if saved.get(name) != want
+    ]
+    if ckpt.get("index_sha256") != index_sha256(shards_dir):
+        diff.append(f"shards other than {shards_dir}")
+    return ", ".join(diff)
 
 
 def evaluate_runs(runs: list[Path], step: Say = log.info, echo: Say = print) -> list[dict]:
@@ -368,7 +390,7 @@ def run_demo(
     """
     from etl.release import load_release
 
-    out = Path(out_dir)
+    out = Path(os.path.abspath(out_dir))  # runs and embeddings store absolute paths
     data = out / "data"
     rel = load_release(release)
 

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from etl.paths import under
+
 log = logging.getLogger(__name__)
 
 
@@ -26,32 +28,70 @@ def _release_of(run: str | Path, release: str | None, shards_dir: str | Path | N
     """The release whose preprocessing the run's shards were made with (index.json `release`).
 
     Raises EmbedError (what `specetl embed` and `explore` turn into one line), also for a
-    release manifest that cannot be loaded."""
+    release manifest that cannot be loaded or an index.json without a readable release."""
     from etl.release import ManifestError, load_release
     from model.embed import EmbedError
 
+    index = Path(shards_dir) / "index.json" if shards_dir else None
     try:
         if release:
             return load_release(release)
-        index = Path(shards_dir) / "index.json" if shards_dir else None
-        if index and index.exists():
-            return load_release(json.loads(index.read_text())["release"])
+        try:
+            name = json.loads(index.read_text())["release"] if index else None
+        except (OSError, ValueError, KeyError, TypeError):
+            name = None
+        if not isinstance(name, str):
+            raise EmbedError(
+                f"run {run}: cannot tell its release (no readable release in {index}); "
+                "pass --release"
+            )
+        return load_release(name)
     except ManifestError as e:
         raise EmbedError(f"run {run}: {e}") from None
-    raise EmbedError(f"run {run}: cannot tell its release (no shards index); pass --release")
+
+
+#: what `embed --spectra --catalog` needs of a table (its --help says so): the key and Z; the
+#: rest (SPECOBJID, CLASS, RA/DEC) comes from the file's HDU 2 when the table lacks it
+_CATALOG_OPTIONAL = ("SPECOBJID", "CLASS", "RA", "DEC")
 
 
 def _catalog_rows(path: str | Path, key: Sequence[str]) -> dict[tuple[int, ...], dict]:
-    """Rows of a catalogue (any spelling of etl.catalog's alias table) by the release's key."""
-    from etl.catalog import as_catalog
+    """Rows of a catalogue by the release's key: the key columns and Z (any spelling of
+    etl.catalog's alias table), plus SPECOBJID, CLASS, RA, DEC where present."""
+    from etl.catalog import POSITION_PAIRS, SOURCE_ALIASES, CatalogError
     from etl.tables import iter_table_columns
+
+    want = {k.upper(): (k.upper(),) for k in key} | {"Z": SOURCE_ALIASES["Z"]}
+    optional = {
+        "SPECOBJID": SOURCE_ALIASES["SPECOBJID"],
+        "CLASS": SOURCE_ALIASES["CLASS"],
+        "RA": tuple(ra for ra, _ in POSITION_PAIRS),
+        "DEC": tuple(dec for _, dec in POSITION_PAIRS),
+    }
+
+    def column(chunk: dict, aliases: tuple[str, ...]) -> np.ndarray | None:
+        upper = {name.upper(): name for name in chunk}
+        name = next((upper[a] for a in aliases if a in upper), None)
+        return None if name is None or chunk[name] is None else np.asarray(chunk[name])
 
     out = {}
     for chunk in iter_table_columns(path, key):
-        cat = as_catalog(chunk, str(path), key)
-        for i in range(len(cat["SPECOBJID"])):
-            row = {name: values[i] for name, values in cat.items()}
-            out[tuple(int(row[k.upper()]) for k in key)] = row
+        cols = {c: column(chunk, a) for c, a in want.items()}
+        missing = [c for c, v in cols.items() if v is None]
+        if missing:
+            raise CatalogError(
+                f"{path}: lacks column(s) {', '.join(missing)} (has {', '.join(chunk) or 'none'})"
+            )
+        cols |= {c: v for c, a in optional.items() if (v := column(chunk, a)) is not None}
+        for i in range(len(cols["Z"])):
+            row = {name: values[i] for name, values in cols.items()}
+            try:
+                ids = tuple(int(row[k.upper()]) for k in key)
+            except (TypeError, ValueError) as err:
+                raise CatalogError(
+                    f"{path}: row {i + 1} has a key that is no integer ({err})"
+                ) from None
+            out[ids] = row
     return out
 
 
@@ -89,7 +129,7 @@ def preprocess_spectra(
             if cat is not None:
                 if ids not in cat:
                     raise SpectrumRejected(p.name, "not in catalogue", f"{ids} not in {catalog}")
-                meta = cat[ids]
+                meta = {**meta, **cat[ids]}  # the table's Z (and ids it has) over HDU 2's
             pre = prep.preprocess(raw, float(meta["Z"]), p.name)
         except (SpectrumRejected, OSError, KeyError, IndexError, ValueError) as e:
             errors.append(f"{p}: {e}")
@@ -153,11 +193,13 @@ def embed_spectra(
         provenance_header,
         write_embedding,
     )
+    from model.run_checks import check_pixels, shards_of_run
 
     dev = pick_device(device)
     model, ckpt = load_model(run, device=dev)
-    shards_dir = Path(shards_dir or ckpt["config"]["shards"])
+    shards_dir = shards_of_run(run, ckpt, shards_dir)
     rel = _release_of(run, release, shards_dir)
+    check_pixels(ckpt, rel.grid.npix, f"embed {run} with release {rel.name}", shards_dir)
     rows, errors = preprocess_spectra(paths, rel, catalog)
     if not rows:
         raise EmbedError(f"none of the {len(paths)} spectra could be preprocessed")
@@ -168,6 +210,31 @@ def embed_spectra(
     header = provenance_header(run, shards_dir, om, ckpt)
     header.update(SPLIT="none", RELEASE=rel.name, NSKIPPED=len(errors))
     return write_embedding(table, out, header), errors
+
+
+def _embedding_shards(header: dict) -> Path:
+    """The shards an embedding's rows come from: its SHARDS card, absolute, holding the same
+    index.json (INDEXSHA) as when it was embedded; EmbedError otherwise (no silent substitute)."""
+    from model.data import index_sha256
+    from model.embed import EmbedError
+
+    recorded = str(header.get("SHARDS") or "")
+    path = Path(recorded)
+    made_from = header.get("INDEXSHA")
+    if not path.is_absolute():
+        # an embedding of an older version: its relative path is accepted only where it holds
+        # exactly the shards it was made from
+        if (path / "index.json").is_file() and made_from and index_sha256(path) == made_from:
+            return path.resolve()
+        raise EmbedError(
+            f"the embedding records its shards as {recorded!r}, not an absolute path, and that "
+            "is not the shard set it was made from here; embed it again with this version"
+        )
+    if not (path / "index.json").is_file():
+        raise EmbedError(f"the shards this embedding was made from are gone ({path})")
+    if made_from and index_sha256(path) != made_from:
+        raise EmbedError(f"the shards at {path} changed since this embedding was made; embed again")
+    return path
 
 
 def explorer_spectra(
@@ -193,21 +260,22 @@ def explorer_spectra(
     dev = pick_device(device)
     model, ckpt = load_model(run, device=dev)
     model.eval()
-    shards_dir = Path(str(header.get("SHARDS") or ckpt["config"]["shards"]))
+    shards_dir = _embedding_shards(header) if "shard" in cols else None
     arrays: dict[int, tuple[np.ndarray, np.ndarray, float]] = {}
     files = {}
     for r in rows:
         r = int(r)
         if "shard" in cols and str(cols["shard"][r]):
-            d = read_rows(
-                shards_dir / str(cols["shard"][r]), int(cols["row"][r]), int(cols["row"][r]) + 1
-            )
+            # the table names the shard; it may name only a file under the shards folder
+            shard = under(shards_dir, str(cols["shard"][r]))
+            d = read_rows(shard, int(cols["row"][r]), int(cols["row"][r]) + 1)
             arrays[r] = (d["flux"][0], d["ivar"][0], float(d["z"][0]))
         elif "file" in cols:
             files[r] = str(cols["file"][r])
     if files:
-        rel = _release_of(run, release or header.get("RELEASE"), shards_dir)
-        pre, _ = preprocess_spectra(list(files.values()), rel)
+        rel = _release_of(run, release or header.get("RELEASE"), header.get("SHARDS"))
+        # a FILE cell is read as a spec-lite file and nothing else
+        pre, _ = preprocess_spectra([f for f in files.values() if f.endswith(".fits")], rel)
         by_file = {p["file"]: p for p in pre}
         for r, f in files.items():
             if f in by_file:
@@ -243,10 +311,24 @@ def explore_page(
     device: str = "auto",
 ) -> Path:
     """`specetl explore`: the self-contained HTML page of an embedding made by `run`."""
-    from model.embed import read_embedding
+    from model.data import file_sha256
+    from model.embed import EmbedError, checkpoint_path, read_embedding
     from model.explore.page import choose_rows, write_page
 
     cols, header = read_embedding(embedding)
+    missing = [c for c in ("s", "outlier_score", "z") if c not in cols]
+    if missing or not ("shard" in cols or "file" in cols):
+        raise EmbedError(
+            f"{embedding} is not an embedding made by `specetl embed` (lacks "
+            f"{', '.join(c.upper() for c in missing) or 'SHARD/FILE'})"
+        )
+    made_by = header.get("CKPTSHA")
+    if made_by and made_by != file_sha256(checkpoint_path(run)):
+        # the page draws this run's reconstructions next to another model's latents and scores
+        raise EmbedError(
+            f"{embedding} was made by another checkpoint than {checkpoint_path(run)}; "
+            "pass the --run that made it, or embed again with this one"
+        )
     top, sample = choose_rows(cols["outlier_score"], top_n, n_sample)
     spectra, wave_obs, wave_rest = explorer_spectra(
         run, cols, [*top.tolist(), *sample.tolist()], header, device

@@ -13,6 +13,7 @@ spec-lite files).
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -232,6 +233,7 @@ def write_page(
     try:
         tmp.write_text(html, encoding="utf-8")
         os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    finally:  # a failed clean-up must not hide why the write failed
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
     return out
