@@ -35,12 +35,21 @@ def _release_of(run: str | Path, release: str | None, shards_dir: str | Path | N
 
 
 def _catalog_rows(path: str | Path, key: Sequence[str]) -> dict[tuple[int, ...], dict]:
-    """Rows of a catalogue (any spelling of etl.catalog's alias table) by the release's key."""
-    from etl.catalog import as_catalog
+    """Rows of a catalogue (any spelling of etl.catalog's alias table) by the release's key.
+
+    Only the key, SPECOBJID, RA/DEC, Z and CLASS are used, so a table without RUN2D, Z_ERR or
+    ZWARNING (a selection saved by the explorer) is read too: placeholders stand in for them.
+    """
+    from etl.catalog import SOURCE_ALIASES, as_catalog
     from etl.tables import iter_table_columns
 
     out = {}
     for chunk in iter_table_columns(path, key):
+        have = {str(n).upper() for n in chunk}
+        n = max((len(v) for v in chunk.values() if v is not None), default=0)
+        for col, fill in (("RUN2D", ""), ("Z_ERR", -1.0), ("ZWARNING", 0)):
+            if not have & set(SOURCE_ALIASES[col]):
+                chunk[col] = np.full(n, fill)
         cat = as_catalog(chunk, str(path), key)
         for i in range(len(cat["SPECOBJID"])):
             row = {name: values[i] for name, values in cat.items()}

@@ -127,8 +127,12 @@ def page_data(
                 if kind in "iu"
                 else sub[k].astype(str).tolist()
             )
+    export, export_after = export_columns(sub, header)
     return {
         "axes": axes,
+        "export": export,
+        "export_after": export_after,
+        "csv_name": f"{Path(str(header.get('RUN', 'embedding'))).name or 'embedding'}-selection.csv",
         "link_template": skyserver_url(release, "{id}"),
         "default_colour": "outlier_score" if "outlier_score" in colour else "z",
         "points": {
@@ -156,6 +160,37 @@ def page_data(
             if r in pos
         ],
     }
+
+
+#: columns a saved selection carries after the panel's (where each row came from), when present
+PROVENANCE = ("file", "shard", "row")
+
+
+def export_columns(sub: dict[str, np.ndarray], header: dict) -> tuple[dict[str, list], list[str]]:
+    """The columns a saved selection adds to the id and the panel's columns (`INFO`): the
+    release's object key and RA/DEC (before them), FILE/SHARD/ROW (after), as the page's JSON.
+
+    Names are the embedding's, so TOPCAT finds RA/DEC and `embed --spectra --catalog` the key.
+    RA/DEC keep 10 significant digits (0.1 mas), enough to cross-match.
+    """
+    key = [k.strip().lower() for k in str(header.get("OBJKEY", "")).split(",") if k.strip()]
+    key = [k for k in key or ["plate", "mjd", "fiberid"] if k in sub]
+    out: dict[str, list] = {}
+    for k in key:
+        v = sub[k]
+        out[k.upper()] = (
+            v.astype(np.int64).tolist() if v.dtype.kind in "iu" else v.astype(str).tolist()
+        )
+    for k in ("ra", "dec"):
+        if k in sub:
+            out[k.upper()] = _num(sub[k], 10)
+    after = [k for k in PROVENANCE if k in sub]
+    for k in after:
+        v = sub[k]
+        out[k.upper()] = (
+            v.astype(np.int64).tolist() if v.dtype.kind in "iu" else v.astype(str).tolist()
+        )
+    return out, [k.upper() for k in after]
 
 
 def shown_rows(n: int, top: np.ndarray, max_points: int, seed: int = 0) -> np.ndarray:
@@ -197,8 +232,10 @@ def write_page(
         f"the page carries the spectra of the top {len(top)} outliers and of a random sample of "
         f"{n_sample} other objects ({len(data['spectra'])} in all), to stay small."
     )
+    # TRAINEP; embeddings written before it was renamed call it EPOCH
+    epoch = header.get("TRAINEP", header.get("EPOCH", "?"))
     summary = (
-        f"{n:,} objects · run {header.get('RUN', '?')} (epoch {header.get('EPOCH', '?')}, "
+        f"{n:,} objects · run {header.get('RUN', '?')} (epoch {epoch}, "
         f"{header.get('OBJECTIV', '?')}) · split {header.get('SPLIT', '?')} · "
         f"OUTLIER_SCORE = {header.get('SCOREDEF', '')} · {spectra_note}"
     )
