@@ -197,3 +197,19 @@ def test_real_sample_shards_put_every_real_galaxy_in_the_test_split(tmp_path):
             for split in ("train", "valid", "test")}  # fmt: skip
     # 86 pass the cuts; the ETL rejects two of them by name (see test_build_shards)
     assert rows == {"train": 0, "valid": 0, "test": 84}, rows
+
+
+@pytest.mark.slow
+def test_population_catalogue_verifies_clean_and_says_what_each_truth_is(corpus):
+    from fits_tools import fitsio_columns, fitsverify
+
+    from etl.fitsmeta import CATALOG_COLUMNS
+
+    path = corpus / "dr16" / "catalog.fits"
+    fitsverify(path)
+    got = fitsio_columns(path)
+    assert {"SYNTHETIC", "TRUE_SIGMA", "TRUE_HA_EW"} <= set(got)
+    for name, meta in got.items():
+        want = CATALOG_COLUMNS[name]
+        assert meta == {"unit": want.unit, "comment": want.description, "ucd": want.ucd}, name
+    assert got["TRUE_SIGMA"]["unit"] == "km/s" and got["TRUE_HA_EW"]["unit"] == "Angstrom"
