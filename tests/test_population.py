@@ -213,3 +213,5 @@ def test_population_catalogue_verifies_clean_and_says_what_each_truth_is(corpus)
         want = CATALOG_COLUMNS[name]
         assert meta == {"unit": want.unit, "comment": want.description, "ucd": want.ucd}, name
     assert got["TRUE_SIGMA"]["unit"] == "km/s" and got["TRUE_HA_EW"]["unit"] == "Angstrom"
+    # the generated spec-lite files (real SDSS files with the truths added) verify clean too
+    fitsverify(next((corpus / "dr16" / "spectra").rglob("spec-*.fits")))

@@ -162,6 +162,11 @@ def page_data(
     }
 
 
+def _exact(v: np.ndarray) -> list:
+    """Ids and text as they are (integers stay integers, never through float)."""
+    return v.astype(np.int64).tolist() if v.dtype.kind in "iu" else v.astype(str).tolist()
+
+
 #: columns a saved selection carries after the panel's (where each row came from), when present
 PROVENANCE = ("file", "shard", "row")
 
@@ -171,25 +176,14 @@ def export_columns(sub: dict[str, np.ndarray], header: dict) -> tuple[dict[str, 
     release's object key and RA/DEC (before them), FILE/SHARD/ROW (after), as the page's JSON.
 
     Names are the embedding's, so TOPCAT finds RA/DEC and `embed --spectra --catalog` the key.
-    RA/DEC keep 10 significant digits (0.1 mas), enough to cross-match.
+    RA/DEC keep 10 significant digits (1e-7 deg, 0.4 mas, at RA > 100 deg), enough to cross-match.
     """
     key = [k.strip().lower() for k in str(header.get("OBJKEY", "")).split(",") if k.strip()]
     key = [k for k in key or ["plate", "mjd", "fiberid"] if k in sub]
-    out: dict[str, list] = {}
-    for k in key:
-        v = sub[k]
-        out[k.upper()] = (
-            v.astype(np.int64).tolist() if v.dtype.kind in "iu" else v.astype(str).tolist()
-        )
-    for k in ("ra", "dec"):
-        if k in sub:
-            out[k.upper()] = _num(sub[k], 10)
+    out: dict[str, list] = {k.upper(): _exact(sub[k]) for k in key}
+    out.update((k.upper(), _num(sub[k], 10)) for k in ("ra", "dec") if k in sub)
     after = [k for k in PROVENANCE if k in sub]
-    for k in after:
-        v = sub[k]
-        out[k.upper()] = (
-            v.astype(np.int64).tolist() if v.dtype.kind in "iu" else v.astype(str).tolist()
-        )
+    out.update((k.upper(), _exact(sub[k])) for k in after)
     return out, [k.upper() for k in after]
 
 
