@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup check-python demo test test-fast lint browser bench clean
+.PHONY: setup check-python demo test test-fast lint browser fits-tools bench clean
 
 setup: $(VENV)/.installed
 
@@ -50,7 +50,17 @@ browser:
 		|| echo "make browser: could not install chromium; the browser test will skip"; \
 	else echo "make browser: chromium/chromedriver missing; the browser test will skip"; fi
 
-test: lint browser
+# The FITS outputs' test runs the field's own tools on them: NASA's fitsverify and STILTS (the
+# command-line TOPCAT), Debian's fitsverify and stilts. Installed like chromium; else it skips.
+fits-tools:
+	@if command -v fitsverify >/dev/null && command -v stilts >/dev/null; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			fitsverify stilts >/dev/null) \
+		|| echo "make fits-tools: could not install fitsverify/stilts; the FITS checks will skip"; \
+	else echo "make fits-tools: fitsverify/stilts missing; the FITS checks will skip"; fi
+
+test: lint browser fits-tools
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 test-fast: setup

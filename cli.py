@@ -370,8 +370,8 @@ def evaluate_cmd(
     "--catalog",
     type=EXISTING_FILE,
     default=None,
-    help="With --spectra: CSV/FITS with PLATE, MJD, FIBERID, Z (and SPECOBJID, CLASS) whose Z "
-    "replaces each file's HDU 2 redshift.",
+    help="With --spectra: CSV/FITS with SPECOBJID, PLATE, MJD, FIBERID, RA, DEC, CLASS, Z (a "
+    "selection saved by the explorer page has them) whose Z replaces each file's HDU 2 redshift.",
 )
 @click.option(
     "--release",

@@ -244,15 +244,32 @@ def _flag(values: object, source: str, name: str) -> np.ndarray:
 
 
 def write_catalog(catalog: Mapping[str, np.ndarray], path: str | Path) -> None:
-    """Write a catalogue to FITS atomically (temporary name, then rename)."""
+    """Write a catalogue to FITS atomically (temporary name, then rename), every column with its
+    unit, description and UCD (etl.fitsmeta), so STILTS/TOPCAT show what it is."""
+    from astropy.io import fits
     from astropy.table import Table
+
+    from etl.fitsmeta import CATALOG_COLUMNS, describe_columns
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    table = Table({name: np.asarray(values) for name, values in catalog.items()})
+    # astropy writes an int8 column as FITS logical (L): SPECPRIMARY's -1 (no flag) would read
+    # back as True. int16 (I) keeps -1, 0, 1.
+    table = Table(
+        {
+            name: np.asarray(values).astype(np.int16)
+            if np.asarray(values).dtype == np.int8
+            else np.asarray(values)
+            for name, values in catalog.items()
+        }
+    )
+    hdu = fits.table_to_hdu(table)
+    unknown = describe_columns(hdu.header, CATALOG_COLUMNS)
+    if unknown:  # written all the same; tests/test_fits_outputs.py fails until it is described
+        log.warning("%s: no unit/description for column(s) %s", path, ", ".join(unknown))
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        table.write(tmp, format="fits", overwrite=True)
+        fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(tmp, overwrite=True)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -25,6 +25,7 @@ from etl.release import Release
 from etl.shard_index import BuildError
 from etl.spectrum import Preprocessor, SpectrumRejected
 from shardio import CHUNK_ROWS, FORMAT, FORMAT_VERSION, ShardWriter
+from shardio.format import ATTR_UNITS
 
 # --- the task (runs on a worker) ----------------------------------------------------------------
 
@@ -50,6 +51,7 @@ def shard_attrs(release: Release, split: str) -> dict[str, object]:
         "norm_restframe_max": n.restframe_max,
         "specetl_version": __version__,
         "manifest_sha256": release.manifest_sha256,
+        "units": json.dumps(ATTR_UNITS),
     }
 
 

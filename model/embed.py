@@ -37,6 +37,7 @@ from model.density import (
     outlier_rank,
     save_outlier_model,
 )
+from model.fitsmeta import EMBEDDING_COLUMNS, describe_columns
 from model.run_checks import check_pixels, shards_of_run
 from shardio import SPLITS, V1_OBJECT_KEY, read_rows, specobjid_strings  # noqa: F401
 
@@ -252,9 +253,19 @@ def write_embedding(table: dict[str, np.ndarray], path: str | Path, header: dict
         else:
             cols.append(fits.Column(name.upper(), "K", array=v.astype(np.int64)))
     hdu = fits.BinTableHDU.from_columns(cols, name=EXTNAME)
+    unknown = describe_columns(hdu.header, EMBEDDING_COLUMNS)
+    if unknown:  # written all the same; tests/test_fits_outputs.py fails until it is described
+        log.warning("%s: no unit/description for column(s) %s", path, ", ".join(unknown))
     hdu.header["OBJKEY"] = (",".join(k.upper() for k in key), "object-key columns of the release")
     for k, v in header.items():
-        hdu.header[k] = header_text(v) if isinstance(v, str) else v
+        comment = HEADER_COMMENTS.get(k, "")
+        if isinstance(v, str):
+            v = header_text(v)  # printable ASCII only; unheader_text reverses it
+            if len(v) > 68:  # a long path goes on CONTINUE cards
+                hdu.header["LONGSTRN"] = ("OGIP 1.0", "long strings continue on CONTINUE cards")
+            if len(v) + len(comment) > 65:  # the comment would not fit
+                comment = ""
+        hdu.header[k] = (v, comment)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -303,6 +314,25 @@ def unheader_text(value: str) -> str:
     return unquote(value) if "%" in value else value
 
 
+#: the comment of each provenance card (fitsverify and STILTS show them beside the value)
+HEADER_COMMENTS = {
+    "RUN": "run folder that made this table",
+    "CKPT": "checkpoint file in RUN",
+    "CKPTSHA": "sha256 of the checkpoint",
+    "TRAINEP": "training epoch of the checkpoint",
+    "OBJECTIV": "training objective of the run",
+    "NLATENT": "dimension of the latent vector S",
+    "OUTLIERS": "outlier model (latent density, chi2 scale)",
+    "OUTLSHA": "sha256 of the outlier model",
+    "SCOREDEF": "definition of OUTLIER_SCORE",
+    "SHARDS": "shards folder embedded / the run's shards",
+    "INDEXSHA": "sha256 of the shards' index.json",
+    "SPLIT": "split embedded (none: spec-lite files)",
+    "RELEASE": "data release of the preprocessing",
+    "NSKIPPED": "spectra that could not be preprocessed",
+}
+
+
 def provenance_header(
     run: str | Path, shards_dir: str | Path | None, om: OutlierModel, ckpt: dict
 ) -> dict:
@@ -313,7 +343,8 @@ def provenance_header(
         "RUN": os.path.abspath(run),
         "CKPT": cp.name,
         "CKPTSHA": file_sha256(cp),
-        "EPOCH": int(ckpt.get("epoch", 0)),
+        # not EPOCH: that FITS keyword is the epoch of the coordinates (RA/DEC sit beside it)
+        "TRAINEP": int(ckpt.get("epoch", 0)),
         "OBJECTIV": str(ckpt.get("config", {}).get("objective", "")),
         "NLATENT": int(ckpt["model_config"]["n_latent"]),
         "OUTLIERS": os.path.abspath(run / OUTLIERS_FILE),

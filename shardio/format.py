@@ -43,6 +43,28 @@ ROW_DATASETS: Mapping[str, str] = {
 #: per-object datasets a shard may have (absent: False for every row). ``synthetic``: the object
 #: is SYNTHETIC (made by etl.synthetic, carried from its catalogue's SYNTHETIC column).
 OPTIONAL_DATASETS: Mapping[str, str] = {"synthetic": "bool"}
+#: the ``units`` attribute of each dataset (HDF5's usual name; FITS unit strings, which astropy
+#: parses; "" = dimensionless). The object-key columns are ids ("").
+DATASET_UNITS: Mapping[str, str] = {
+    "flux": "",  # observed flux / norm
+    "ivar": "",  # inverse variance of flux / norm
+    "z": "",
+    "zerr": "",
+    "norm": "10**-17 erg/(s cm2 Angstrom)",
+    "specobjid": "",
+    "ra": "deg",
+    "dec": "deg",
+    "synthetic": "",
+    "wave_obs": "Angstrom",
+}
+#: units of the file attributes that have one (the file attribute ``units``, as JSON)
+ATTR_UNITS: Mapping[str, str] = {
+    "loglam0": "log(Angstrom)",  # log10 of a wavelength in Angstrom
+    "dloglam": "dex",  # a step in log10 wavelength
+    "telluric_half_width": "Angstrom",
+    "norm_restframe_min": "Angstrom",
+    "norm_restframe_max": "Angstrom",
+}
 #: v1 shards (uint64 specobjid, plate/mjd/fiberid int32), still readable by :func:`read_shard`
 V1_DATASETS: Mapping[str, str] = {
     **{k: v for k, v in ROW_DATASETS.items() if k not in ("ra", "dec")},
@@ -167,6 +189,8 @@ class ShardWriter:
                 compression=compression,
             )
         self._h5.create_dataset("wave_obs", data=np.asarray(wave_obs, dtype=np.float64))
+        for name in ("flux", "ivar", "wave_obs"):
+            self._h5[name].attrs["units"] = DATASET_UNITS[name]
         self._h5.attrs.update(dict(attrs))
 
     def append(self, columns: Mapping[str, np.ndarray]) -> None:
@@ -206,7 +230,7 @@ class ShardWriter:
         """Finish the file, rename it to its final name; return its sha256."""
         for name, parts in self._scalars.items():
             data = np.concatenate(parts) if parts else np.zeros(0, dtype=self.datasets[name])
-            self._h5.create_dataset(name, data=data)
+            self._h5.create_dataset(name, data=data).attrs["units"] = DATASET_UNITS.get(name, "")
         self._h5.close()
         with open(self.tmp, "rb+") as fh:
             os.fsync(fh.fileno())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -74,6 +75,14 @@ def test_demo_end_to_end(tmp_path):
     assert [data["points"]["rank"][i] for i in data["top"]] == list(range(1, 21))
     assert set(data["top"]) <= {sp["i"] for sp in data["spectra"]}
     assert all(data["points"]["linkable"])
+    # every FITS table the demo wrote (not the archive's spec-lite files) verifies clean
+    written = [p for p in out.rglob("*.fits") if "spectra" not in p.relative_to(out).parts]
+    assert {p.name for p in written} == {"catalog.fits", "embedding.fits"}
+    if shutil.which("fitsverify"):  # else tests/test_fits_outputs.py skips and says why
+        from fits_tools import fitsverify
+
+        for p in written:
+            fitsverify(p)
 
     # a rerun reuses everything: nothing downloaded, no shard rewritten, no run retrained
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)

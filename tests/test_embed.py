@@ -109,7 +109,8 @@ def test_killed_embed_leaves_no_partial_file(trained, tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_embed_spectra_of_a_run_without_a_release_is_one_line(trained, tmp_path):
     """--spectra needs the release whose preprocessing to apply: with no shards index to read it
-    from (and no --release), or an unknown --release, the user gets one line and exit 1."""
+    from (and no --release), or an unknown --release, the user gets one line and exit 1. (A
+    --shards folder without index.json is refused first, by the run's shard check.)"""
     _, run, held_out = trained
     no_index = tmp_path / "no-index"
     no_index.mkdir()
@@ -117,7 +118,7 @@ def test_embed_spectra_of_a_run_without_a_release_is_one_line(trained, tmp_path)
     res = CliRunner().invoke(main, [*base, "--shards", str(no_index), str(held_out[0])])
     assert res.exit_code == 1 and not isinstance(res.exception, ValueError), res.output
     assert res.output.strip().splitlines() == [
-        f"Error: run {run}: cannot tell its release (no shards index); pass --release"
+        f"Error: no shards at {no_index} (index.json missing)"
     ]
     res = CliRunner().invoke(main, [*base, "--release", "dr99", str(held_out[0])])
     assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1, res.output

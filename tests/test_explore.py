@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -123,3 +124,135 @@ def test_click_a_point_in_chromium_shows_its_id_and_spectrum(page, tmp_path):
         )
     finally:
         browser.quit()
+
+
+def _ready(browser, page_path: Path) -> None:
+    browser.get(page_path.resolve().as_uri())
+    for _ in range(50):
+        if browser.execute_script("return document.body.dataset.ready") == "1":
+            return
+        time.sleep(0.1)
+    raise AssertionError("the page script did not start")
+
+
+def _drag(browser, path: list[tuple[int, int]], shift: bool = False) -> None:
+    """Press at path[0], move through the rest, release: a real mouse gesture, at viewport
+    pixels (absolute, so nothing drifts from one gesture to the next)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    chain = ActionChains(browser)
+    pointer, keys = chain.w3c_actions.pointer_action, chain.w3c_actions.key_action
+    if shift:
+        chain.key_down(Keys.SHIFT)
+    for k, (x, y) in enumerate(path):
+        pointer.move_to_location(x, y)
+        keys.pause()
+        if k == 0:
+            chain.click_and_hold()
+    chain.release()
+    if shift:
+        chain.key_up(Keys.SHIFT)
+    chain.perform()
+
+
+def _inside(poly: list[tuple[float, float]], x: float, y: float) -> bool:
+    from matplotlib.path import Path as Polygon
+
+    return bool(Polygon(poly).contains_point((x, y)))
+
+
+@pytest.mark.slow
+def test_box_lasso_and_top_list_selection_saves_a_csv_topcat_and_embed_read(
+    page, tmp_path, tmp_path_factory
+):
+    """Select with a box, add a lasso (shift) and the top outliers, save: the downloaded CSV
+    holds exactly those objects' ids, key, RA/DEC and scores, and goes back into
+    `specetl embed --spectra --catalog` (and STILTS, where installed)."""
+    import csv
+
+    from selenium.webdriver.common.by import By
+
+    from etl.catalog import SDSS_KEY
+    from etl.tables import iter_table_columns
+
+    out, cols = page
+    browser = _chrome()
+    try:
+        browser.execute_cdp_cmd(
+            "Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(tmp_path)}
+        )
+        _ready(browser, out)
+        n = browser.execute_script("return explorer.n")
+        pos = [tuple(browser.execute_script(f"return explorer.screenPos({i})")) for i in range(n)]
+        xs, ys = sorted(p[0] for p in pos), sorted(p[1] for p in pos)
+        # a box over the left half of the points (by page x), from above the top to below the bottom
+        xmid = round((xs[n // 2 - 1] + xs[n // 2]) / 2)
+        top, bottom = round(ys[0]) - 6, round(ys[-1]) + 6
+        browser.find_element(By.CSS_SELECTOR, 'input[name="tool"][value="box"]').click()
+        _drag(browser, [(round(xs[0]) - 6, top), (xmid - 20, bottom - 20), (xmid, bottom)])
+        want = {i for i, (x, y) in enumerate(pos) if x < xmid}
+        assert set(browser.execute_script("return explorer.selection()")) == want
+        # shift + a lasso (a triangle round the right half's lower points) adds to it
+        ymid, right = round(ys[n // 2]), round(xs[-1]) + 8
+        tri = [(xmid + 1, ymid), (right, ymid), (right, bottom)]
+        browser.find_element(By.CSS_SELECTOR, 'input[name="tool"][value="lasso"]').click()
+        _drag(browser, [*tri, tri[0]], shift=True)
+        lassoed = {i for i, (x, y) in enumerate(pos) if _inside(tri, x, y)}
+        assert want and lassoed - want  # each gesture picked objects of its own
+        want |= lassoed
+        assert set(browser.execute_script("return explorer.selection()")) == want
+        # and the top outliers, from the list
+        browser.find_element(By.ID, "sel-top").click()
+        data = _data(out.read_text())
+        want |= set(data["top"])
+        assert set(browser.execute_script("return explorer.selection()")) == want
+        assert len(want) < n  # the lasso left some out: the test can tell a selection from all
+        ticks = browser.find_elements(By.CSS_SELECTOR, "#top input.pick")
+        assert all(t.is_selected() for t in ticks)
+        assert browser.find_element(By.ID, "nsel").text == str(len(want))
+        browser.find_element(By.ID, "sel-save").click()
+        for _ in range(100):
+            saved = [p for p in tmp_path.glob("*.csv")]
+            if saved:
+                break
+            time.sleep(0.1)
+        assert len(saved) == 1 and saved[0].name == "run-selection.csv", saved
+    finally:
+        browser.quit()
+
+    rows = list(csv.DictReader(saved[0].open()))
+    ids = [data["points"]["id"][i] for i in want]
+    assert sorted(r["SPECOBJID"] for r in rows) == sorted(ids)
+    by_id = {str(s): k for k, s in enumerate(cols["specobjid"])}
+    for r in rows:
+        k = by_id[r["SPECOBJID"]]
+        assert (int(r["PLATE"]), int(r["MJD"]), int(r["FIBERID"])) == tuple(
+            int(cols[c][k]) for c in SDSS_KEY
+        )
+        assert float(r["RA"]) == pytest.approx(cols["ra"][k], abs=1e-7)
+        assert float(r["DEC"]) == pytest.approx(cols["dec"][k], abs=1e-7)
+        assert float(r["OUTLIER_SCORE"]) == pytest.approx(cols["outlier_score"][k], rel=1e-4)
+        assert int(r["OUTLIER_RANK"]) == cols["outlier_rank"][k] and r["FILE"] == cols["file"][k]
+    assert [int(r["OUTLIER_RANK"]) for r in rows] == sorted(int(r["OUTLIER_RANK"]) for r in rows)
+    # specetl reads it as a catalogue (the key, SPECOBJID, RA/DEC, Z, CLASS) …
+    assert next(iter_table_columns(saved[0]))["SPECOBJID"].tolist() == [
+        r["SPECOBJID"] for r in rows
+    ]
+    # … and `embed --spectra --catalog` embeds exactly the selection's files, at its Z
+    _, run, _ = trained_galaxy_run(tmp_path_factory)  # the run that made the page (cached)
+    emb = tmp_path / "again.fits"
+    res = CliRunner().invoke(
+        main,
+        ["embed", "--run", str(run), "--out", str(emb), "--catalog", str(saved[0])]
+        + ["--device", "cpu", "--spectra", *[r["FILE"] for r in rows]],
+    )
+    assert res.exit_code == 0, res.output
+    again, _ = read_embedding(emb)
+    assert sorted(again["specobjid"]) == sorted(ids)
+    if shutil.which("stilts"):
+        from fits_tools import stilts_meta
+
+        meta = {r["Name"]: r for r in csv.DictReader(io.StringIO(stilts_meta(saved[0], "csv")))}
+        assert {"SPECOBJID", "RA", "DEC", "OUTLIER_SCORE"} <= set(meta)
+        assert meta["RA"]["Class"] == "Double"

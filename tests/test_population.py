@@ -200,3 +200,21 @@ def test_real_sample_shards_put_every_real_galaxy_in_the_test_split(tmp_path):
     from shardio import read_shard  # real galaxies: no SYNTHETIC rows
 
     assert not any("synthetic" in read_shard(shards / s["path"]) for s in index["shards"])
+
+
+@pytest.mark.slow
+def test_population_catalogue_verifies_clean_and_says_what_each_truth_is(corpus):
+    from fits_tools import fitsio_columns, fitsverify
+
+    from etl.fitsmeta import CATALOG_COLUMNS
+
+    path = corpus / "dr16" / "catalog.fits"
+    fitsverify(path)
+    got = fitsio_columns(path)
+    assert {"SYNTHETIC", "TRUE_SIGMA", "TRUE_HA_EW"} <= set(got)
+    for name, meta in got.items():
+        want = CATALOG_COLUMNS[name]
+        assert meta == {"unit": want.unit, "comment": want.description, "ucd": want.ucd}, name
+    assert got["TRUE_SIGMA"]["unit"] == "km/s" and got["TRUE_HA_EW"]["unit"] == "Angstrom"
+    # the generated spec-lite files (real SDSS files with the truths added) verify clean too
+    fitsverify(next((corpus / "dr16" / "spectra").rglob("spec-*.fits")))

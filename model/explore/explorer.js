@@ -1,5 +1,6 @@
 // specetl explore: a latent-map scatter on one <canvas>, with hover, click → spectrum panel,
-// a top-outlier list, colour choice, zoom (wheel) and pan (drag). No library, no network: the
+// a top-outlier list, colour choice, zoom (wheel) and pan (drag), and a selection (box or lasso
+// on the map, ticks in the top list) saved as CSV. No library, no network: the
 // data arrive inline as JSON in <script id="data">. Exposed as window.explorer (tests use it).
 (function () {
   "use strict";
@@ -69,6 +70,8 @@
   const padx = 0.05 * (xmax - xmin || 1), pady = 0.05 * (ymax - ymin || 1);
   xmin -= padx; xmax += padx; ymin -= pady; ymax += pady;
   const current = { colour: D.default_colour, selected: -1, hover: -1 };
+  const chosen = new Set(); // the selection to save as CSV (point indices)
+  let lassoPath = null; // [[px, py], …] of a box or lasso being drawn
   let view = { x0: xmin, x1: xmax, y0: ymin, y1: ymax };
   const W = () => cv.width, H = () => cv.height;
   const sx = (x) => ((x - view.x0) / (view.x1 - view.x0)) * W();
@@ -94,6 +97,16 @@
     }
     ctx.strokeStyle = "#d62728"; ctx.lineWidth = 1.5;
     for (const i of D.top) { ctx.beginPath(); ctx.arc(sx(X[i]), sy(Y[i]), 5, 0, 7); ctx.stroke(); }
+    if (chosen.size) {
+      ctx.strokeStyle = "#ff7f0e"; ctx.lineWidth = 1.5;
+      for (const i of chosen) ctx.strokeRect(sx(X[i]) - r - 2, sy(Y[i]) - r - 2, 2 * r + 4, 2 * r + 4);
+    }
+    if (lassoPath && lassoPath.length > 1) {
+      ctx.strokeStyle = "#ff7f0e"; ctx.lineWidth = 1; ctx.setLineDash([4, 3]); ctx.beginPath();
+      const pts = tool() === "box" ? boxCorners(lassoPath) : lassoPath;
+      pts.forEach(([x, y], k) => (k ? ctx.lineTo(x, y) : ctx.moveTo(x, y)));
+      ctx.closePath(); ctx.stroke(); ctx.setLineDash([]);
+    }
     if (current.selected >= 0) {
       const i = current.selected;
       ctx.strokeStyle = "#000"; ctx.lineWidth = 2.5;
@@ -130,20 +143,47 @@
 
   // --- interaction -----------------------------------------------------------------------
   let drag = null;
-  cv.addEventListener("mousedown", (ev) => { drag = { xy: canvasXY(ev), view: { ...view }, moved: false }; });
+  const tool = () => document.querySelector('input[name="tool"]:checked').value;
+  function boxCorners(path) {
+    const [x0, y0] = path[0], [x1, y1] = path[path.length - 1];
+    return [[x0, y0], [x1, y0], [x1, y1], [x0, y1]];
+  }
+  function inside(poly, x, y) { // even-odd rule
+    let c = false;
+    for (let a = 0, b = poly.length - 1; a < poly.length; b = a++) {
+      const [xa, ya] = poly[a], [xb, yb] = poly[b];
+      if ((ya > y) !== (yb > y) && x < ((xb - xa) * (y - ya)) / (yb - ya) + xa) c = !c;
+    }
+    return c;
+  }
+  // points inside a box or lasso drawn in canvas pixels; shift adds them to the selection
+  function chooseInside(poly, add) {
+    if (!add) chosen.clear();
+    for (let i = 0; i < N; i++) if (inside(poly, sx(X[i]), sy(Y[i]))) chosen.add(i);
+    selectionChanged();
+  }
+  cv.addEventListener("mousedown", (ev) => {
+    drag = { xy: canvasXY(ev), view: { ...view }, moved: false };
+    if (tool() !== "pan") lassoPath = [drag.xy];
+  });
   window.addEventListener("mouseup", (ev) => {
     if (drag && !drag.moved) {
       const [px, py] = canvasXY(ev);
       const i = nearest(px, py, 8);
       if (i >= 0) select(i);
+    } else if (drag && lassoPath) {
+      lassoPath.push(canvasXY(ev));
+      chooseInside(tool() === "box" ? boxCorners(lassoPath) : lassoPath, ev.shiftKey);
     }
     drag = null;
+    if (lassoPath) { lassoPath = null; draw(); }
   });
   cv.addEventListener("mousemove", (ev) => {
     const [px, py] = canvasXY(ev);
     if (drag) {
       const mx = px - drag.xy[0], my = py - drag.xy[1];
       if (Math.abs(mx) + Math.abs(my) > 3) drag.moved = true;
+      if (drag.moved && lassoPath) { lassoPath.push([px, py]); draw(); return; }
       if (drag.moved) {
         const v = drag.view, kx = (v.x1 - v.x0) / W(), ky = (v.y1 - v.y0) / H();
         view = { x0: v.x0 - mx * kx, x1: v.x1 - mx * kx, y0: v.y0 + my * ky, y1: v.y1 + my * ky };
@@ -244,10 +284,50 @@
   const list = $("top");
   D.top.forEach((i) => {
     const li = document.createElement("li");
-    li.innerHTML = `<a href="#" data-i="${i}">#${D.points.rank[i]} ${D.points.id[i]}</a> <small>score ${fmt(D.points.score[i])}</small>`;
-    li.firstChild.addEventListener("click", (ev) => { ev.preventDefault(); select(i); });
+    li.innerHTML = `<input type="checkbox" class="pick" data-i="${i}" title="add to the selection"> <a href="#" data-i="${i}">#${D.points.rank[i]} ${D.points.id[i]}</a> <small>score ${fmt(D.points.score[i])}</small>`;
+    li.querySelector("a").addEventListener("click", (ev) => { ev.preventDefault(); select(i); });
+    li.querySelector("input").addEventListener("change", (ev) => {
+      if (ev.target.checked) chosen.add(i); else chosen.delete(i);
+      selectionChanged();
+    });
     list.appendChild(li);
   });
+
+  // --- the selection, saved as CSV ---------------------------------------------------------
+  // columns: SPECOBJID, the release's object key, RA, DEC, then the panel's columns (Z, scores,
+  // SPLIT, CLASS) and where the row came from; names as in the embedding, so TOPCAT and
+  // `specetl embed --spectra --catalog` read it back
+  function csvCell(v) {
+    if (v === null || v === undefined) return "";
+    const t = String(v);
+    return /[",\r\n]/.test(t) ? `"${t.replace(/"/g, '""')}"` : t;
+  }
+  function selectionCSV() {
+    const p = D.points, ex = D.export, rows = Array.from(chosen).sort((a, b) => p.rank[a] - p.rank[b]);
+    const first = Object.keys(ex).filter((k) => !D.export_after.includes(k));
+    const cols = [["SPECOBJID", p.id], ...first.map((k) => [k, ex[k]]),
+      ...Object.entries(p.info), ...D.export_after.map((k) => [k, ex[k]])];
+    const lines = [cols.map(([k]) => k).join(",")];
+    for (const i of rows) lines.push(cols.map(([, v]) => csvCell(v[i])).join(","));
+    return lines.join("\n") + "\n";
+  }
+  function saveSelection() {
+    const blob = new Blob([selectionCSV()], { type: "text/csv" });
+    const a = document.createElement("a");
+    a.href = URL.createObjectURL(blob);
+    a.download = D.csv_name;
+    document.body.appendChild(a); a.click(); a.remove();
+    setTimeout(() => URL.revokeObjectURL(a.href), 10000);
+  }
+  function selectionChanged() {
+    $("nsel").textContent = chosen.size;
+    $("sel-save").disabled = chosen.size === 0;
+    document.querySelectorAll("#top input.pick").forEach((c) => (c.checked = chosen.has(+c.dataset.i)));
+    draw();
+  }
+  $("sel-top").addEventListener("click", () => { D.top.forEach((i) => chosen.add(i)); selectionChanged(); });
+  $("sel-clear").addEventListener("click", () => { chosen.clear(); selectionChanged(); });
+  $("sel-save").addEventListener("click", saveSelection);
   const sel = $("colour");
   Object.entries(D.points.colour).forEach(([k, c]) => {
     const o = document.createElement("option");
@@ -255,6 +335,7 @@
   });
   sel.value = D.default_colour;
   setColour(D.default_colour);
+  selectionChanged();
 
   window.explorer = {
     n: N,
@@ -265,6 +346,8 @@
       return [r.left + (sx(X[i]) * r.width) / W(), r.top + (sy(Y[i]) * r.height) / H()];
     },
     hasSpectrum: (i) => i in specIndex,
+    selection: () => Array.from(chosen).sort((a, b) => a - b),
+    selectionCSV: selectionCSV,
     withSpectrum: () => D.spectra.map((s) => s.i),
   };
   document.body.dataset.ready = "1";

@@ -139,8 +139,12 @@ def page_data(
                 if kind in "iu"
                 else sub[k].astype(str).tolist()
             )
+    export, export_after = export_columns(sub, header)
     return {
         "axes": axes,
+        "export": export,
+        "export_after": export_after,
+        "csv_name": f"{Path(str(header.get('RUN', 'embedding'))).name or 'embedding'}-selection.csv",
         "link_template": skyserver_url(release, "{id}"),
         "default_colour": "outlier_score" if "outlier_score" in colour else "z",
         "points": {
@@ -168,6 +172,31 @@ def page_data(
             if r in pos
         ],
     }
+
+
+def _exact(v: np.ndarray) -> list:
+    """Ids and text as they are (integers stay integers, never through float)."""
+    return v.astype(np.int64).tolist() if v.dtype.kind in "iu" else v.astype(str).tolist()
+
+
+#: columns a saved selection carries after the panel's (where each row came from), when present
+PROVENANCE = ("file", "shard", "row")
+
+
+def export_columns(sub: dict[str, np.ndarray], header: dict) -> tuple[dict[str, list], list[str]]:
+    """The columns a saved selection adds to the id and the panel's columns (`INFO`): the
+    release's object key and RA/DEC (before them), FILE/SHARD/ROW (after), as the page's JSON.
+
+    Names are the embedding's, so TOPCAT finds RA/DEC and `embed --spectra --catalog` the key.
+    RA/DEC keep 10 significant digits (1e-7 deg, 0.4 mas, at RA > 100 deg), enough to cross-match.
+    """
+    key = [k.strip().lower() for k in str(header.get("OBJKEY", "")).split(",") if k.strip()]
+    key = [k for k in key or ["plate", "mjd", "fiberid"] if k in sub]
+    out: dict[str, list] = {k.upper(): _exact(sub[k]) for k in key}
+    out.update((k.upper(), _num(sub[k], 10)) for k in ("ra", "dec") if k in sub)
+    after = [k for k in PROVENANCE if k in sub]
+    out.update((k.upper(), _exact(sub[k])) for k in after)
+    return out, [k.upper() for k in after]
 
 
 def shown_rows(n: int, top: np.ndarray, max_points: int, seed: int = 0) -> np.ndarray:
@@ -209,8 +238,10 @@ def write_page(
         f"the page carries the spectra of the top {len(top)} outliers and of a random sample of "
         f"{n_sample} other objects ({len(data['spectra'])} in all), to stay small."
     )
+    # TRAINEP; embeddings written before it was renamed call it EPOCH
+    epoch = header.get("TRAINEP", header.get("EPOCH", "?"))
     summary = (
-        f"{n:,} objects · run {header.get('RUN', '?')} (epoch {header.get('EPOCH', '?')}, "
+        f"{n:,} objects · run {header.get('RUN', '?')} (epoch {epoch}, "
         f"{header.get('OBJECTIV', '?')}) · split {header.get('SPLIT', '?')} · "
         f"OUTLIER_SCORE = {header.get('SCOREDEF', '')} · {spectra_note}"
     )

@@ -1,0 +1,102 @@
+"""What each column of an embedding is, in the FITS cards other tools read: unit, words, UCD.
+
+astropy keeps a column's ``description`` only in a YAML comment block that STILTS, TOPCAT, fitsio
+and CFITSIO ignore; the cards they do read are ``TUNITn`` (FITS standard), ``TCOMMn`` (a short
+description: the HEASARC convention TOPCAT shows as "Description") and ``TUCDn`` (an IVOA UCD,
+e.g. ``pos.eq.ra``, by which TOPCAT recognises sky positions). :func:`describe_columns` writes
+them for every column it knows; the embedding writer (`model.embed.write_embedding`) calls it.
+
+Units follow the FITS standard's spelling (deg, Angstrom, km/s, d), so astropy, CFITSIO and
+STILTS parse them; a dimensionless column has no ``TUNITn``. Descriptions fit one card (at most
+68 characters), so no reader has to follow a CONTINUE card to see one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import NamedTuple
+
+
+class ColumnMeta(NamedTuple):
+    """FITS metadata of one column: unit ("" = dimensionless), description, UCD ("" = none)."""
+
+    unit: str
+    description: str
+    ucd: str = ""
+
+
+#: Every column an embedding can hold (upper case, as written), what it is and its unit.
+EMBEDDING_COLUMNS: Mapping[str, ColumnMeta] = {
+    "SPECOBJID": ColumnMeta(
+        "", "spectrum id of the release, exact decimal digits", "meta.id;meta.main"
+    ),
+    "PLATE": ColumnMeta("", "SDSS plate number (object key)", "meta.id;instr.param"),
+    "MJD": ColumnMeta("d", "MJD of the observation (object key)", "time.epoch;obs"),
+    "FIBERID": ColumnMeta("", "fibre number on the plate (object key)", "meta.id;instr.param"),
+    "FIELD": ColumnMeta("", "SDSS-V field id (object key)", "meta.id;instr.param"),
+    "CATALOGID": ColumnMeta("", "SDSS-V catalogdb target id (object key)", "meta.id"),
+    "TARGETID": ColumnMeta("", "DESI target id (object key)", "meta.id"),
+    "SURVEY": ColumnMeta("", "DESI survey, e.g. main, sv3 (object key)", "meta.id;obs"),
+    "PROGRAM": ColumnMeta("", "DESI programme, e.g. dark, bright (object key)", "meta.id;obs"),
+    "HEALPIX": ColumnMeta("", "DESI coadd HEALPix pixel (nside 64, nested)", "pos.healpix"),
+    "RA": ColumnMeta(
+        "deg", "right ascension (ICRS) of the fibre or catalogue", "pos.eq.ra;meta.main"
+    ),
+    "DEC": ColumnMeta(
+        "deg", "declination (ICRS) of the fibre or catalogue", "pos.eq.dec;meta.main"
+    ),
+    "Z": ColumnMeta("", "catalogue redshift the spectrum was embedded at", "src.redshift"),
+    "SPLIT": ColumnMeta(
+        "", "train/valid/test split (none: a file outside the shards)", "meta.code"
+    ),
+    "S": ColumnMeta("", "latent vector s of the autoencoder", "stat.fit.param"),
+    "CHI2": ColumnMeta(
+        "", "reconstruction chi2 per valid pixel (1: within the noise)", "stat.fit.chi2"
+    ),
+    "LOGP": ColumnMeta(
+        "", "ln density of s under the train-split Gaussian mixture", "stat.likelihood"
+    ),
+    "R_DENSITY": ColumnMeta(
+        "", "robust z-score of the latent density distance vs train", "stat.value"
+    ),
+    "R_CHI2": ColumnMeta("", "robust z-score of ln CHI2 vs the train split", "stat.value"),
+    "OUTLIER_SCORE": ColumnMeta(
+        "", "R_DENSITY + R_CHI2; larger is more anomalous", "stat.value;meta.main"
+    ),
+    "OUTLIER_RANK": ColumnMeta(
+        "", "rank of OUTLIER_SCORE in this file (1: most anomalous)", "meta.number"
+    ),
+    "CLASS": ColumnMeta("", "pipeline spectral class (GALAXY, QSO, STAR)", "src.class"),
+    "SHARD": ColumnMeta("", "shard file of the row, relative to the SHARDS folder", "meta.file"),
+    "ROW": ColumnMeta("", "row of the object in that shard (0-based)", "meta.number"),
+    "FILE": ColumnMeta("", "spec-lite file the spectrum was read from", "meta.file"),
+    "SYNTHETIC": ColumnMeta("", "T: a SYNTHETIC population galaxy, not a real object", "meta.code"),
+}
+
+
+def describe_columns(header, meta: Mapping[str, ColumnMeta]) -> list[str]:
+    """Add TUNITn, TCOMMn and TUCDn to a binary-table `header` (astropy) for the columns `meta`
+    knows; returns the names of the columns it does not know (the caller decides if that is an
+    error). An existing TUNITn is replaced: the table says what its columns are."""
+    unknown = []
+    for i in range(1, int(header["TFIELDS"]) + 1):
+        name = str(header[f"TTYPE{i}"]).strip()
+        m = meta.get(name.upper())
+        if m is None:
+            unknown.append(name)
+            continue
+        # TUNIT/TUCD/TCOMM right after the column's TFORM (then TDIM, TZERO), where readers look
+        after = f"TFORM{i}"
+        for k in (f"TZERO{i}", f"TSCAL{i}", f"TDIM{i}"):
+            after = k if k in header else after
+        for key, value, comment in (
+            (f"TUNIT{i}", m.unit, "physical unit of field"),
+            (f"TUCD{i}", m.ucd, "IVOA UCD of field"),
+            (f"TCOMM{i}", m.description, None),
+        ):
+            if key in header:
+                del header[key]
+            if value:
+                header.insert(after, (key, value, comment), after=True)
+                after = key
+    return unknown
