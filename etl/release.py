@@ -324,6 +324,10 @@ def load_release(name_or_path: str | os.PathLike) -> Release:
         doc = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ManifestError(f"{path}: not valid TOML: {err}") from None
+    if "coadd" in doc:  # a DESI release: coadds of many targets, its own object/archive tables
+        from etl.desi.manifest import desi_release
+
+        return desi_release(doc, path, hashlib.sha256(raw).hexdigest())  # type: ignore[return-value]
     unknown = sorted(set(doc) - set(_SECTIONS))
     if unknown:
         raise ManifestError(f"{path}: unknown key {unknown[0]}")
