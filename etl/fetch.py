@@ -278,6 +278,7 @@ def fetch(
     skyserver_url: str | None = None,
     sql_options: dict | None = None,
     progress: bool = True,
+    whole_files: bool = False,
 ) -> FetchReport:
     """Select and download; write ``fetch-report.json``; return the report (never raises for a
     per-file failure; :class:`CatalogError` when no catalogue can be built).
@@ -285,7 +286,16 @@ def fetch(
     A full disk stops the run at once: the report records the stop, then :class:`DiskFull`
     (an ``OSError``) is raised with one line. Verified files stay; a rerun completes the rest.
     A dry run measures the bytes still to download against the free space (``report.space``).
+    A DESI release goes to :func:`etl.desi.fetch.fetch_desi` (``whole_files``: whole coadds,
+    verified by their sha256sum list, instead of range reads of the HDUs training needs).
     """
+    if getattr(release, "family", "") == "desi":  # coadds of many targets, read by range
+        from etl.desi.fetch import fetch_desi
+
+        return fetch_desi(
+            release, data_dir, catalog_source, base_url, limit, connections, dry_run, config,
+            whole_files=whole_files,
+        )  # fmt: skip
     from etl.cluster import dask_client
 
     config = config or DownloadConfig()
