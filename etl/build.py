@@ -139,6 +139,10 @@ def build_shards(
     """
     if compression not in COMPRESSIONS:
         raise BuildError(f"compression {compression!r} is not one of {', '.join(COMPRESSIONS)}")
+    if getattr(release, "family", "") == "desi":  # coadds of many targets: etl/desi/build.py
+        from etl.desi.build import build_desi_shards
+
+        return build_desi_shards(release, data_dir, shard_size, compression, rebuild)  # type: ignore[arg-type]
     t0 = time.perf_counter()
     root = release_dir(data_dir, release)
     shards_dir = root / "shards"

@@ -116,7 +116,8 @@ def read_rows(path: Path, start: int, stop: int) -> dict[str, np.ndarray]:
                 "specobjid": specobjid_strings(f["specobjid"][start:stop]),
             }
             for k in keys:
-                out[k] = f[k][start:stop].astype(np.int64)
+                v = f[k][start:stop]  # int64, or ASCII for a text key (DESI survey, program)
+                out[k] = np.char.strip(v.astype("U")) if v.dtype.kind == "S" else v.astype(np.int64)
             for k in ("ra", "dec"):
                 if k in f:
                     out[k] = f[k][start:stop].astype(np.float64)
