@@ -8,6 +8,7 @@ desispec opens). HDUs are found by EXTNAME, so both read the same way.
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,29 +81,36 @@ def read_image(fits: FitsFile, hdu: int) -> np.ndarray:
 def read_coadd(path: str | Path, arms: tuple[str, ...], table_hdu: str = "FIBERMAP") -> CoaddArms:
     """Read TARGETID (FIBERMAP) and each arm's wave, flux, ivar, mask from a coadd file."""
     try:
-        fits = FitsFile.read(path)
-        index = hdu_index(fits)
-        if table_hdu not in index:
-            raise CoaddError(f"no {table_hdu} HDU")
-        (tid_name,) = DESI_ALIASES["TARGETID"]
-        tid = fits.table(index[table_hdu], [tid_name])[tid_name].astype(np.int64)
-        out = {}
-        for arm in arms:
-            parts = []
-            for kind in ("WAVELENGTH", "FLUX", "IVAR", "MASK"):
-                name = f"{arm}_{kind}"
-                if name not in index:
-                    raise CoaddError(f"no {name} HDU")
-                parts.append(read_image(fits, index[name]))
-            wave, flux, ivar, mask = parts
-            flux, ivar, mask = (np.atleast_2d(a) for a in (flux, ivar, mask))
-            if flux.shape != ivar.shape or flux.shape != mask.shape or flux.shape[1] != len(wave):
-                raise CoaddError(f"arm {arm}: HDU shapes disagree")
-            if flux.shape[0] != len(tid):
-                raise CoaddError(f"arm {arm}: {flux.shape[0]} rows, FIBERMAP {len(tid)}")
-            out[arm] = (wave.astype(np.float64), flux, ivar, mask)
-    except (FitsError, OSError) as err:
+        with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            # mapped, not read: an archive's whole coadd is mostly *_RESOLUTION, never touched
+            fits = FitsFile(mm)  # type: ignore[arg-type]
+            try:
+                return _read(fits, arms, table_hdu)  # every array returned is a copy
+            finally:
+                fits._buf.release()  # the map can close only once no view of it is left
+    except (FitsError, OSError, ValueError) as err:  # CoaddError included
         raise CoaddError(f"{Path(path).name}: {err}") from None
-    except CoaddError as err:
-        raise CoaddError(f"{Path(path).name}: {err}") from None
-    return CoaddArms(tid, out)
+
+
+def _read(fits: FitsFile, arms: tuple[str, ...], table_hdu: str) -> CoaddArms:
+    index = hdu_index(fits)
+    if table_hdu not in index:
+        raise CoaddError(f"no {table_hdu} HDU")
+    (tid_name,) = DESI_ALIASES["TARGETID"]
+    tid = fits.table(index[table_hdu], [tid_name])[tid_name].astype(np.int64)
+    out = {}
+    for arm in arms:
+        parts = []
+        for kind in ("WAVELENGTH", "FLUX", "IVAR", "MASK"):
+            name = f"{arm}_{kind}"
+            if name not in index:
+                raise CoaddError(f"no {name} HDU")
+            parts.append(read_image(fits, index[name]))
+        wave, flux, ivar, mask = parts
+        flux, ivar, mask = (np.atleast_2d(a) for a in (flux, ivar, mask))
+        if flux.shape != ivar.shape or flux.shape != mask.shape or flux.shape[1] != len(wave):
+            raise CoaddError(f"arm {arm}: HDU shapes disagree")
+        if flux.shape[0] != len(tid):
+            raise CoaddError(f"arm {arm}: {flux.shape[0]} rows, FIBERMAP {len(tid)}")
+        out[arm] = (wave.astype(np.float64), flux, ivar, mask)
+    return CoaddArms(tid.copy(), out)

@@ -24,6 +24,8 @@ import numpy as np
 from etl.spectrum import Preprocessed, SpectrumRejected, apply_masks, normalise
 from etl.telluric import release_telluric_mask
 
+#: rows preprocessed together (the float64 temporaries of 256 rows are ~100 MB)
+ROWS_AT_ONCE = 256
 #: a bin needs this fraction of its width covered by good input pixels to keep its ivar
 MIN_COVERAGE = 0.5
 
@@ -84,46 +86,68 @@ def log_grid_edges(loglam0: float, dloglam: float, npix: int) -> np.ndarray:
     return 10.0 ** (loglam0 + dloglam * (np.arange(npix + 1) - 0.5))
 
 
+def resample_plan(wave_in: np.ndarray, edges_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which input pixels overlap each output bin, and by how much (Å): ``(index, length)``,
+    both (m, K) with K the most input pixels any bin overlaps (unused slots have length 0).
+    Depends on the grids only, so one plan serves every spectrum on them."""
+    e_in = pixel_edges(wave_in)
+    e_out = np.asarray(edges_out, dtype=np.float64)
+    m = len(e_out) - 1
+    lo, hi = max(e_in[0], e_out[0]), min(e_in[-1], e_out[-1])
+    if hi <= lo:
+        return np.zeros((m, 1), dtype=np.int64), np.zeros((m, 1))
+    # every breakpoint of either set: each segment lies in one input and one output pixel
+    cuts = np.concatenate([e_in, e_out])
+    cuts = np.unique(cuts[(cuts >= lo) & (cuts <= hi)])
+    seg = np.diff(cuts)
+    mid = 0.5 * (cuts[1:] + cuts[:-1])
+    i = np.searchsorted(e_in, mid, side="right") - 1
+    k = np.searchsorted(e_out, mid, side="right") - 1
+    keep = seg > 0
+    seg, i, k = seg[keep], i[keep], k[keep]
+    bins, starts, counts = np.unique(k, return_index=True, return_counts=True)  # k is sorted
+    slot = np.arange(len(k)) - np.repeat(starts, counts)
+    index = np.zeros((m, int(counts.max())), dtype=np.int64)
+    length = np.zeros((m, int(counts.max())))
+    index[k, slot], length[k, slot] = i, seg
+    return index, length
+
+
 def resample(
-    wave_in: np.ndarray, flux: np.ndarray, ivar: np.ndarray, edges_out: np.ndarray
+    wave_in: np.ndarray,
+    flux: np.ndarray,
+    ivar: np.ndarray,
+    edges_out: np.ndarray,
+    plan: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Flux-conserving resample of (nspec, n) or (n,) spectra onto bins ``edges_out`` (Å).
 
     Output flux density = Σ w f / Σ w over good input pixels (w: the length of the input pixel
     inside the output bin); output ivar = (Σ w)² / Σ w² σ², and 0 where good pixels cover less
     than :data:`MIN_COVERAGE` of the bin or none at all. Bins outside the input range are 0, 0.
+    ``plan``: :func:`resample_plan` of these grids, if already computed.
     """
     one = np.ndim(flux) == 1
     f = np.atleast_2d(np.asarray(flux, dtype=np.float64))
     iv = np.atleast_2d(np.asarray(ivar, dtype=np.float64))
-    e_in = pixel_edges(wave_in)
-    e_out = np.asarray(edges_out, dtype=np.float64)
-    lo, hi = max(e_in[0], e_out[0]), min(e_in[-1], e_out[-1])
-    m = len(e_out) - 1
-    out_f = np.zeros((f.shape[0], m))
-    out_iv = np.zeros((f.shape[0], m))
-    if hi > lo:
-        # every breakpoint of either set: each segment lies in one input and one output pixel
-        cuts = np.concatenate([e_in, e_out])
-        cuts = np.unique(cuts[(cuts >= lo) & (cuts <= hi)])
-        seg = np.diff(cuts)
-        mid = 0.5 * (cuts[1:] + cuts[:-1])
-        i = np.searchsorted(e_in, mid, side="right") - 1
-        k = np.searchsorted(e_out, mid, side="right") - 1
-        keep = seg > 0
-        seg, i, k = seg[keep], i[keep], k[keep]
-        good = iv[:, i] > 0
-        w = np.where(good, seg, 0.0)
-        var = np.where(good, 1.0 / np.where(good, iv[:, i], 1.0), 0.0)
-        bins, starts = np.unique(k, return_index=True)  # k is sorted: segments run in order
-        sw = np.add.reduceat(w, starts, axis=1)
-        swf = np.add.reduceat(w * np.where(good, f[:, i], 0.0), starts, axis=1)
-        sw2v = np.add.reduceat(w * w * var, starts, axis=1)
-        width = np.diff(e_out)[bins]
-        ok = (sw >= MIN_COVERAGE * width) & (sw2v > 0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out_f[:, bins] = np.where(sw > 0, swf / np.where(sw > 0, sw, 1.0), 0.0)
-            out_iv[:, bins] = np.where(ok, sw * sw / np.where(ok, sw2v, 1.0), 0.0)
+    index, length = plan if plan is not None else resample_plan(wave_in, edges_out)
+    good = iv > 0
+    var = np.where(good, 1.0 / np.where(good, iv, 1.0), 0.0)
+    fg = np.where(good, f, 0.0)
+    m = index.shape[0]
+    sw = np.zeros((f.shape[0], m))
+    swf = np.zeros_like(sw)
+    sw2v = np.zeros_like(sw)
+    for slot in range(index.shape[1]):  # K <= 4 here: a handful of whole-array passes
+        at, w = index[:, slot], length[:, slot]
+        ww = good[:, at] * w
+        sw += ww
+        swf += ww * fg[:, at]
+        sw2v += ww * w * var[:, at]
+    width = np.diff(np.asarray(edges_out, dtype=np.float64))
+    ok = (sw >= MIN_COVERAGE * width) & (sw2v > 0)
+    out_f = np.where(sw > 0, swf / np.where(sw > 0, sw, 1.0), 0.0)
+    out_iv = np.where(ok, sw * sw / np.where(ok, sw2v, 1.0), 0.0)
     return (out_f[0], out_iv[0]) if one else (out_f, out_iv)
 
 
@@ -137,16 +161,33 @@ class DesiPreprocessor:
         self.telluric = release_telluric_mask(release)
         n = release.normalisation
         self.window = (n.restframe_min, n.restframe_max)
+        self._plans: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 
     def to_grid(
         self, arms: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(wave, flux, ivar, mask) per arm, (nspec, n) each -> (flux, ivar) on the grid."""
+        """(wave, flux, ivar, mask) per arm, (nspec, n) each -> (flux, ivar) on the grid
+        (float32), :data:`ROWS_AT_ONCE` rows at a time so memory stays bounded per coadd."""
+        nspec = np.atleast_2d(arms[0][1]).shape[0]
+        flux_out = np.zeros((nspec, self.grid.npix), dtype=np.float32)
+        ivar_out = np.zeros_like(flux_out)
         waves = [a[0] for a in arms]
-        fluxes = [np.asarray(a[1], dtype=np.float64) for a in arms]
-        ivars = [masked_ivar(a[1], a[2], a[3]) for a in arms]
-        wave, flux, ivar = join_arms(waves, fluxes, ivars)
-        return resample(wave, np.nan_to_num(flux), ivar, self.edges)
+        for lo in range(0, nspec, ROWS_AT_ONCE):
+            part = slice(lo, lo + ROWS_AT_ONCE)
+            fluxes = [np.asarray(np.atleast_2d(a[1])[part], dtype=np.float64) for a in arms]
+            ivars = [
+                masked_ivar(np.atleast_2d(a[1])[part], np.atleast_2d(a[2])[part],
+                            np.atleast_2d(a[3])[part])
+                for a in arms
+            ]  # fmt: skip
+            wave, flux, ivar = join_arms(waves, fluxes, ivars)
+            key = (len(wave), float(wave[0]), float(wave[-1]))
+            if key not in self._plans:  # one plan per input lattice (DESI has one)
+                self._plans[key] = resample_plan(wave, self.edges)
+            flux_out[part], ivar_out[part] = resample(
+                wave, np.nan_to_num(flux), ivar, self.edges, self._plans[key]
+            )
+        return flux_out, ivar_out
 
     def finish(self, flux: np.ndarray, ivar: np.ndarray, z: float, obj: str) -> Preprocessed:
         """Sky-line mask and normalisation of one gridded spectrum (the SDSS steps)."""
