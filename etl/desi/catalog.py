@@ -183,7 +183,8 @@ class DesiSelector:
         keep &= has_location(cat)
         self.after[LOCATION_STEP] = self.after.get(LOCATION_STEP, 0) + int(keep.sum())
         if keep.any():
-            self._kept.append({k: np.asarray(cat[k])[keep] for k in DESI_COLUMNS})
+            # text as ASCII bytes while kept (a quarter of numpy's 4-byte unicode): ~95 B a row
+            self._kept.append({k: _ascii(np.asarray(cat[k])[keep]) for k in DESI_COLUMNS})
 
     def result(self) -> tuple[Catalog, dict]:
         """The selection sorted by (TARGETID, SURVEY, PROGRAM), duplicates dropped; summary."""
@@ -191,7 +192,10 @@ class DesiSelector:
             raise CatalogError(f"{self.source}: no table (the source returned nothing)")
         if not self._kept:
             raise CatalogError(f"{self.source}: selects nothing: {self._emptied_by()}")
-        cat = {k: np.concatenate([c[k] for c in self._kept]) for k in DESI_COLUMNS}
+        cat = {}
+        for k in DESI_COLUMNS:  # column by column, freeing the pieces: peak ~ selection + 1 column
+            cat[k] = np.concatenate([c.pop(k) for c in self._kept])
+        self._kept = []
         order = np.lexsort((cat["PROGRAM"], cat["SURVEY"], cat["TARGETID"]))
         cat = {k: v[order] for k, v in cat.items()}
         first = np.ones(len(cat["TARGETID"]), dtype=bool)
@@ -200,6 +204,7 @@ class DesiSelector:
             same &= cat[name][1:] == cat[name][:-1]
         first[1:] = ~same
         cat = {k: v[first] for k, v in cat.items()}
+        cat = {k: v.astype(str) if v.dtype.kind == "S" else v for k, v in cat.items()}
         steps = [{"step": "rows in", "rows": self.rows_in}]
         steps += [{"step": name, "rows": rows} for name, rows in self.after.items()]
         steps.append({"step": "unique (targetid, survey, program)", "rows": int(first.sum())})
@@ -217,6 +222,10 @@ class DesiSelector:
                 return f"the cut '{name}' removed the last {before} of {self.rows_in} rows"
             before = rows
         return "no rows left"  # pragma: no cover
+
+
+def _ascii(values: np.ndarray) -> np.ndarray:
+    return np.char.encode(values, "ascii", "replace") if values.dtype.kind == "U" else values
 
 
 def has_location(cat: Mapping[str, np.ndarray]) -> np.ndarray:
