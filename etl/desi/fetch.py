@@ -129,7 +129,10 @@ def fetch_desi(
     report.already_present = sum(len(v) for k, v in groups.items() if k not in todo)
     report.to_download = len(todo)
     report.dry_run = dry_run
-    if dry_run:
+    if dry_run:  # the coadds to fetch and the free space; their size needs the archive
+        from etl.diskspace import free_bytes
+
+        report.space = {"free_bytes": free_bytes(rel_dir), "to_download_bytes_estimate": None}
         _write(report, rel_dir)
         return report
     session = make_session(connections)
