@@ -41,3 +41,11 @@ def test_fetch_and_build_through_the_cli(tmp_path):
     assert report["coadds_by_mode"] == {"whole": 1}  # --whole-files: verified by sha256sum
     r = CliRunner().invoke(main, ["build-shards", *common])
     assert r.exit_code == 0 and r.output.startswith("1 spectra in 1 shard(s)"), r.output
+
+
+def test_dry_run_counts_the_coadds_and_fetches_nothing(tmp_path):
+    args = ["fetch", "--release", "desi-dr1", "--data-dir", str(tmp_path), "--dry-run"]
+    catalog = str(DESI / "redrock-special-dark-27247.fits")
+    r = CliRunner().invoke(main, [*args, "--catalog", catalog])
+    assert r.exit_code == 0 and "dry run: 1 file(s) to download, ~?;" in r.output
+    assert not (tmp_path / "desi-dr1" / "coadds").exists()
