@@ -89,6 +89,12 @@ def main(verbose: int) -> None:
     "size (HEAD requests on a sample) against the free space of DATA; download nothing. "
     "Exits 1 when it will not fit.",
 )
+@click.option(
+    "--whole-files",
+    is_flag=True,
+    help="DESI: fetch whole coadd files, verified against their directory's sha256sum list, "
+    "instead of range reads of the HDUs training needs.",
+)
 def fetch_cmd(release: str, data_dir: str, **options: object) -> None:
     """Select the release's galaxies and download their spec-lite files, verified and resumable.
 

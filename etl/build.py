@@ -30,8 +30,6 @@ import json
 import logging
 import os
 import time
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from etl.atomic import write_json_atomic
@@ -39,6 +37,7 @@ from etl.catalog import CatalogError, read_catalog
 from etl.diskspace import is_disk_full
 from etl.plan import ShardTask, plan_shards, release_dir, settings_fingerprint
 from etl.release import Release
+from etl.reports import BuildResult as BuildResult  # re-exported: etl.build's API
 from etl.shard_index import (
     INDEX_FORMAT,
     INDEX_FORMAT_VERSION,
@@ -81,41 +80,6 @@ __all__ = [
 ]
 
 
-@dataclass
-class BuildResult:
-    """What a build did (also written, in more detail, to build-report.json)."""
-
-    shards_dir: Path
-    shards: list[dict] = field(default_factory=list)
-    written: int = 0
-    kept: int = 0
-    accepted: int = 0
-    rejected: list[dict] = field(default_factory=list)
-    seconds: float = 0.0
-    #: format version of the shards this build replaced wholesale (None: same format or none)
-    replaced_format_version: int | None = None
-
-    @classmethod
-    def from_index(cls, shards_dir: str | Path) -> BuildResult:
-        """The shards already in ``shards_dir`` as they are, every one kept (no build run)."""
-        shards = read_index(shards_dir)["shards"]
-        accepted = sum(s["rows"] for s in shards)
-        return cls(Path(shards_dir), shards, kept=len(shards), accepted=accepted)
-
-    @property
-    def rejected_by_reason(self) -> dict[str, int]:
-        return dict(Counter(r["reason"] for r in self.rejected).most_common())
-
-    def summary(self) -> str:
-        """What `specetl build-shards` prints: the counts, then one line per rejection reason."""
-        head = (
-            f"{self.accepted} spectra in {len(self.shards)} shard(s) ({self.written} written, "
-            f"{self.kept} unchanged), {len(self.rejected)} rejected -> {self.shards_dir}"
-        )
-        reasons = [f"  rejected, {r}: {n}" for r, n in self.rejected_by_reason.items()]
-        return "\n".join([head, *reasons])
-
-
 # --- the build ----------------------------------------------------------------------------------
 
 
@@ -139,6 +103,10 @@ def build_shards(
     """
     if compression not in COMPRESSIONS:
         raise BuildError(f"compression {compression!r} is not one of {', '.join(COMPRESSIONS)}")
+    if getattr(release, "family", "") == "desi":  # coadds of many targets: etl/desi/build.py
+        from etl.desi.build import build_desi_shards
+
+        return build_desi_shards(release, data_dir, shard_size, compression, rebuild)  # type: ignore[arg-type]
     t0 = time.perf_counter()
     root = release_dir(data_dir, release)
     shards_dir = root / "shards"

@@ -65,6 +65,25 @@ POSITION_PAIRS: tuple[tuple[str, str], ...] = (
     ("PLUG_RA", "PLUG_DEC"),
     ("RA", "DEC"),
 )
+#: The DESI family's contract column -> DESI's spellings (zall-pix ``ZCATALOG``, redrock
+#: ``REDSHIFTS`` + ``FIBERMAP``, coadd headers), read by :mod:`etl.desi.catalog`. Kept apart from
+#: :data:`SOURCE_ALIASES` so an SDSS table is never read through a DESI name (ZWARN for ZWARNING).
+DESI_ALIASES: Mapping[str, tuple[str, ...]] = {
+    "TARGETID": ("TARGETID",),
+    "SURVEY": ("SURVEY",),
+    "PROGRAM": ("PROGRAM",),
+    "HEALPIX": ("HEALPIX", "HPXPIXEL"),  # HPXPIXEL: a healpix redrock/coadd file's header
+    "CLASS": ("SPECTYPE",),
+    "Z": ("Z",),
+    "Z_ERR": ("ZERR",),
+    "ZWARNING": ("ZWARN",),
+    "SPECPRIMARY": ("ZCAT_PRIMARY",),
+    "OBJTYPE": ("OBJTYPE",),
+    "FIBERSTATUS": ("COADD_FIBERSTATUS",),
+    "DELTACHI2": ("DELTACHI2",),
+}
+#: DESI's position: the target's catalogue RA/DEC.
+DESI_POSITION_PAIRS: tuple[tuple[str, str], ...] = (("TARGET_RA", "TARGET_DEC"),)
 #: dtype of each contract column (key columns are int64 and added per release).
 _DTYPES: Mapping[str, str] = {
     "SPECOBJID": "str",

@@ -40,6 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
+from urllib.parse import urlsplit
 
 from etl.atomic import fsync_dir
 from etl.diskspace import DiskFull, is_disk_full
@@ -461,3 +462,19 @@ def download_resumable(
     finally:
         session.close()  # type: ignore[attr-defined]
     raise DownloadFailed("not attempted", url)  # pragma: no cover
+
+
+def bulk_table_local(url: str, rel_dir: Path, config: DownloadConfig | None) -> Path:
+    """A release's bulk catalogue file on disk (SDSS specObj, DESI zall-pix): a file:// URL is
+    used in place, http(s) is downloaded resumably into ``rel_dir``. Raises CatalogError for a
+    URL that does not name a FITS file."""
+    from etl.catalog import CatalogError
+
+    parts = urlsplit(url)
+    if parts.scheme == "file":
+        return Path(parts.path)
+    name = Path(parts.path).name
+    if not name.endswith((".fits", ".fits.gz")) or "/" in name or name.startswith("."):
+        raise CatalogError(f"unexpected specObj URL {url}")
+    log.info("downloading the bulk catalogue %s (resumable)", url)
+    return download_resumable(url, rel_dir / name, config)

@@ -31,17 +31,14 @@ import logging
 import math
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
-from urllib.parse import urlsplit
 
 import numpy as np
 
 from etl.atomic import write_json_atomic
 from etl.catalog import (
     Catalog,
-    CatalogError,
     Selector,
     write_catalog,
 )
@@ -51,13 +48,14 @@ from etl.download import (
     DownloadConfig,
     Job,
     Outcome,
+    bulk_table_local,
     download_jobs,
-    download_resumable,
     make_session,
 )
 from etl.ledger import Ledger, compact_ledger
 from etl.paths import safe_name, under
 from etl.release import Release, UnknownRun2d
+from etl.reports import FetchReport as FetchReport  # re-exported: etl.fetch's API
 from etl.skyserver import iter_sql_pages
 from etl.tables import iter_fits_columns, iter_table_columns
 
@@ -72,59 +70,6 @@ DEFAULT_TASKS = 2
 def _job_columns(release: Release) -> tuple[str, ...]:
     """Catalogue columns a download task needs: the id, run2d and the release's key."""
     return ("SPECOBJID", "RUN2D", *(k.upper() for k in release.key))
-
-
-@dataclass
-class FetchReport:
-    """What a fetch did; ``ok`` is False when any selected object failed."""
-
-    release: str
-    catalog_source: str
-    selected: int = 0
-    downloaded: int = 0
-    already_present: int = 0
-    to_download: int = 0
-    bytes: int = 0
-    seconds: float = 0.0  #: wall time of the download phase
-    dry_run: bool = False
-    failed: dict[str, list[dict]] = field(default_factory=dict)
-    space: dict | None = None  #: dry run: estimated bytes to download vs free space
-    stopped: str = ""  #: why the run stopped early (a full disk), "" when it did not
-    not_attempted: int = 0  #: files left for the rerun when the run stopped
-
-    @property
-    def n_failed(self) -> int:
-        return sum(len(v) for v in self.failed.values())
-
-    @property
-    def ok(self) -> bool:
-        return self.n_failed == 0
-
-    def add_failure(self, o: Outcome) -> None:
-        j = o.job
-        self.failed.setdefault(o.reason, []).append(
-            {"specobjid": str(j.specobjid), "run2d": j.run2d, **dict(j.key), "detail": o.detail}
-        )
-
-    def to_dict(self) -> dict:
-        rate = self.downloaded / self.seconds if self.seconds > 0 else 0.0
-        return {
-            "release": self.release,
-            "catalog_source": self.catalog_source,
-            "dry_run": self.dry_run,
-            "selected": self.selected,
-            "downloaded": self.downloaded,
-            "already_present": self.already_present,
-            "failed": self.n_failed,
-            "failed_by_reason": {
-                k: {"count": len(v), "objects": v} for k, v in self.failed.items()
-            },
-            "bytes_downloaded": self.bytes,
-            "download_seconds": round(self.seconds, 3),
-            "files_per_second": round(rate, 2),
-            "stopped": self.stopped or None,
-            "not_attempted": self.not_attempted,
-        } | ({"disk_space": self.space} if self.space is not None else {})
 
 
 # --- catalogue ---------------------------------------------------------------------------------
@@ -155,7 +100,7 @@ def build_catalog(
     elif source == "specobj":
         url = release.specobj_url(base_url)
         label = url
-        local = _specobj_local(url, rel_dir, config)
+        local = bulk_table_local(url, rel_dir, config)
         chunks = iter_fits_columns(local, release.key)
     else:
         label = str(source)
@@ -173,18 +118,6 @@ def build_catalog(
     for step in summary["steps"]:
         log.info("selection: %-28s %10d rows", step["step"], step["rows"])
     return catalog, summary
-
-
-def _specobj_local(url: str, rel_dir: Path, config: DownloadConfig | None) -> Path:
-    """The bulk specObj file on disk: a file:// URL is used in place, http(s) is downloaded."""
-    parts = urlsplit(url)
-    if parts.scheme == "file":
-        return Path(parts.path)
-    name = Path(parts.path).name
-    if not name.endswith((".fits", ".fits.gz")) or "/" in name or name.startswith("."):
-        raise CatalogError(f"unexpected specObj URL {url}")
-    log.info("downloading the bulk catalogue %s (resumable)", url)
-    return download_resumable(url, rel_dir / name, config)
 
 
 # --- plan --------------------------------------------------------------------------------------
@@ -311,6 +244,7 @@ def fetch(
     skyserver_url: str | None = None,
     sql_options: dict | None = None,
     progress: bool = True,
+    whole_files: bool = False,
 ) -> FetchReport:
     """Select and download; write ``fetch-report.json``; return the report (never raises for a
     per-file failure; :class:`CatalogError` when no catalogue can be built).
@@ -318,7 +252,16 @@ def fetch(
     A full disk stops the run at once: the report records the stop, then :class:`DiskFull`
     (an ``OSError``) is raised with one line. Verified files stay; a rerun completes the rest.
     A dry run measures the bytes still to download against the free space (``report.space``).
+    A DESI release goes to :func:`etl.desi.fetch.fetch_desi` (``whole_files``: whole coadds,
+    verified by their sha256sum list, instead of range reads of the HDUs training needs).
     """
+    if getattr(release, "family", "") == "desi":  # coadds of many targets, read by range
+        from etl.desi.fetch import fetch_desi
+
+        return fetch_desi(
+            release, data_dir, catalog_source, base_url, limit, connections, dry_run, config,
+            whole_files=whole_files,
+        )  # fmt: skip
     from etl.cluster import dask_client
 
     config = config or DownloadConfig()

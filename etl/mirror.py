@@ -238,11 +238,15 @@ def _make_handler(mirror: ArchiveMirror) -> type[BaseHTTPRequestHandler]:
                 return
             data = local.read_bytes()
             start, status, extra = 0, 200, {"Accept-Ranges": "bytes"}
-            m = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
+            # "bytes=N-" (resuming) and "bytes=N-M" (DESI's per-HDU range reads), inclusive
+            m = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+            end = len(data)
             if m and int(m.group(1)) < len(data):
                 start, status = int(m.group(1)), 206
-                extra["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
-            body = data[start:]
+                if m.group(2):
+                    end = min(len(data), int(m.group(2)) + 1)
+                extra["Content-Range"] = f"bytes {start}-{end - 1}/{len(data)}"
+            body = data[start:end]
             self.send_response(status)
             self.send_header("Content-Type", "application/fits")
             for k, v in extra.items():

@@ -89,7 +89,13 @@ def load_model(
     if not path.exists():
         raise TrainError(f"no checkpoint in {run} (expected best.pt or last.pt)")
     ckpt = load_checkpoint(path, device)
-    model = SpectrumAutoencoder(ModelConfig.from_dict(ckpt["model_config"]))
+    # the observed grid is a saved buffer: build with the checkpoint's own (4360 pixels for
+    # DESI, 4648 for SDSS-V), not the DR16 default, or loading it fails on the shape
+    wave_obs = ckpt["model"].get("wave_obs")
+    model = SpectrumAutoencoder(
+        ModelConfig.from_dict(ckpt["model_config"]),
+        None if wave_obs is None else wave_obs.cpu().numpy(),
+    )
     model.load_state_dict(ckpt["model"])
     return model.to(device), ckpt
 

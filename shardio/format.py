@@ -85,11 +85,19 @@ def object_key(attrs: Mapping[str, object]) -> tuple[str, ...]:
     return tuple(json.loads(raw)) if isinstance(raw, str) else tuple(str(k) for k in raw)
 
 
+#: dtype of an object-key column that is text (DESI's SURVEY and PROGRAM)
+KEY_TEXT_DTYPE = "S16"
+
+
 def row_datasets(attrs: Mapping[str, object]) -> dict[str, str]:
     """Per-row datasets (name -> dtype) of a shard with these attributes."""
     if int(attrs.get("format_version", FORMAT_VERSION)) < 2:  # type: ignore[call-overload]
         return dict(V1_DATASETS)
-    return {**ROW_DATASETS, **dict.fromkeys(object_key(attrs), "int64")}
+    # key columns are int64, except those the attribute object_key_text lists (ASCII)
+    raw = attrs.get("object_key_text")
+    text = json.loads(raw.decode() if isinstance(raw, bytes) else str(raw)) if raw else []
+    key = {k: KEY_TEXT_DTYPE if k in text else "int64" for k in object_key(attrs)}
+    return {**ROW_DATASETS, **key}
 
 
 class ShardError(ValueError):

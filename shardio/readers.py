@@ -86,7 +86,8 @@ def specobjid_strings(values: np.ndarray) -> np.ndarray:
 
 def read_rows(path: Path, start: int, stop: int) -> dict[str, np.ndarray]:
     """Rows ``start:stop`` of a shard (any version): flux, ivar, z, specobjid as exact strings,
-    the object-key columns (int64), ra/dec where stored, and ``_key`` (the key's names)."""
+    the object-key columns (int64, or str for a text key such as DESI's survey and program),
+    ra/dec where stored, and ``_key`` (the key's names)."""
     try:
         with h5py.File(path, "r") as f:
             keys = list(object_key(f.attrs))
@@ -97,7 +98,8 @@ def read_rows(path: Path, start: int, stop: int) -> dict[str, np.ndarray]:
                 "specobjid": specobjid_strings(f["specobjid"][start:stop]),
             }
             for k in keys:
-                out[k] = f[k][start:stop].astype(np.int64)
+                v = f[k][start:stop]  # int64, or ASCII for a text key (DESI survey, program)
+                out[k] = np.char.strip(v.astype("U")) if v.dtype.kind == "S" else v.astype(np.int64)
             for k in ("ra", "dec"):
                 if k in f:
                     out[k] = f[k][start:stop].astype(np.float64)

@@ -1,0 +1,51 @@
+"""`specetl fetch` / `build-shards` with `--release desi-edr|desi-dr1`: the same commands, one-line
+errors for what a user can get wrong."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+from desi_support import DESI, serve
+
+from cli import main
+from etl.mirror import ArchiveMirror
+from etl.release import load_release
+
+
+def test_sql_is_refused_for_desi_with_the_reason(tmp_path):
+    r = CliRunner().invoke(main, ["fetch", "--release", "desi-dr1", "--data-dir", str(tmp_path)])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert "DESI has no SkyServer SQL; use --catalog specobj" in r.output
+
+
+def test_a_tile_redrock_table_selects_nothing_and_says_why(tmp_path):
+    args = ["fetch", "--release", "desi-edr", "--data-dir", str(tmp_path)]
+    r = CliRunner().invoke(main, [*args, "--catalog", str(DESI / "redrock-test.fits")])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert "'has a healpix coadd (SURVEY, PROGRAM, HEALPIX)' removed the last 1 of 3" in r.output
+
+
+def test_fetch_and_build_through_the_cli(tmp_path):
+    dr1 = load_release("desi-dr1")
+    with ArchiveMirror(None, dr1, prefix="/public") as m:
+        serve(m, dr1, ("special", "dark", 27247), DESI / "coadd-special-dark-27247.fits", tmp_path)
+        common = ["--release", "desi-dr1", "--data-dir", str(tmp_path / "d")]
+        r = CliRunner().invoke(
+            main,
+            ["fetch", *common, "--catalog", str(DESI / "redrock-special-dark-27247.fits"),
+             "--base-url", m.base_url, "--whole-files"],
+        )  # fmt: skip
+        assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "d/desi-dr1/fetch-report.json").read_text())
+    assert report["coadds_by_mode"] == {"whole": 1}  # --whole-files: verified by sha256sum
+    r = CliRunner().invoke(main, ["build-shards", *common])
+    assert r.exit_code == 0 and r.output.startswith("1 spectra in 1 shard(s)"), r.output
+
+
+def test_dry_run_counts_the_coadds_and_fetches_nothing(tmp_path):
+    args = ["fetch", "--release", "desi-dr1", "--data-dir", str(tmp_path), "--dry-run"]
+    catalog = str(DESI / "redrock-special-dark-27247.fits")
+    r = CliRunner().invoke(main, [*args, "--catalog", catalog])
+    assert r.exit_code == 0 and "dry run: 1 file(s) to download, ~?;" in r.output
+    assert not (tmp_path / "desi-dr1" / "coadds").exists()

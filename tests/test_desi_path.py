@@ -1,0 +1,117 @@
+"""DESI through the whole path: fetch (loopback archive in DESI's layout) -> build-shards ->
+train -> embed, with TARGETID/SURVEY/PROGRAM carried exactly; and the sky-cell split shared
+with SDSS."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from astropy.table import Table, vstack
+from desi_support import DESI, real_zall_rows, serve, synthetic_sky
+from fetch_support import FAST, SAMPLE_CATALOG
+
+from etl.build import build_shards
+from etl.catalog import as_catalog
+from etl.fetch import fetch
+from etl.mirror import ArchiveMirror
+from etl.release import load_release
+from etl.splits import split_of
+
+REAL = 39089837499744649  # the real healpix target with a real redshift (special/dark 27247)
+
+
+@pytest.fixture(scope="module")
+def dr1():
+    return load_release("desi-dr1")
+
+
+def _real_fetch_and_build(dr1, tmp_path: Path) -> Path:
+    data = tmp_path / "data"
+    with ArchiveMirror(None, dr1, prefix="/public") as m:
+        serve(m, dr1, ("special", "dark", 27247), DESI / "coadd-special-dark-27247.fits", tmp_path)
+        report = fetch(dr1, data, catalog_source=str(DESI / "redrock-special-dark-27247.fits"),
+                       base_url=m.base_url, config=FAST)  # fmt: skip
+    assert report.ok
+    result = build_shards(dr1, data)
+    assert result.accepted == 1 and not result.rejected
+    return data / "desi-dr1" / "shards"
+
+
+def test_real_fixture_fetch_build_carries_the_ids_exactly(dr1, tmp_path):
+    shards = _real_fetch_and_build(dr1, tmp_path)
+    index = json.loads((shards / "index.json").read_text())
+    assert index["object_key"] == ["targetid", "survey", "program"] and index["npix"] == 4360
+    (entry,) = index["shards"]
+    with h5py.File(shards / entry["path"]) as h5:
+        assert h5["targetid"].dtype == np.int64 and h5["targetid"][:].tolist() == [REAL]
+        assert h5["specobjid"][0].decode() == str(REAL)
+        assert (h5["survey"][0], h5["program"][0]) == (b"special", b"dark")
+        assert h5["z"][0] == pytest.approx(0.0072697, abs=1e-7)
+        assert h5["flux"].shape == (1, 4360) and (h5["ivar"][0] > 0).sum() > 3500
+    again = build_shards(dr1, tmp_path / "data")  # unchanged inputs: nothing rewritten
+    assert again.written == 0 and again.kept == 1
+
+
+def test_a_desi_target_and_an_sdss_row_at_its_position_share_a_split(dr1, tmp_path):
+    shards = _real_fetch_and_build(dr1, tmp_path)
+    (entry,) = json.loads((shards / "index.json").read_text())["shards"]
+    desi_split = entry["split"]
+    # a real SDSS catalogue row (the bundled sample's first galaxy), placed 1" from the target
+    with open(SAMPLE_CATALOG, newline="") as f:
+        row = dict(next(csv.DictReader(f)))
+    real = real_zall_rows()
+    row["RA"] = str(float(real["TARGET_RA"][0]) + 1.0 / 3600)
+    row["DEC"] = str(float(real["TARGET_DEC"][0]))
+    dr16 = load_release("dr16")
+    cat = as_catalog({k: np.array([v]) for k, v in row.items()}, "sdss row", dr16.key)
+    sdss_split = split_of(cat["RA"], cat["DEC"], cat["MJD"], dr16.splits)[0]
+    assert sdss_split == desi_split
+    # and the other way round: every split reachable, so the agreement is not a constant
+    ra = np.linspace(0, 359, 200)
+    assert set(split_of(ra, np.zeros(200), np.zeros(200, int), dr16.splits)) == {
+        "train",
+        "valid",
+        "test",
+    }
+
+
+@pytest.mark.slow
+def test_desi_through_train_and_embed(dr1, tmp_path):
+    from model.embed import embed_shards, read_embedding
+    from model.train import TrainConfig, train
+
+    data = tmp_path / "data"
+    with ArchiveMirror(None, dr1, prefix="/public") as m:
+        serve(m, dr1, ("special", "dark", 27247), DESI / "coadd-special-dark-27247.fits", tmp_path)
+        synthetic = synthetic_sky(dr1, n_coadds=10, per_coadd=6, tmp=tmp_path, mirror=m)
+        real = real_zall_rows()[:1]  # the real target, as its redrock file has it
+        real.remove_column("SOURCE")
+        real["SURVEY"], real["PROGRAM"], real["HEALPIX"] = ["special"], ["dark"], [27247]
+        real["ZCAT_PRIMARY"] = [True]
+        zall = vstack([synthetic, real])
+        zall.write(tmp_path / "zall-SYNTHETIC.fits")
+        report = fetch(dr1, data, catalog_source=str(tmp_path / "zall-SYNTHETIC.fits"),
+                       base_url=m.base_url, config=FAST)  # fmt: skip
+    assert report.ok and report.coadds == len(set(zall["HEALPIX"]))
+    result = build_shards(dr1, data)
+    assert result.accepted == len(zall)
+    shards = data / "desi-dr1" / "shards"
+    run = tmp_path / "run"
+    train(
+        TrainConfig(
+            shards=str(shards), run=str(run), epochs=1, batch_size=8, device="cpu", progress=False
+        )
+    )
+    out = embed_shards(run, tmp_path / "embedding.fits", split="all", device="cpu")
+    table, header = read_embedding(out)
+    ids = [int(t) for t in table["targetid"]]
+    assert sorted(ids) == sorted(int(t) for t in zall["TARGETID"])
+    i = ids.index(REAL)
+    assert (str(table["survey"][i]), str(table["program"][i])) == ("special", "dark")
+    assert str(table["specobjid"][i]) == str(REAL)
+    assert Table.read(out)["TARGETID"].dtype.kind == "i"
