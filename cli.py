@@ -216,6 +216,13 @@ def build_shards_cmd(release: str, data_dir: str, **options: object) -> None:
     "resampled to the restframe.",
 )
 @click.option(
+    "--consistency-weight",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Weight of the consistency loss in the total (objective consistency).",
+)
+@click.option(
     "--preset",
     type=click.Choice(["paper", "cpu-small"]),
     default="cpu-small",

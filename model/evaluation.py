@@ -47,12 +47,14 @@ def step_losses(
     autocast: bool = False,
     losses: str = "paper-2023",
     sim_form: str = "restframe",
+    consistency_weight: float = 1.0,
 ) -> dict[str, torch.Tensor]:
     """Loss terms of one batch. `terms` ⊆ {"fidelity", "similarity", "consistency"}.
 
     `losses` picks the family of the similarity and consistency terms (`LOSS_FAMILIES`): the
     2023 equations (model/losses.py; `sigma_s` applies) or the scale-free ones
     (model/scalefree.py; `sim_form` "restframe" or "observed" picks the spectral side).
+    `consistency_weight` multiplies L_c in the total (the paper and spender 0.3 use 1).
 
     `model` is what is called (maybe DDP-wrapped or compiled); `core` is the bare
     `SpectrumAutoencoder` (for its grids). With "consistency", the batch and its redshift-
@@ -100,7 +102,9 @@ def step_losses(
     sim_weight = LOSS_FAMILIES[losses]["sim_weight"]
     keys = ("fidelity", "fidelity_aug", "similarity", "consistency")
     out["total"] = sum(
-        out[t] * (sim_weight if t == "similarity" else 1.0) for t in keys if t in out
+        out[t] * {"similarity": sim_weight, "consistency": consistency_weight}.get(t, 1.0)
+        for t in keys
+        if t in out
     )
     return out
 
@@ -125,6 +129,7 @@ def evaluate(
     z_aug_max: float = 0.5,
     losses: str = "paper-2023",
     sim_form: str = "restframe",
+    consistency_weight: float = 1.0,
 ) -> dict[str, float]:
     """Row-weighted mean of each loss term over `batches` (model in eval mode).
 
@@ -142,7 +147,19 @@ def evaluate(
         batch = to_device(batch, device)
         b = batch["z"].shape[0]
         parts = step_losses(
-            model, model, batch, terms, k0, k1, sigma_s, gen, z_aug_max, False, losses, sim_form
+            model,
+            model,
+            batch,
+            terms,
+            k0,
+            k1,
+            sigma_s,
+            gen,
+            z_aug_max,
+            False,
+            losses,
+            sim_form,
+            consistency_weight,
         )
         for k, v in parts.items():
             sums[k] = sums.get(k, 0.0) + float(v) * b

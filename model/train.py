@@ -81,6 +81,9 @@ class TrainConfig:
     k0: float | None = None  # None: the family's (2.5 paper-2023, 5 scale-free)
     k1_max: float | None = None  # None: the family's (1 paper-2023, 5 scale-free)
     k1_cycles: int = 3
+    # weight of L_c in the total: the scale-free L_c of a shift a tenth of the latent spread is
+    # ~0.0025 against L_fid ~1, so its pull is weak at weight 1 (chosen on validation)
+    consistency_weight: float = 1.0
     sigma_s: float = 0.1
     # None: σ_s constant. Else σ_s falls geometrically from this value to `sigma_s` over the run:
     # L_c has no gradient where |s − s_aug| >> σ_s (the sigmoid saturates), so a small target
@@ -96,6 +99,8 @@ class TrainConfig:
             raise TrainError(f"--objective must be one of {OBJECTIVES}, not {self.objective!r}")
         if self.preset not in PRESETS:
             raise TrainError(f"--preset must be one of {sorted(PRESETS)}, not {self.preset!r}")
+        if not (math.isfinite(self.consistency_weight) and self.consistency_weight > 0):
+            raise TrainError(f"--consistency-weight must be > 0, not {self.consistency_weight!r}")
         if self.losses not in LOSS_FAMILIES:
             raise TrainError(f"--losses must be one of {tuple(LOSS_FAMILIES)}, not {self.losses!r}")
         if self.sim_form not in SIM_FORMS:
@@ -289,6 +294,7 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
                 autocast,
                 cfg.losses,
                 cfg.sim_form,
+                cfg.consistency_weight,
             )
             opt.zero_grad(set_to_none=True)
             parts["total"].backward()
@@ -332,6 +338,7 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
                 cfg.z_aug_max,
                 cfg.losses,
                 cfg.sim_form,
+                cfg.consistency_weight,
             )
             n = max(float(sums[0]), 1.0)
             stop_if_not_finite(float(sums[1]) / n, valid["total"], epoch + 1, run)
@@ -404,6 +411,7 @@ _RESUME_KEYS = (
     "workers",
     "losses",
     "sim_form",
+    "consistency_weight",
     "k0",
     "k1_max",
     "k1_cycles",

@@ -163,7 +163,8 @@ def test_two_noisy_copies_of_one_spectrum_are_chi2_one_apart():
 @pytest.mark.parametrize("sim_form", ["restframe", "observed"])
 def test_step_losses_trains_the_scale_free_family(sim_form):
     """One optimiser step of a small model under each scale-free form: finite terms, the
-    similarity weighted 3x in the total, and a gradient reaching the encoder."""
+    similarity weighted 3x and the consistency by its weight in the total, and a gradient
+    reaching the encoder."""
     torch.manual_seed(0)
     wave = torch.tensor(default_wave_obs(), dtype=torch.float32)
     model = SpectrumAutoencoder(PRESETS["cpu-small"], wave.numpy())
@@ -176,10 +177,10 @@ def test_step_losses_trains_the_scale_free_family(sim_form):
     parts = step_losses(
         model, model, batch, ("fidelity", "similarity", "consistency"), 5.0, 5.0,
         losses="scale-free", sim_form=sim_form,
-        generator=torch.Generator().manual_seed(1),
+        generator=torch.Generator().manual_seed(1), consistency_weight=7.0,
     )  # fmt: skip
     expect = parts["fidelity"] + parts["fidelity_aug"] + 3 * parts["similarity"]
-    expect = expect + parts["consistency"]
+    expect = expect + 7 * parts["consistency"]
     assert torch.isfinite(parts["total"])
     assert parts["total"].item() == pytest.approx(expect.item(), rel=1e-6)
     assert 2 * torch.sigmoid(torch.tensor(-5.0)).item() <= parts["similarity"].item() < 2
