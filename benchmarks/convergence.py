@@ -23,8 +23,6 @@ import math
 import sys
 from pathlib import Path
 
-import numpy as np
-
 HERE = Path(__file__).resolve().parent
 for _p in (HERE.parent, HERE):
     if str(_p) not in sys.path:
@@ -38,6 +36,7 @@ from model.interpretability import (  # noqa: E402
     interpretability,
     read_truth_catalog,
     scale_free_shift,
+    singular_ratio,
     truths_for,
 )
 
@@ -48,12 +47,6 @@ DOUBLING_BAR = 0.02
 
 def metrics_of(run: Path) -> list[dict]:
     return [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if ln]
-
-
-def singular_ratio(latents: np.ndarray) -> float:
-    """Smaller / larger singular value of the centred latents (1: round, 0: a line)."""
-    sv = np.linalg.svd(latents - latents.mean(0), compute_uv=False)
-    return float(sv[-1] / sv[0])
 
 
 def sim_floor(cfg: dict) -> float:

@@ -107,6 +107,13 @@ def interpretability(
     return out
 
 
+def singular_ratio(latents: np.ndarray) -> float:
+    """Smaller / larger singular value of the centred latents (n, 2): 1 when both dimensions are
+    used alike, 0 when the latents lie on a line (a one-dimensional latent space)."""
+    sv = np.linalg.svd(latents - latents.mean(0), compute_uv=False)
+    return float(sv[-1] / sv[0])
+
+
 def scale_free_shift(latents: np.ndarray, latent_shift: float, seed: int = 0) -> dict:
     """mean |s − s_aug| / median |s_i − s_j| over random pairs i != j of different spectra."""
     rng = np.random.default_rng(seed)

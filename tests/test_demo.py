@@ -109,6 +109,15 @@ def test_demo_population_path(tmp_path):
     text = proc.stdout
     assert "SYNTHETIC population's test split" in text and "What the 2-D latents know" in text
     assert "REAL bundled SDSS galaxies" in text and "| consistency |" in text
+    # the fidelity floor, measured from the true spectra before their files were deleted, is
+    # printed beside L_fid: about half the unmasked fraction of the test pixels
+    floor = json.loads((out / "population" / "dr16" / "fidelity-floor.json").read_text())
+    assert floor["L_fid_truth"] == pytest.approx(0.5 * floor["unmasked_fraction"], rel=0.05)
+    assert (
+        f"fidelity floor (L_fid of the true noiseless spectra, test split): {floor['L_fid_truth']:.3f}"
+        in text
+    )
+    assert "σ_min/σ_max" in text
     assert (out / "runs" / "latent-maps.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "runs" / "consistency" / "eval-real-test" / "figure2.png").exists()
     # the population's spec-lite files are gone once sharded (the shards and truths stay) ...

@@ -218,3 +218,18 @@ def test_population_catalogue_verifies_clean_and_says_what_each_truth_is(corpus)
     assert got["TRUE_SIGMA"]["unit"] == "km/s" and got["TRUE_HA_EW"]["unit"] == "Angstrom"
     # the generated spec-lite files (real SDSS files with the truths added) verify clean too
     fitsverify(next((corpus / "dr16" / "spectra").rglob("spec-*.fits")))
+
+
+def test_singular_ratio_tells_a_line_from_a_cloud():
+    """The demo's 'both latent dimensions used' measure: 0 for latents on a line, ~1 for an
+    isotropic cloud, the axis ratio for an ellipse."""
+    from model.interpretability import singular_ratio
+
+    rng = np.random.default_rng(0)
+    t = rng.normal(size=2000)
+    assert singular_ratio(np.stack([t, 2 * t + 1], 1)) < 1e-9
+    assert singular_ratio(rng.normal(size=(20000, 2))) == pytest.approx(1.0, abs=0.03)
+    ellipse = rng.normal(size=(20000, 2)) * [1.0, 0.3]
+    assert singular_ratio(ellipse @ np.array([[0.6, 0.8], [-0.8, 0.6]])) == pytest.approx(
+        0.3, abs=0.02
+    )

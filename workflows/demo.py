@@ -268,6 +268,7 @@ def build_population_shards(
         step(f"generate a SYNTHETIC population of {n} galaxies (bagpipes, real SDSS noise)")
         make_population(out, n, seed=seed, release=rel.name, processes=workers or os.cpu_count())
     built = build_demo_shards(rel, out, workers, step, what="SYNTHETIC spectra")
+    write_fidelity_floor(rel, out, step)  # needs the files' true spectra: before they go
     size = sum(f.stat().st_size for f in spectra.rglob("*") if f.is_file())
     shutil.rmtree(spectra)
     step(
@@ -276,6 +277,39 @@ def build_population_shards(
         "remakes them)"
     )
     return built
+
+
+FLOOR_FILE = "fidelity-floor.json"
+
+
+def write_fidelity_floor(rel, pop_dir: Path, step: Say = log.info) -> dict:
+    """L_fid of the population's true noiseless spectra against its test rows (etl.fidelity_floor),
+    written to POP/<release>/fidelity-floor.json: the lowest L_fid a model can reach there."""
+    from etl.atomic import write_json_atomic
+    from etl.fidelity_floor import fidelity_floor
+
+    step("fidelity floor: L_fid of the true spectra against the noisy test rows")
+    shards = pop_dir / rel.name / "shards"
+    floor = fidelity_floor(
+        sorted((shards / "test").glob("shard-*.h5")), pop_dir / rel.name / "spectra", rel.grid
+    )
+    write_json_atomic(pop_dir / rel.name / FLOOR_FILE, floor)
+    return floor
+
+
+def echo_fidelity_floor(rows: list[dict], pop_dir: Path, rel, echo: Say = print) -> None:
+    """One line: the floor beside each run's test L_fid (a rerun on shards made before the floor
+    was recorded says how to get it)."""
+    path = pop_dir / rel.name / FLOOR_FILE
+    if not path.is_file():
+        echo(f"fidelity floor: not recorded ({path}); delete {pop_dir} and rerun to measure it")
+        return
+    floor = json.loads(path.read_text())["L_fid_truth"]
+    ratios = ", ".join(f"{r['objective']} {r['L_fid'] / floor:.2f}x" for r in rows)
+    echo(
+        f"fidelity floor (L_fid of the true noiseless spectra, test split): {floor:.3f}; "
+        f"L_fid / floor: {ratios} (the gap is what longer training can still win)"
+    )
 
 
 def population_science(
@@ -290,6 +324,7 @@ def population_science(
         plot_latent_maps,
         read_truth_catalog,
         scale_free_shift,
+        singular_ratio,
         truths_for,
     )
 
@@ -309,14 +344,22 @@ def population_science(
         shift[run.name] = scale_free_shift(per["test"], metrics["latent_shift"])
     echo("")
     echo("What the 2-D latents know (kNN regression R² on the SYNTHETIC test split; 1 = all):")
-    echo(f"| {'run':<11} | log sSFR | age_mw |   A_V  |    σ   |    z   | scale-free shift |")
+    echo(
+        f"| {'run':<11} | log sSFR | age_mw |   A_V  |    σ   |    z   | scale-free shift "
+        "| σ_min/σ_max |"
+    )
     for name in latents:
         p = r2[name]
         echo(
             f"| {name:<11} | {p['TRUE_LOG_SSFR']['r2']:8.3f} | {p['TRUE_AGE_MW']['r2']:6.3f} "
             f"| {p['TRUE_AV']['r2']:6.3f} | {p['TRUE_SIGMA']['r2']:6.3f} "
-            f"| {p['TRUE_Z']['r2']:6.3f} | {shift[name]['scale_free_shift']:16.3f} |"
+            f"| {p['TRUE_Z']['r2']:6.3f} | {shift[name]['scale_free_shift']:16.3f} "
+            f"| {singular_ratio(latents[name]['test']):11.2f} |"
         )
+    echo(
+        "σ_min/σ_max: smaller over larger singular value of the centred test latents (1: both "
+        "latent dimensions used alike, 0: the latents lie on a line)"
+    )
     maps = plot_latent_maps(
         {name: per["test"] for name, per in latents.items()},
         truths["test"],
@@ -405,6 +448,7 @@ def run_demo(
         )
         echo("Table 1 on the SYNTHETIC population's test split (bagpipes galaxies, real noise):")
         rows = evaluate_runs(runs, step=step, echo=echo)
+        echo_fidelity_floor(rows, out / "population", rel, echo)
         population_science(runs, out / "population", Path(built.shards_dir), rel, step, echo)
         embed_demo(runs[-1], out, step=step, echo=echo)
         step("done")
