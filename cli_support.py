@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import click
 
-from cli_guard import DEVICE
+from cli_guard import DEVICE, LEARNING_RATE
 
 
 def setup_logging(verbose: int) -> None:
@@ -106,3 +106,121 @@ def split_option(choices: list[str], default: str, help_text: str) -> Decorator:
     return click.option(
         "--split", type=click.Choice(choices), default=default, show_default=True, help=help_text
     )
+
+
+def train_options(command: Callable) -> Callable:
+    """The options of `specetl train` (the fields of model.train.TrainConfig), in --help order;
+    kept here so that cli.py holds the commands themselves."""
+    options = [
+        click.option(
+            "--shards",
+            required=True,
+            type=EXISTING_DIR,
+            help="Shards folder with index.json (e.g. DATA/dr16/shards).",
+        ),
+        click.option(
+            "--run",
+            required=True,
+            type=click.Path(file_okay=False),
+            help="Run folder: config.json, metrics.jsonl, last.pt, best.pt land here.",
+        ),
+        click.option(
+            "--objective",
+            type=click.Choice(["fidelity", "similarity", "consistency"]),
+            default="fidelity",
+            show_default=True,
+            help="fidelity: reconstruction only; similarity: + similarity loss (k1 annealed); "
+            "consistency: + redshift-augmentation consistency (start it with --init SIM_RUN).",
+        ),
+        click.option(
+            "--losses",
+            type=click.Choice(["paper-2023", "scale-free"]),
+            default="paper-2023",
+            show_default=True,
+            help="Similarity/consistency equations: paper-2023 (absolute latent distances, sigma_s) or "
+            "scale-free (each side in units of its batch scale; see model/scalefree.py).",
+        ),
+        click.option(
+            "--sim-form",
+            type=click.Choice(["restframe", "observed"]),
+            default="restframe",
+            show_default=True,
+            help="scale-free similarity: compare decoded restframe spectra, or the observed data "
+            "resampled to the restframe.",
+        ),
+        click.option(
+            "--consistency-weight",
+            type=click.FloatRange(min=0, min_open=True),
+            default=1.0,
+            show_default=True,
+            help="Weight of the consistency loss in the total (objective consistency).",
+        ),
+        click.option(
+            "--preset",
+            type=click.Choice(["paper", "cpu-small"]),
+            default="cpu-small",
+            show_default=True,
+            help="paper: full-size encoder (~3.2M params, batch 512); cpu-small: narrower "
+            "encoder, batch 64, same grids.",
+        ),
+        click.option(
+            "--epochs",
+            type=click.IntRange(min=1),
+            default=10,
+            show_default=True,
+            help="Epochs over the train split.",
+        ),
+        click.option(
+            "--batch-size",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Spectra per step and rank (default: the preset's).",
+        ),
+        click.option(
+            "--lr",
+            type=LEARNING_RATE,
+            default=1e-3,
+            show_default=True,
+            help="Peak learning rate of the OneCycle schedule (Adam).",
+        ),
+        click.option(
+            "--init",
+            type=EXISTING_DIR,
+            default=None,
+            help="Start from the best model of this run (same preset), e.g. a similarity run.",
+        ),
+        click.option(
+            "--resume",
+            is_flag=True,
+            help="Continue RUN from its last.pt exactly (same settings required).",
+        ),
+        click.option(
+            "--cache-on-device",
+            is_flag=True,
+            help="Load the whole train/valid split onto the device instead of streaming.",
+        ),
+        click.option("--compile", is_flag=True, help="Wrap the model in torch.compile."),
+        click.option(
+            "--workers",
+            type=click.IntRange(min=0),
+            default=0,
+            show_default=True,
+            help="DataLoader worker processes reading shards (0: the training process).",
+        ),
+        seed_option("Seeds initialisation, data order, dropout and augmentation."),
+        click.option(
+            "--checkpoint-every",
+            type=click.IntRange(min=1),
+            default=1,
+            show_default=True,
+            help="Write RUN/last.pt every N epochs (and at the end); best.pt follows validation.",
+        ),
+        click.option(
+            "--skip-verify",
+            is_flag=True,
+            help="Do not check shard sha256 against index.json before training.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command

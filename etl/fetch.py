@@ -37,6 +37,7 @@ from typing import NoReturn
 import numpy as np
 
 from etl.atomic import write_json_atomic
+from etl.bulk_download import bulk_table_local
 from etl.catalog import (
     Catalog,
     Selector,
@@ -48,7 +49,6 @@ from etl.download import (
     DownloadConfig,
     Job,
     Outcome,
-    bulk_table_local,
     download_jobs,
     make_session,
 )

@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from etl.atomic import write_json_atomic
+from etl.bulk_download import bulk_table_local
 from etl.catalog import CatalogError, write_catalog
 from etl.desi.catalog import DesiSelector, iter_desi_table
 from etl.desi.manifest import DesiRelease
 from etl.desi.rangefetch import CoaddFetch, fetch_coadd
-from etl.download import DownloadConfig, bulk_table_local, make_session
+from etl.download import DownloadConfig, make_session
 from etl.reports import FetchReport
 
 log = logging.getLogger(__name__)
