@@ -379,14 +379,38 @@ class Selector:
         return cat, {"source": self.source, "steps": steps, "selected": len(first)}
 
     def _emptied_by(self) -> str:
-        if not self.rows_in:
-            return "the table has no rows"
-        before = self.rows_in
-        for name, rows in self.after.items():
-            if rows == 0:
-                return f"the cut '{name}' removed the last {before} of {self.rows_in} rows"
-            before = rows
-        return "no rows left"  # pragma: no cover
+        return emptied_by(self.rows_in, self.after)
+
+
+def emptied_by(rows_in: int, after: Mapping[str, int]) -> str:
+    """Which cut removed the last rows of a selection (``after``: rows left after each cut)."""
+    if not rows_in:
+        return "the table has no rows"
+    before = rows_in
+    for name, rows in after.items():
+        if rows == 0:
+            return f"the cut '{name}' removed the last {before} of {rows_in} rows"
+        before = rows
+    return "no rows left"  # pragma: no cover
+
+
+def commit_selection(
+    catalog: dict, summary: dict, rel_dir: Path, limit: int | None, id_column: str
+) -> tuple[dict, dict]:
+    """Apply ``--limit``, then write DATA/<release>/catalog.fits and selection.json (every step's
+    row count) and log the steps; the end of every release family's selection."""
+    from etl.atomic import write_json_atomic
+
+    if limit is not None and limit < len(catalog[id_column]):
+        catalog = {k: v[:limit] for k, v in catalog.items()}
+        summary["steps"].append({"step": f"--limit {limit}", "rows": limit})
+        summary["selected"] = limit
+    write_catalog(catalog, rel_dir / "catalog.fits")
+    write_json_atomic(rel_dir / "selection.json", summary, indent=2)
+    width = max(len(s["step"]) for s in summary["steps"])
+    for step in summary["steps"]:
+        log.info("selection: %-*s %10d rows", width, step["step"], step["rows"])
+    return catalog, summary
 
 
 def select(

@@ -41,7 +41,7 @@ from etl.bulk_download import bulk_table_local
 from etl.catalog import (
     Catalog,
     Selector,
-    write_catalog,
+    commit_selection,
 )
 from etl.diskspace import DiskFull, SizeSample, is_disk_full, space_report
 from etl.download import (
@@ -109,15 +109,7 @@ def build_catalog(
     for chunk in chunks:
         selector.add(chunk)
     catalog, summary = selector.result()
-    if limit is not None and limit < len(catalog["SPECOBJID"]):
-        catalog = {k: v[:limit] for k, v in catalog.items()}
-        summary["steps"].append({"step": f"--limit {limit}", "rows": limit})
-        summary["selected"] = limit
-    write_catalog(catalog, rel_dir / "catalog.fits")
-    write_json_atomic(rel_dir / "selection.json", summary, indent=2)
-    for step in summary["steps"]:
-        log.info("selection: %-28s %10d rows", step["step"], step["rows"])
-    return catalog, summary
+    return commit_selection(catalog, summary, rel_dir, limit, "SPECOBJID")
 
 
 # --- plan --------------------------------------------------------------------------------------

@@ -214,6 +214,29 @@ def normalise(
     return flux / norm, ivar * norm**2, norm
 
 
+def mask_and_normalise(
+    flux: np.ndarray,
+    ivar: np.ndarray,
+    and_mask: np.ndarray,
+    telluric: np.ndarray,
+    wave_obs: np.ndarray,
+    z: float,
+    window: tuple[float, float],
+    obj: str,
+) -> Preprocessed:
+    """A spectrum already on the grid → masked (:func:`apply_masks`) and normalised
+    (:func:`normalise`), float32; raises :class:`SpectrumRejected` naming ``obj`` when no pixel
+    survives the mask or the window has none. The steps every release family shares."""
+    flux, ivar = apply_masks(flux, ivar, and_mask, telluric)
+    if not (ivar > 0).any():
+        raise SpectrumRejected(obj, "empty mask", "no unmasked pixel on the grid")
+    try:
+        flux, ivar, norm = normalise(flux, ivar, wave_obs, z, window)
+    except ValueError as err:
+        raise SpectrumRejected(obj, "no normalisation", str(err)) from None
+    return Preprocessed(flux.astype(np.float32), ivar.astype(np.float32), norm)
+
+
 # --- bound to a release ------------------------------------------------------------------------
 
 
@@ -238,14 +261,9 @@ class Preprocessor:
             raise SpectrumRejected(obj, "grid misaligned", str(err)) from None
         except ValueError as err:
             raise SpectrumRejected(obj, "unreadable", str(err)) from None
-        flux, ivar = apply_masks(flux, ivar, and_mask, self.telluric)
-        if not (ivar > 0).any():
-            raise SpectrumRejected(obj, "empty mask", "no unmasked pixel on the grid")
-        try:
-            flux, ivar, norm = normalise(flux, ivar, self.wave_obs, z, self.window)
-        except ValueError as err:
-            raise SpectrumRejected(obj, "no normalisation", str(err)) from None
-        return Preprocessed(flux.astype(np.float32), ivar.astype(np.float32), norm)
+        return mask_and_normalise(
+            flux, ivar, and_mask, self.telluric, self.wave_obs, z, self.window, obj
+        )
 
     def preprocess_file(
         self, path: str | Path, z: float, expect_id: tuple[int, ...] | None = None

@@ -34,7 +34,13 @@ from pathlib import Path
 
 import numpy as np
 
-from etl.catalog import DESI_ALIASES, DESI_POSITION_PAIRS, CatalogError, _position
+from etl.catalog import (
+    DESI_ALIASES,
+    DESI_POSITION_PAIRS,
+    CatalogError,
+    _position,
+    emptied_by,
+)
 from etl.desi.manifest import Cut, DesiRelease
 
 #: contract column -> dtype (the names are keys of DESI_ALIASES, plus RA/DEC)
@@ -214,14 +220,7 @@ class DesiSelector:
         return cat, summary
 
     def _emptied_by(self) -> str:
-        if not self.rows_in:
-            return "the table has no rows"
-        before = self.rows_in
-        for name, rows in self.after.items():
-            if rows == 0:
-                return f"the cut '{name}' removed the last {before} of {self.rows_in} rows"
-            before = rows
-        return "no rows left"  # pragma: no cover
+        return emptied_by(self.rows_in, self.after)
 
 
 def _ascii(values: np.ndarray) -> np.ndarray:

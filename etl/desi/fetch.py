@@ -21,7 +21,7 @@ import numpy as np
 
 from etl.atomic import write_json_atomic
 from etl.bulk_download import bulk_table_local
-from etl.catalog import CatalogError, write_catalog
+from etl.catalog import CatalogError, commit_selection
 from etl.desi.catalog import DesiSelector, iter_desi_table
 from etl.desi.manifest import DesiRelease
 from etl.desi.rangefetch import CoaddFetch, fetch_coadd
@@ -76,15 +76,7 @@ def build_desi_catalog(
     for chunk in iter_desi_table(local, release):
         selector.add(chunk)
     catalog, summary = selector.result()
-    if limit is not None and limit < len(catalog["TARGETID"]):
-        catalog = {k: v[:limit] for k, v in catalog.items()}
-        summary["steps"].append({"step": f"--limit {limit}", "rows": limit})
-        summary["selected"] = limit
-    write_catalog(catalog, rel_dir / "catalog.fits")
-    write_json_atomic(rel_dir / "selection.json", summary, indent=2)
-    for step in summary["steps"]:
-        log.info("selection: %-40s %10d rows", step["step"], step["rows"])
-    return catalog, summary
+    return commit_selection(catalog, summary, rel_dir, limit, "TARGETID")
 
 
 def coadd_groups(catalog: dict) -> dict[tuple[str, str, int], np.ndarray]:

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from etl.spectrum import Preprocessed, SpectrumRejected, apply_masks, normalise
+from etl.spectrum import Preprocessed, mask_and_normalise
 from etl.telluric import release_telluric_mask
 
 #: rows preprocessed together (the float64 temporaries of 256 rows are ~100 MB)
@@ -191,11 +191,7 @@ class DesiPreprocessor:
 
     def finish(self, flux: np.ndarray, ivar: np.ndarray, z: float, obj: str) -> Preprocessed:
         """Sky-line mask and normalisation of one gridded spectrum (the SDSS steps)."""
-        flux, ivar = apply_masks(flux, ivar, np.zeros(len(flux), dtype=np.int32), self.telluric)
-        if not (ivar > 0).any():
-            raise SpectrumRejected(obj, "empty mask", "no unmasked pixel on the grid")
-        try:
-            flux, ivar, norm = normalise(flux, ivar, self.wave_obs, z, self.window)
-        except ValueError as err:
-            raise SpectrumRejected(obj, "no normalisation", str(err)) from None
-        return Preprocessed(flux.astype(np.float32), ivar.astype(np.float32), norm)
+        no_mask = np.zeros(len(flux), dtype=np.int32)  # MASK was applied per arm already
+        return mask_and_normalise(
+            flux, ivar, no_mask, self.telluric, self.wave_obs, z, self.window, obj
+        )
