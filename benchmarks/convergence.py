@@ -56,6 +56,17 @@ def sim_floor(cfg: dict) -> float:
 
 
 def measure(run: Path, shards: Path, truth_cat: dict, floors: dict) -> dict:
+    """One run's figures, cached in RUN/convergence.json (remade when best.pt is newer)."""
+    cache = run / "convergence.json"
+    if cache.is_file() and cache.stat().st_mtime > (run / "best.pt").stat().st_mtime:
+        return json.loads(cache.read_text())
+    out = _measure(run, shards, truth_cat, floors)
+    cache.write_text(json.dumps(out, indent=1) + "\n")
+    print(f"measured {run.name}", flush=True)
+    return out
+
+
+def _measure(run: Path, shards: Path, truth_cat: dict, floors: dict) -> dict:
     cfg = json.loads((run / "config.json").read_text())["train"]
     rows = metrics_of(run)
     best = min(rows, key=lambda r: r["valid_total"])
@@ -117,6 +128,22 @@ def plot_curves(runs: list[Path], floor: float, path: Path) -> None:
     plt.close(fig)
 
 
+def choose_on_validation(results: list[dict], tolerance: float = 0.05) -> dict | None:
+    """The consistency run with the smallest VALIDATION scale-free shift among those whose
+    validation L_fid is at most `tolerance` above the (longest) fidelity run's; None if none.
+    The rule is fixed before looking at the test split, which only reports the choice."""
+    fid = [r for r in results if r["objective"] == "fidelity"]
+    if not fid:
+        return None
+    base = max(fid, key=lambda r: r["epochs"])["valid"]["L_fid"]
+    ok = [
+        r
+        for r in results
+        if r["objective"] == "consistency" and r["valid"]["L_fid"] <= (1 + tolerance) * base
+    ]
+    return min(ok, key=lambda r: r["valid"]["scale_free"]) if ok else None
+
+
 def table(results: list[dict]) -> str:
     head = (
         "| run | losses | epochs (best) | L_fid test | ÷ floor | mean abs(s − s_aug) | "
@@ -158,6 +185,21 @@ def main() -> None:
     text = table(results)
     print(f"floors: {json.dumps(floors)}")
     print(text)
+    for r in results:
+        v = r["valid"]
+        print(
+            f"valid {r['run']}: L_fid {v['L_fid']:.4f}, scale-free shift {v['scale_free']:.4f}, "
+            f"σ_min/σ_max {v['sv_ratio']:.2f}"
+        )
+    chosen = choose_on_validation(results)
+    if chosen:
+        fid = max((r for r in results if r["objective"] == "fidelity"), key=lambda r: r["epochs"])
+        ratio = fid["test"]["scale_free"] / chosen["test"]["scale_free"]
+        print(
+            f"chosen on validation: {chosen['run']}; test scale-free shift {fid['run']} / "
+            f"{chosen['run']} = {ratio:.2f}x (bar 10x); test L_fid "
+            f"{chosen['test']['L_fid'] / fid['test']['L_fid'] - 1:+.1%} vs {fid['run']}"
+        )
     for p in pairs:
         verdict = "converged" if p["gain"] < DOUBLING_BAR else "NOT converged"
         print(f"doubling {p['short']} -> {p['long']}: valid L_fid gain {p['gain']:.1%} ({verdict})")
@@ -165,7 +207,10 @@ def main() -> None:
         args.docs.mkdir(parents=True, exist_ok=True)
         plot_curves(args.runs, floors["valid"]["L_fid_truth"], args.docs / "convergence.png")
         (args.docs / "convergence.json").write_text(
-            json.dumps({"floors": floors, "runs": results, "pairs": pairs}, indent=1) + "\n"
+            json.dumps(
+                {"floors": floors, "runs": results, "pairs": pairs, "chosen": chosen}, indent=1
+            )
+            + "\n"
         )
         print(f"wrote {args.docs / 'convergence.png'} and convergence.json")
 
