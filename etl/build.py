@@ -45,17 +45,17 @@ from etl.shard_index import (
     JOURNAL_NAME,
     REPORT_NAME,
     BuildError,
-    _locked,
-    _next_numbers,
-    _read_journal,
-    _split_key,
-    _stop_on_full_disk,
-    _sweep,
-    _usable,
+    locked,
+    next_numbers,
     read_index,
+    read_journal,
+    split_key,
+    stop_build_on_full_disk,
+    sweep,
+    usable,
     verify_shards,
 )
-from etl.shard_task import _run_tasks, build_one_shard
+from etl.shard_task import build_one_shard, run_tasks
 from shardio import SPLITS, ShardError
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ def build_shards(
         raise BuildError(f"{err}; run `specetl fetch` again to rewrite it") from None
     log.info("%s: %d objects in the catalogue", release.name, len(catalog["SPECOBJID"]))
 
-    with _locked(shards_dir):
+    with locked(shards_dir):
         previous: list[dict] = []
         old_report: dict = {}
         old_version = None
@@ -145,7 +145,7 @@ def build_shards(
             )
             previous, old_report = [], {}
         journal_path = shards_dir / JOURNAL_NAME
-        journal = [] if rebuild else _read_journal(journal_path)
+        journal = [] if rebuild else read_journal(journal_path)
         tasks, rejected = plan_shards(
             catalog, release, root / "spectra", shard_size, compression, previous
         )
@@ -167,13 +167,13 @@ def build_shards(
         done: list[tuple[ShardTask, dict, list[dict]]] = []
         for task in tasks:
             hit = reusable.get(task.inputs_sha256)
-            if hit and not rebuild and _usable(shards_dir, hit[0], verify):
+            if hit and not rebuild and usable(shards_dir, hit[0], verify):
                 task.path = hit[0]["path"]
                 done.append((task, hit[0], hit[1]))
             else:
                 todo.append(task)
         result.kept = len(done)
-        nxt = _next_numbers(shards_dir, previous + [j["entry"] for j in journal])
+        nxt = next_numbers(shards_dir, previous + [j["entry"] for j in journal])
         for task in todo:
             task.path = f"{task.split}/shard-{nxt[task.split]:05d}.h5"
             nxt[task.split] += 1
@@ -185,7 +185,7 @@ def build_shards(
                 with (
                     open(journal_path, "a") as jfh,
                     contextlib.closing(
-                        _run_tasks(
+                        run_tasks(
                             todo, release, shards_dir, compression, workers, scheduler, progress
                         )
                     ) as results,
@@ -198,7 +198,9 @@ def build_shards(
             except OSError as err:
                 if not is_disk_full(err):
                     raise
-                _stop_on_full_disk(shards_dir, old_report, err, len(done) - result.kept, len(todo))
+                stop_build_on_full_disk(
+                    shards_dir, old_report, err, len(done) - result.kept, len(todo)
+                )
         result.written = len(todo)
 
         # index: one entry per shard, in split then id order; shards without rows go to
@@ -221,7 +223,7 @@ def build_shards(
             "npix": release.grid.npix,
             "shard_size": shard_size,
             "compression": compression,
-            "split": _split_key(release),
+            "split": split_key(release),
             "shards": result.shards,
             "empty": empty,
         }
@@ -242,7 +244,7 @@ def build_shards(
         # the report first, then the index (the commit point), then clean up what it replaced
         write_json_atomic(shards_dir / REPORT_NAME, report)
         write_json_atomic(shards_dir / INDEX_NAME, index)
-        removed = _sweep(shards_dir, {e["path"] for e in result.shards})
+        removed = sweep(shards_dir, {e["path"] for e in result.shards})
         journal_path.unlink(missing_ok=True)
         if removed:
             log.info("removed %d superseded or unfinished shard file(s)", removed)

@@ -8,8 +8,8 @@ What makes a rerun crash-safe:
 - ``.journal.jsonl`` records each finished task (one fsynced line; a torn last line is ignored),
   so a killed build's finished shards are kept by the rerun.
 - ``.lock`` (``flock``) keeps two builds out of one folder.
-- after the index is committed, :func:`_sweep` deletes the files it no longer lists.
-- a full disk stops the build at once (:func:`_stop_on_full_disk`): no temporary file remains,
+- after the index is committed, :func:`sweep` deletes the files it no longer lists.
+- a full disk stops the build at once (:func:`stop_build_on_full_disk`): no temporary file remains,
   ``index.json`` is unchanged and ``build-report.json`` gains a ``stopped`` record.
 """
 
@@ -60,7 +60,7 @@ def read_index(shards_dir: str | Path) -> dict:
     return doc
 
 
-def _read_journal(path: Path) -> list[dict]:
+def read_journal(path: Path) -> list[dict]:
     """Results of a killed build's finished tasks; a torn last line is ignored."""
     out = []
     with contextlib.suppress(FileNotFoundError), open(path) as fh:
@@ -70,7 +70,7 @@ def _read_journal(path: Path) -> list[dict]:
     return out
 
 
-def _usable(shards_dir: Path, entry: dict, verify: bool = False) -> bool:
+def usable(shards_dir: Path, entry: dict, verify: bool = False) -> bool:
     """A previous shard is reusable if its file exists with the recorded size (and, with
     ``verify``, the recorded sha256).
 
@@ -110,7 +110,7 @@ def verify_shards(shards_dir: str | Path) -> list[str]:
 
 
 @contextlib.contextmanager
-def _locked(shards_dir: Path) -> Iterator[None]:
+def locked(shards_dir: Path) -> Iterator[None]:
     """Hold an exclusive lock on the shards folder for the whole build."""
     import fcntl
 
@@ -123,7 +123,7 @@ def _locked(shards_dir: Path) -> Iterator[None]:
         yield
 
 
-def _next_numbers(shards_dir: Path, known: list[dict]) -> dict[str, int]:
+def next_numbers(shards_dir: Path, known: list[dict]) -> dict[str, int]:
     """First unused shard number per split (above every file on disk and every known entry)."""
     nxt = dict.fromkeys(SPLITS, 0)
     names = [Path(e["path"]) for e in known]
@@ -138,7 +138,7 @@ def _next_numbers(shards_dir: Path, known: list[dict]) -> dict[str, int]:
     return nxt
 
 
-def _sweep(shards_dir: Path, listed: set[str]) -> int:
+def sweep(shards_dir: Path, listed: set[str]) -> int:
     """Delete shard files and leftovers that the (new, committed) index does not list."""
     removed = 0
     for split in SPLITS:
@@ -153,7 +153,7 @@ def _sweep(shards_dir: Path, listed: set[str]) -> int:
     return removed
 
 
-def _split_key(release: Release) -> dict:
+def split_key(release: Release) -> dict:
     """What every object's split depends on (written to index.json)."""
     s = release.splits
     return {
@@ -166,7 +166,7 @@ def _split_key(release: Release) -> dict:
     }
 
 
-def _stop_on_full_disk(
+def stop_build_on_full_disk(
     shards_dir: Path, old_report: dict, err: OSError, finished: int, planned: int
 ) -> NoReturn:
     """Leave the folder consistent after a full disk, record the stop, raise one line."""

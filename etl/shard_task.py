@@ -180,7 +180,7 @@ def _link_no_clobber(src: Path, dst: Path) -> None:
     fsync_dir(dst.parent)
 
 
-def _run_tasks(
+def run_tasks(
     todo: list[ShardTask],
     release: Release,
     shards_dir: Path,

@@ -38,11 +38,11 @@ from etl.shard_index import (
     INDEX_NAME,
     REPORT_NAME,
     BuildError,
-    _locked,
-    _split_key,
-    _sweep,
-    _usable,
+    locked,
     read_index,
+    split_key,
+    sweep,
+    usable,
 )
 from etl.shard_task import shard_attrs
 from etl.spectrum import SpectrumRejected
@@ -101,14 +101,14 @@ def build_desi_shards(
     fingerprint = _fingerprint(
         release, root / "catalog.fits", sorted(paths.values()), f"{shard_size}:{comp}"
     )
-    with _locked(shards_dir):
+    with locked(shards_dir):
         if not rebuild:
             try:
                 old = read_index(shards_dir)
             except ShardError:
                 old = {}
             if old.get("inputs_sha256") == fingerprint and all(
-                _usable(shards_dir, e) for e in old.get("shards", [])
+                usable(shards_dir, e) for e in old.get("shards", [])
             ):
                 result = BuildResult.from_index(shards_dir)
                 result.seconds = time.perf_counter() - t0
@@ -172,14 +172,14 @@ def build_desi_shards(
             "npix": release.grid.npix,
             "shard_size": shard_size,
             "compression": compression,
-            "split": _split_key(release),
+            "split": split_key(release),
             "inputs_sha256": fingerprint,
             "shards": entries,
             "empty": [],
         }
         write_json_atomic(shards_dir / REPORT_NAME, report)
         write_json_atomic(shards_dir / INDEX_NAME, index)
-        _sweep(shards_dir, {e["path"] for e in entries})
+        sweep(shards_dir, {e["path"] for e in entries})
     log.info("%s", result.summary())
     return result
 
