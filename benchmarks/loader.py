@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from model.autoencoder import PRESETS, SpectrumAutoencoder  # noqa: E402
 from model.data import ShardStream, list_shards, make_loader  # noqa: E402
-from model.evaluation import step_losses  # noqa: E402
+from model.objectives import step_losses  # noqa: E402
 
 
 def build(out: Path, rows: int) -> Path:

@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.autoencoder import PRESETS, SpectrumAutoencoder  # noqa: E402
-from model.evaluation import step_losses  # noqa: E402
+from model.objectives import step_losses  # noqa: E402
 
 
 def _time(steps: list, n: int) -> list[float]:

@@ -2,6 +2,6 @@
 
 Public entry points: `model.autoencoder.SpectrumAutoencoder`, `model.losses` (fidelity_loss,
 similarity_loss, consistency_loss), `model.train.train` / `TrainConfig`, and
-`model.evaluation.evaluate` / `model.train.load_model` for evaluating a run (checkpoints:
+`model.objectives.evaluate` / `model.train.load_model` for evaluating a run (checkpoints:
 `model.checkpoint`). This package depends on the shard format only, never on `etl`.
 """

@@ -5,7 +5,7 @@ Outputs, in OUT = RUN/eval-<split>/ unless told otherwise:
   figure2.png    one spectrum, its reconstruction and those of its redshifted copies; latent map
   training.png   the run's training curves from RUN/metrics.jsonl
 
-Metric definitions. All come from `model.evaluation.evaluate` (the trainer's validation code,
+Metric definitions. All come from `model.objectives.evaluate` (the trainer's validation code,
 so evaluation and training cannot drift apart), over every spectrum of the split, in shard
 order, in batches of `batch_size` rows (default: the run's training batch size), as
 row-weighted means over batches:
@@ -47,7 +47,7 @@ from model.data import (
     read_wave_obs,
 )
 from model.eval_figures import SpectrumPanel, plot_figure2, plot_training
-from model.evaluation import OBJECTIVES, collect_latents, evaluate, terms_for
+from model.objectives import OBJECTIVES, collect_latents, evaluate, terms_for
 from model.run_checks import check_pixels, shards_of_run
 from shardio import read_rows
 

@@ -48,7 +48,7 @@ from model.data import (
     read_wave_obs,
     to_device,
 )
-from model.evaluation import LOSS_FAMILIES, OBJECTIVES, evaluate, step_losses, terms_for
+from model.objectives import LOSS_FAMILIES, OBJECTIVES, evaluate, step_losses, terms_for
 from model.run_checks import check_pixels, stop_if_not_finite
 from model.scalefree import SIM_FORMS
 
@@ -74,7 +74,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 1
     grad_clip: float = 1.0
-    # the family of the similarity and consistency losses (model.evaluation.LOSS_FAMILIES):
+    # the family of the similarity and consistency losses (model.objectives.LOSS_FAMILIES):
     # "paper-2023" (the paper's equations) or "scale-free" (model/scalefree.py)
     losses: str = "paper-2023"
     sim_form: str = "restframe"  # scale-free similarity: decoded "restframe" or "observed" data

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from model.autoencoder import PRESETS, SpectrumAutoencoder, default_wave_obs
-from model.evaluation import step_losses
 from model.losses import consistency_loss, similarity_loss
+from model.objectives import step_losses
 from model.scalefree import (
     NORM_WINDOW,
     WINDOW_MU,

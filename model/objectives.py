@@ -1,4 +1,6 @@
-"""Loss evaluation over a split, reusable by the trainer (validation) and `specetl evaluate`.
+"""The training objectives: which loss terms each trains, one batch's terms, their mean over a split.
+
+(`model.evaluate` is the `specetl evaluate` command built on this: Table 1, figures, reports.)
 
 `step_losses` is the single place where a batch becomes the paper's loss terms, so training and
 evaluation cannot drift apart.
