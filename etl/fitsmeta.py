@@ -45,6 +45,11 @@ CATALOG_COLUMNS: Mapping[str, ColumnMeta] = {
     "SURVEY": ColumnMeta("", "DESI survey, e.g. main, sv3 (object key)", "meta.id;obs"),
     "PROGRAM": ColumnMeta("", "DESI programme, e.g. dark, bright (object key)", "meta.id;obs"),
     "HEALPIX": ColumnMeta("", "DESI coadd HEALPix pixel (nside 64, nested)", "pos.healpix"),
+    "OBJTYPE": ColumnMeta("", "DESI fibre type: TGT (target), SKY, BAD, ...", "meta.code"),
+    "FIBERSTATUS": ColumnMeta("", "DESI COADD_FIBERSTATUS bitmask (0: good fibre)", "meta.code"),
+    "DELTACHI2": ColumnMeta(
+        "", "redrock chi2 gap to the 2nd-best fit (larger: surer z)", "stat.fit.chi2"
+    ),
     "RA": ColumnMeta(
         "deg", "right ascension (ICRS): catalogue, else fibre position", "pos.eq.ra;meta.main"
     ),

@@ -39,6 +39,14 @@ def test_fetch_and_build_through_the_cli(tmp_path):
         assert r.exit_code == 0, r.output
     report = json.loads((tmp_path / "d/desi-dr1/fetch-report.json").read_text())
     assert report["coadds_by_mode"] == {"whole": 1}  # --whole-files: verified by sha256sum
+    # the DESI catalogue says what every column is, as the SDSS one does (TCOMMn for TOPCAT)
+    from astropy.io import fits
+
+    header = fits.getheader(tmp_path / "d/desi-dr1/catalog.fits", 1)
+    names = [header[f"TTYPE{i}"] for i in range(1, header["TFIELDS"] + 1)]
+    assert {"TARGETID", "SURVEY", "PROGRAM", "OBJTYPE", "FIBERSTATUS", "DELTACHI2"} <= set(names)
+    undescribed = [n for i, n in enumerate(names, 1) if not header.get(f"TCOMM{i}")]
+    assert undescribed == []
     r = CliRunner().invoke(main, ["build-shards", *common])
     assert r.exit_code == 0 and r.output.startswith("1 spectra in 1 shard(s)"), r.output
 
