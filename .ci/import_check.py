@@ -120,7 +120,7 @@ def problems() -> list[str]:
     modules = product_modules()
     edges = graph(modules)
     lines = [f"circular import: {' <-> '.join(c)}" for c in cycles(edges)]
-    # scripts and test helpers by bare name (put on sys.path by hand): benchmarks/x.py is `x`
+    # scripts and test helpers by bare name (put on the import path by hand): benchmarks/x.py is `x`
     scripts = {p.stem for d in NEVER for p in (ROOT / d).glob("*.py")} - set(modules)
     for name, path in modules.items():
         top = name.split(".")[0]
