@@ -86,22 +86,8 @@ class RangeSource:
 
     def read(self, start: int, length: int) -> bytes:
         """Bytes [start, start+length) (fewer only at the end of the file); DownloadFailed."""
-        import requests
-
         headers = {"Range": f"bytes={start}-{start + length - 1}"}
-        self.result.requests += 1
-        try:
-            r = self.session.get(  # type: ignore[attr-defined]
-                self.url, headers=headers, timeout=(self.cfg.connect_timeout, self.cfg.read_timeout)
-            )
-        except requests.Timeout as err:
-            raise DownloadFailed("timeout", type(err).__name__) from None
-        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as err:
-            # urllib3's Retry already retried the connection: do not multiply it
-            raise DownloadFailed(
-                "connection error", _short(err), not _retries_exhausted(err)
-            ) from None
-        self.result.bytes += len(r.content)
+        r = _request(self.session, self.url, self.cfg, self.result, headers)
         if r.status_code in (404, 410):
             raise DownloadFailed("missing upstream", f"HTTP {r.status_code}", retryable=False)
         if r.status_code == 429 or r.status_code >= 500:
@@ -242,23 +228,31 @@ def _sha256_entry(text: str, name: str) -> str | None:
     return None
 
 
+def _request(
+    session: object, url: str, cfg: DownloadConfig, result: CoaddFetch, headers=None
+) -> object:
+    """One GET, counted in ``result`` (requests, bytes); a timeout or a dropped connection is
+    DownloadFailed (not retried again by us when urllib3's Retry already did)."""
+    import requests
+
+    result.requests += 1
+    try:
+        r = session.get(  # type: ignore[attr-defined]
+            url, headers=headers, timeout=(cfg.connect_timeout, cfg.read_timeout)
+        )
+    except requests.Timeout as err:
+        raise DownloadFailed("timeout", type(err).__name__) from None
+    except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as err:
+        raise DownloadFailed("connection error", _short(err), not _retries_exhausted(err)) from None
+    result.bytes += len(r.content)
+    return r
+
+
 def _whole_file(
     session: object, url: str, sha256sum_url: str, cfg: DownloadConfig, result: CoaddFetch
 ) -> bytes:
-    import requests
-
     def get(u: str) -> bytes:
-        result.requests += 1
-        try:
-            r = session.get(u, timeout=(cfg.connect_timeout, cfg.read_timeout))  # type: ignore[attr-defined]
-        except requests.Timeout as err:
-            raise DownloadFailed("timeout", type(err).__name__) from None
-        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as err:
-            # urllib3's Retry already retried the connection: do not multiply it
-            raise DownloadFailed(
-                "connection error", _short(err), not _retries_exhausted(err)
-            ) from None
-        result.bytes += len(r.content)
+        r = _request(session, u, cfg, result)
         if r.status_code in (404, 410):
             raise DownloadFailed(
                 "missing upstream", f"{u.rsplit('/', 1)[-1]}: HTTP {r.status_code}", retryable=False
