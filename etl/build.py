@@ -39,17 +39,16 @@ from etl.plan import ShardTask, plan_shards, release_dir, settings_fingerprint
 from etl.release import Release
 from etl.reports import BuildResult as BuildResult  # re-exported: etl.build's API
 from etl.shard_index import (
-    INDEX_FORMAT,
     INDEX_FORMAT_VERSION,
     INDEX_NAME,
     JOURNAL_NAME,
     REPORT_NAME,
     BuildError,
+    index_document,
     locked,
     next_numbers,
     read_index,
     read_journal,
-    split_key,
     stop_build_on_full_disk,
     sweep,
     usable,
@@ -214,19 +213,7 @@ def build_shards(
             (result.shards if entry["rows"] else empty).append(entry)
         result.rejected = rejected + result.rejected
         result.accepted = sum(e["rows"] for e in result.shards)
-        index = {
-            "format": INDEX_FORMAT,
-            "format_version": INDEX_FORMAT_VERSION,
-            "release": release.name,
-            "manifest_sha256": release.manifest_sha256,
-            "object_key": list(release.key),
-            "npix": release.grid.npix,
-            "shard_size": shard_size,
-            "compression": compression,
-            "split": split_key(release),
-            "shards": result.shards,
-            "empty": empty,
-        }
+        index = index_document(release, shard_size, compression, result.shards, empty)
         result.seconds = time.perf_counter() - t0
         report = {
             "release": release.name,

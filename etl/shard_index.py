@@ -153,6 +153,32 @@ def sweep(shards_dir: Path, listed: set[str]) -> int:
     return removed
 
 
+def index_document(
+    release: Release,
+    shard_size: int,
+    compression: str | None,
+    shards: list[dict],
+    empty: list[dict],
+    **extra: object,
+) -> dict:
+    """The content of index.json for a build of ``release`` (any family: its name, key, grid and
+    split scheme), ``extra`` fields (e.g. DESI's ``inputs_sha256``) before the shard lists."""
+    return {
+        "format": INDEX_FORMAT,
+        "format_version": INDEX_FORMAT_VERSION,
+        "release": release.name,
+        "manifest_sha256": release.manifest_sha256,
+        "object_key": list(release.key),
+        "npix": release.grid.npix,
+        "shard_size": shard_size,
+        "compression": compression,
+        "split": split_key(release),
+        **extra,
+        "shards": shards,
+        "empty": empty,
+    }
+
+
 def split_key(release: Release) -> dict:
     """What every object's split depends on (written to index.json)."""
     s = release.splits

@@ -33,14 +33,12 @@ from etl.desi.manifest import DesiRelease
 from etl.desi.preprocess import DesiPreprocessor
 from etl.reports import BuildResult
 from etl.shard_index import (
-    INDEX_FORMAT,
-    INDEX_FORMAT_VERSION,
     INDEX_NAME,
     REPORT_NAME,
     BuildError,
+    index_document,
     locked,
     read_index,
-    split_key,
     sweep,
     usable,
 )
@@ -163,20 +161,14 @@ def build_desi_shards(
             "seconds": round(result.seconds, 3),
             "rejected": result.rejected,
         }
-        index = {
-            "format": INDEX_FORMAT,
-            "format_version": INDEX_FORMAT_VERSION,
-            "release": release.name,
-            "manifest_sha256": release.manifest_sha256,
-            "object_key": list(release.key),
-            "npix": release.grid.npix,
-            "shard_size": shard_size,
-            "compression": compression,
-            "split": split_key(release),
-            "inputs_sha256": fingerprint,
-            "shards": entries,
-            "empty": [],
-        }
+        index = index_document(
+            release,  # type: ignore[arg-type]
+            shard_size,
+            compression,
+            entries,
+            [],
+            inputs_sha256=fingerprint,
+        )
         write_json_atomic(shards_dir / REPORT_NAME, report)
         write_json_atomic(shards_dir / INDEX_NAME, index)
         sweep(shards_dir, {e["path"] for e in entries})
