@@ -156,6 +156,14 @@ def train_options(command: Callable) -> Callable:
             help="Weight of the consistency loss in the total (objective consistency).",
         ),
         click.option(
+            "--consistency-norm",
+            type=click.Choice(["mean-variance", "whitened"]),
+            default="mean-variance",
+            show_default=True,
+            help="scale-free consistency: shifts in units of the mean latent variance, or "
+            "whitened by the batch covariance (a flattened latent dimension cannot lower it).",
+        ),
+        click.option(
             "--preset",
             type=click.Choice(["paper", "cpu-small"]),
             default="cpu-small",

@@ -17,6 +17,7 @@ from model.autoencoder import SpectrumAutoencoder
 from model.data import Batch, to_device
 from model.losses import consistency_loss, fidelity_loss, restframe_weights, similarity_loss
 from model.scalefree import (
+    CONSISTENCY_NORMS,
     SIM_FORMS,
     chi2_dissimilarity,
     observed_restframe,
@@ -50,6 +51,7 @@ def step_losses(
     losses: str = "paper-2023",
     sim_form: str = "restframe",
     consistency_weight: float = 1.0,
+    consistency_norm: str = "mean-variance",
 ) -> dict[str, torch.Tensor]:
     """Loss terms of one batch. `terms` ⊆ {"fidelity", "similarity", "consistency"}.
 
@@ -71,6 +73,10 @@ def step_losses(
         raise ValueError(f"unknown loss family {losses!r}; choose from {tuple(LOSS_FAMILIES)}")
     if sim_form not in SIM_FORMS:
         raise ValueError(f"unknown similarity form {sim_form!r}; choose from {SIM_FORMS}")
+    if consistency_norm not in CONSISTENCY_NORMS:
+        raise ValueError(
+            f"unknown consistency norm {consistency_norm!r}; choose from {CONSISTENCY_NORMS}"
+        )
     scale_free = losses == "scale-free"
     x, w, z = batch["flux"], batch["ivar"], batch["z"]
     n = x.shape[0]
@@ -97,7 +103,7 @@ def step_losses(
         s_aug = s_all[n:]
         out["fidelity_aug"] = fidelity_loss(x[n:], x_obs_all[n:], w[n:])
         if scale_free:
-            out["consistency"] = scalefree_consistency(s, s_aug)
+            out["consistency"] = scalefree_consistency(s, s_aug, consistency_norm)
         else:
             out["consistency"] = consistency_loss(s, s_aug, sigma_s)
         out["latent_shift"] = (s - s_aug).norm(dim=-1).mean().detach()
@@ -132,6 +138,7 @@ def evaluate(
     losses: str = "paper-2023",
     sim_form: str = "restframe",
     consistency_weight: float = 1.0,
+    consistency_norm: str = "mean-variance",
 ) -> dict[str, float]:
     """Row-weighted mean of each loss term over `batches` (model in eval mode).
 
@@ -162,6 +169,7 @@ def evaluate(
             losses,
             sim_form,
             consistency_weight,
+            consistency_norm,
         )
         for k, v in parts.items():
             sums[k] = sums.get(k, 0.0) + float(v) * b

@@ -15,8 +15,13 @@ matters (the idea of spender 0.3's losses; this is our own formulation):
   so rescaling either side leaves the loss and its minimum unchanged). The loss is the mean over
   distinct pairs of sigmoid(k1·Δ − k0) + sigmoid(−k1·Δ − k0), Δ = d^s − d^x; its floor is
   2·sigmoid(−k0).
-- consistency: |s_i − s_aug,i|² divided by the batch's mean per-dimension latent variance (not
-  detached: shrinking the latents cannot lower it), through sigmoid(·) − 0.5.
+- consistency: |s_i − s_aug,i|² in units of the batch's latent spread (not detached: shrinking
+  the latents cannot lower it), through sigmoid(·) − 0.5. Two units (`CONSISTENCY_NORMS`):
+  ``mean-variance`` divides by the mean per-dimension variance (spender 0.3's choice), which a
+  model can lower by flattening the latents along the direction redshift moves them (the
+  convergence study measured exactly that, docs/convergence.md); ``whitened`` measures the shift
+  against the batch covariance Σ, Δᵀ Σ⁻¹ Δ, so a shift along a thin direction costs as much as
+  one of the same *relative* size along a wide one and collapsing a dimension cannot pay.
 
 Two spectral dissimilarities for the similarity loss:
 
@@ -36,6 +41,10 @@ import torch
 from model.interp import interp1d
 
 SIM_FORMS = ("restframe", "observed")
+CONSISTENCY_NORMS = ("mean-variance", "whitened")
+#: ridge of the whitened consistency's covariance, relative to its mean eigenvalue: keeps Σ⁻¹
+#: finite for a batch whose latents happen to lie on a line
+WHITEN_RIDGE = 1e-6
 #: restframe window of the decoded-restframe form: median normalisation range and Gaussian weight
 NORM_WINDOW = (4000.0, 7000.0)  # Å
 WINDOW_MU, WINDOW_SIGMA = 5000.0, 2000.0  # Å
@@ -130,14 +139,33 @@ def scalefree_similarity(
     return terms[off].mean()
 
 
-def scalefree_consistency(s: torch.Tensor, s_aug: torch.Tensor) -> torch.Tensor:
-    """Scale-free L_c = 1/N Σ_i sigmoid(|s_i − s_aug,i|² / σ²) − 0.5, with σ² the batch's mean
-    per-dimension variance of `s` (not detached). In [0, 0.5); 0 when the latents agree."""
+def scalefree_consistency(
+    s: torch.Tensor, s_aug: torch.Tensor, norm: str = "mean-variance"
+) -> torch.Tensor:
+    """Scale-free L_c = 1/N Σ_i sigmoid(d²_i) − 0.5 with Δ_i = s_i − s_aug,i in units of the batch
+    spread of `s` (not detached). `norm` "mean-variance": d²_i = |Δ_i|² / σ², σ² the mean
+    per-dimension variance; "whitened": d²_i = Δ_iᵀ Σ⁻¹ Δ_i with Σ the batch covariance (plus
+    a ridge of `WHITEN_RIDGE` × its mean eigenvalue). Both give |Δ|²/σ² for isotropic latents.
+    In [0, 0.5); 0 when the latents agree."""
     if s.ndim != 2 or s_aug.shape != s.shape:
         raise ValueError(
             f"scalefree_consistency: s and s_aug must both be (N, S); got {tuple(s.shape)}, "
             f"{tuple(s_aug.shape)}"
         )
-    var = s.var(dim=0, unbiased=False).mean().clamp(min=1e-12)
-    d2 = ((s - s_aug) ** 2).sum(-1) / var
+    if norm not in CONSISTENCY_NORMS:
+        raise ValueError(f"unknown consistency norm {norm!r}; choose from {CONSISTENCY_NORMS}")
+    delta = s - s_aug
+    if norm == "mean-variance":
+        var = s.var(dim=0, unbiased=False).mean().clamp(min=1e-12)
+        d2 = (delta**2).sum(-1) / var
+    else:
+        centred = s - s.mean(dim=0)
+        n_lat = s.shape[1]
+        cov = centred.T @ centred / s.shape[0]
+        ridge = (torch.diagonal(cov).mean() * WHITEN_RIDGE).clamp(min=1e-12)
+        cov = cov + ridge * torch.eye(n_lat, dtype=s.dtype, device=s.device)
+        # Δᵀ Σ⁻¹ Δ through a Cholesky solve: Σ is symmetric positive definite with the ridge
+        chol = torch.linalg.cholesky(cov)
+        white = torch.linalg.solve_triangular(chol, delta.T, upper=False)
+        d2 = (white**2).sum(0)
     return torch.sigmoid(d2).mean() - 0.5

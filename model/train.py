@@ -50,7 +50,7 @@ from model.data import (
 )
 from model.objectives import LOSS_FAMILIES, OBJECTIVES, evaluate, step_losses, terms_for
 from model.run_checks import check_pixels, stop_if_not_finite
-from model.scalefree import SIM_FORMS
+from model.scalefree import CONSISTENCY_NORMS, SIM_FORMS
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,8 @@ class TrainConfig:
     # weight of L_c in the total: the scale-free L_c of a shift a tenth of the latent spread is
     # ~0.0025 against L_fid ~1, so its pull is weak at weight 1 (chosen on validation)
     consistency_weight: float = 1.0
+    # scale-free L_c's unit of latent spread (model.scalefree.CONSISTENCY_NORMS)
+    consistency_norm: str = "mean-variance"
     sigma_s: float = 0.1
     # None: σ_s constant. Else σ_s falls geometrically from this value to `sigma_s` over the run:
     # L_c has no gradient where |s − s_aug| >> σ_s (the sigmoid saturates), so a small target
@@ -105,6 +107,11 @@ class TrainConfig:
             raise TrainError(f"--losses must be one of {tuple(LOSS_FAMILIES)}, not {self.losses!r}")
         if self.sim_form not in SIM_FORMS:
             raise TrainError(f"--sim-form must be one of {SIM_FORMS}, not {self.sim_form!r}")
+        if self.consistency_norm not in CONSISTENCY_NORMS:
+            raise TrainError(
+                f"--consistency-norm must be one of {CONSISTENCY_NORMS}, "
+                f"not {self.consistency_norm!r}"
+            )
         family = LOSS_FAMILIES[self.losses]
         if self.k0 is None:
             self.k0 = family["k0"]
@@ -295,6 +302,7 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
                 cfg.losses,
                 cfg.sim_form,
                 cfg.consistency_weight,
+                cfg.consistency_norm,
             )
             opt.zero_grad(set_to_none=True)
             parts["total"].backward()
@@ -339,6 +347,7 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
                 cfg.losses,
                 cfg.sim_form,
                 cfg.consistency_weight,
+                cfg.consistency_norm,
             )
             n = max(float(sums[0]), 1.0)
             stop_if_not_finite(float(sums[1]) / n, valid["total"], epoch + 1, run)
@@ -412,6 +421,7 @@ _RESUME_KEYS = (
     "losses",
     "sim_form",
     "consistency_weight",
+    "consistency_norm",
     "k0",
     "k1_max",
     "k1_cycles",

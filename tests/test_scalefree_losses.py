@@ -187,3 +187,57 @@ def test_step_losses_trains_the_scale_free_family(sim_form):
     parts["total"].backward()
     grads = [p.grad for p in model.encoder.parameters() if p.grad is not None]
     assert grads and any(gr.abs().sum() > 0 for gr in grads)
+
+
+def _flattened(squeeze: float, n: int = 256, seed: int = 1):
+    """Latents wide along x and squeezed by `squeeze` along y, and augmented copies shifted
+    along y by a tenth of the y spread: the redshift shift lies along the thin direction."""
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randn(n, 2, generator=g, dtype=torch.float64) * torch.tensor([1.0, squeeze])
+    shift = torch.tensor([0.0, 0.1 * squeeze], dtype=torch.float64)
+    return s, s + shift
+
+
+def test_whitened_consistency_cannot_be_lowered_by_flattening_a_dimension():
+    # the same *relative* shift along y, with y squeezed 1x, 10x, 100x: the mean-variance form
+    # falls ~100x per decade of squeezing (the collapse the convergence study found); the
+    # whitened one does not move
+    mv = [float(scalefree_consistency(*_flattened(q))) for q in (1.0, 0.1, 0.01)]
+    wh = [float(scalefree_consistency(*_flattened(q), norm="whitened")) for q in (1.0, 0.1, 0.01)]
+    assert mv[0] / mv[2] > 1000
+    assert max(wh) / min(wh) < 1.01
+    # and it is the mean-variance form for isotropic latents (d² = |Δ|²/σ² there)
+    s, s_aug = _flattened(1.0, n=20000)
+    iso_mv = float(scalefree_consistency(s, s_aug))
+    iso_wh = float(scalefree_consistency(s, s_aug, norm="whitened"))
+    assert iso_wh == pytest.approx(iso_mv, rel=0.05)
+
+
+def test_whitened_consistency_equals_a_plain_transcription_and_is_affine_invariant():
+    s, _, _ = _batch(n=16)
+    g = torch.Generator().manual_seed(3)
+    s_aug = s + 0.2 * torch.randn(s.shape, generator=g, dtype=torch.float64)
+    mean = [sum(float(s[i, d]) for i in range(16)) / 16 for d in range(2)]
+    cov = [
+        [
+            sum((float(s[i, a]) - mean[a]) * (float(s[i, b]) - mean[b]) for i in range(16)) / 16
+            for b in range(2)
+        ]
+        for a in range(2)
+    ]
+    ridge = (cov[0][0] + cov[1][1]) / 2 * 1e-6
+    a, b, c = cov[0][0] + ridge, cov[0][1], cov[1][1] + ridge
+    det = a * c - b * b
+    total = 0.0
+    for i in range(16):
+        dx, dy = float(s[i, 0] - s_aug[i, 0]), float(s[i, 1] - s_aug[i, 1])
+        d2 = (c * dx * dx - 2 * b * dx * dy + a * dy * dy) / det
+        total += 1 / (1 + math.exp(-d2)) - 0.5
+    got = scalefree_consistency(s, s_aug, norm="whitened")
+    assert float(got) == pytest.approx(total / 16, rel=1e-9)
+    # any invertible linear map of the latent space leaves it unchanged (up to the ridge)
+    m = torch.tensor([[3.0, 1.0], [0.0, 0.05]], dtype=torch.float64)
+    mapped = scalefree_consistency(s @ m.T, s_aug @ m.T, norm="whitened")
+    assert float(mapped) == pytest.approx(float(got), rel=1e-2)
+    with pytest.raises(ValueError, match="consistency norm"):
+        scalefree_consistency(s, s_aug, norm="nope")
