@@ -45,6 +45,14 @@ R2_SHOWN = ("TRUE_LOG_SSFR", "TRUE_AGE_MW", "TRUE_AV", "TRUE_SIGMA", "TRUE_Z")
 DOUBLING_BAR = 0.02
 
 
+def losses_label(cfg: dict) -> str:
+    """The loss family, with the consistency norm where it matters (scale-free consistency)."""
+    losses = cfg.get("losses", "paper-2023")
+    if losses == "scale-free" and cfg["objective"] == "consistency":
+        return f"{losses} ({cfg.get('consistency_norm', 'mean-variance')})"
+    return losses
+
+
 def metrics_of(run: Path) -> list[dict]:
     return [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if ln]
 
@@ -59,7 +67,9 @@ def measure(run: Path, shards: Path, truth_cat: dict, floors: dict) -> dict:
     """One run's figures, cached in RUN/convergence.json (remade when best.pt is newer)."""
     cache = run / "convergence.json"
     if cache.is_file() and cache.stat().st_mtime > (run / "best.pt").stat().st_mtime:
-        return json.loads(cache.read_text())
+        out = json.loads(cache.read_text())
+        out["losses"] = losses_label(json.loads((run / "config.json").read_text())["train"])
+        return out
     out = _measure(run, shards, truth_cat, floors)
     cache.write_text(json.dumps(out, indent=1) + "\n")
     print(f"measured {run.name}", flush=True)
@@ -77,7 +87,7 @@ def _measure(run: Path, shards: Path, truth_cat: dict, floors: dict) -> dict:
     out = {
         "run": run.name,
         "objective": cfg["objective"],
-        "losses": cfg.get("losses", "paper-2023"),
+        "losses": losses_label(cfg),
         "epochs": cfg["epochs"],
         "best_epoch": best["epoch"],
         "sim_own": best.get("valid_similarity"),
@@ -128,9 +138,12 @@ def plot_curves(runs: list[Path], floor: float, path: Path) -> None:
     plt.close(fig)
 
 
-def choose_on_validation(results: list[dict], tolerance: float = 0.05) -> dict | None:
+def choose_on_validation(
+    results: list[dict], tolerance: float = 0.05, min_sv_ratio: float = 0.0
+) -> dict | None:
     """The consistency run with the smallest VALIDATION scale-free shift among those whose
-    validation L_fid is at most `tolerance` above the (longest) fidelity run's; None if none.
+    validation L_fid is at most `tolerance` above the (longest) fidelity run's and whose
+    validation latents use both dimensions (σ_min/σ_max >= `min_sv_ratio`); None if none.
     The rule is fixed before looking at the test split, which only reports the choice."""
     fid = [r for r in results if r["objective"] == "fidelity"]
     if not fid:
@@ -139,7 +152,9 @@ def choose_on_validation(results: list[dict], tolerance: float = 0.05) -> dict |
     ok = [
         r
         for r in results
-        if r["objective"] == "consistency" and r["valid"]["L_fid"] <= (1 + tolerance) * base
+        if r["objective"] == "consistency"
+        and r["valid"]["L_fid"] <= (1 + tolerance) * base
+        and r["valid"]["sv_ratio"] >= min_sv_ratio
     ]
     return min(ok, key=lambda r: r["valid"]["scale_free"]) if ok else None
 
@@ -191,15 +206,25 @@ def main() -> None:
             f"valid {r['run']}: L_fid {v['L_fid']:.4f}, scale-free shift {v['scale_free']:.4f}, "
             f"σ_min/σ_max {v['sv_ratio']:.2f}"
         )
-    chosen = choose_on_validation(results)
-    if chosen:
-        fid = max((r for r in results if r["objective"] == "fidelity"), key=lambda r: r["epochs"])
+    # round 3's rule (shift and fidelity only), then round 4's, which adds the latent-dimension
+    # bar on validation: round 3 showed the shift can be bought by flattening the latents
+    choices = {
+        "shift + L_fid": choose_on_validation(results),
+        "shift + L_fid + σ_min/σ_max >= 0.3": choose_on_validation(results, min_sv_ratio=0.3),
+    }
+    fid = max((r for r in results if r["objective"] == "fidelity"), key=lambda r: r["epochs"])
+    for rule, chosen in choices.items():
+        if not chosen:
+            print(f"chosen on validation ({rule}): no consistency run qualifies")
+            continue
         ratio = fid["test"]["scale_free"] / chosen["test"]["scale_free"]
         print(
-            f"chosen on validation: {chosen['run']}; test scale-free shift {fid['run']} / "
-            f"{chosen['run']} = {ratio:.2f}x (bar 10x); test L_fid "
-            f"{chosen['test']['L_fid'] / fid['test']['L_fid'] - 1:+.1%} vs {fid['run']}"
+            f"chosen on validation ({rule}): {chosen['run']}; test scale-free shift "
+            f"{fid['run']} / {chosen['run']} = {ratio:.2f}x (bar 10x); test L_fid "
+            f"{chosen['test']['L_fid'] / fid['test']['L_fid'] - 1:+.1%} vs {fid['run']}; "
+            f"test σ_min/σ_max {chosen['test']['sv_ratio']:.2f}"
         )
+    chosen = choices["shift + L_fid + σ_min/σ_max >= 0.3"]
     for p in pairs:
         verdict = "converged" if p["gain"] < DOUBLING_BAR else "NOT converged"
         print(f"doubling {p['short']} -> {p['long']}: valid L_fid gain {p['gain']:.1%} ({verdict})")
@@ -208,7 +233,13 @@ def main() -> None:
         plot_curves(args.runs, floors["valid"]["L_fid_truth"], args.docs / "convergence.png")
         (args.docs / "convergence.json").write_text(
             json.dumps(
-                {"floors": floors, "runs": results, "pairs": pairs, "chosen": chosen}, indent=1
+                {
+                    "floors": floors,
+                    "runs": results,
+                    "pairs": pairs,
+                    "chosen": {k: v and v["run"] for k, v in choices.items()},
+                },
+                indent=1,
             )
             + "\n"
         )
