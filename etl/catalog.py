@@ -255,11 +255,14 @@ def _on_sky(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
 
 
 def _flag(values: object, source: str, name: str) -> np.ndarray:
+    """A science-primary flag as int8 1 / 0, keeping -1 (our "the source has no flag", as
+    `write_catalog` writes it) so a catalogue read back says what it said when written."""
     values = np.asarray(values)
     if values.dtype.kind in "USO":
         text = np.char.strip(np.asarray(values, dtype=str))
         values = np.isin(np.char.lower(text), ("1", "t", "true"))
-    return np.asarray(values).astype(np.int64) != 0
+    numeric = np.asarray(values).astype(np.int64)
+    return np.where(numeric == -1, -1, numeric != 0).astype(np.int8)
 
 
 def write_catalog(catalog: Mapping[str, np.ndarray], path: str | Path) -> None:

@@ -191,3 +191,34 @@ def test_v1_shards_stay_readable(tmp_path):
     got = read_shard(tmp_path / "v1.h5")
     assert got["specobjid"].tolist() == ids.tolist() and got["plate"].dtype == np.int32
     assert set(row_datasets(got["attrs"])) == set(V1_DATASETS)
+
+
+def test_a_catalogue_without_a_primary_flag_reads_back_as_written(tmp_path):
+    """Real rows without their SCIENCEPRIMARY column: the flag is -1 ("the source has none") in
+    the catalogue fetch writes, and stays -1 when that catalogue is read back (it read as 1)."""
+    from etl.catalog import as_catalog, read_catalog, write_catalog
+
+    rows = [
+        {k: v for k, v in r.items() if k not in ("SCIENCEPRIMARY", "path")} for r in sample_rows()
+    ]
+    columns = {k: np.array([r[k] for r in rows]) for k in rows[0]}
+    for name in ("Z", "Z_ERR", "PLUG_RA", "PLUG_DEC"):
+        if name in columns:
+            columns[name] = columns[name].astype(float)
+    for name in ("PLATE", "MJD", "FIBERID", "ZWARNING"):
+        columns[name] = columns[name].astype(int)
+    cat = as_catalog(columns, "real rows without a primary flag")
+    assert set(cat["SPECPRIMARY"].tolist()) == {-1}
+    write_catalog(cat, tmp_path / "catalog.fits")
+    back = read_catalog(tmp_path / "catalog.fits")
+    assert back["SPECPRIMARY"].tolist() == cat["SPECPRIMARY"].tolist()
+    flagged = dict(
+        columns, SCIENCEPRIMARY=np.array([int(r["SCIENCEPRIMARY"]) for r in sample_rows()])
+    )
+    cat = as_catalog(flagged, "real rows")
+    write_catalog(cat, tmp_path / "flagged.fits")
+    assert (
+        read_catalog(tmp_path / "flagged.fits")["SPECPRIMARY"].tolist()
+        == cat["SPECPRIMARY"].tolist()
+    )
+    assert set(cat["SPECPRIMARY"].tolist()) == {0, 1}
