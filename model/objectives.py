@@ -145,12 +145,15 @@ def evaluate(
     The augmentation redshifts are drawn from a generator seeded with `seed`, so repeated
     evaluations of the same model give the same numbers. L_sim is evaluated at fixed (k0, k1)
     (the paper's Table 1 uses k0 = 2.5, k1 = 1). Returns {"fidelity", ["similarity",
-    "consistency", "latent_shift"], "total", "n"}.
+    "consistency", "latent_shift"], "total", "n", "sv_ratio"}; "sv_ratio" is the smaller over
+    the larger singular value of the centred latents of all rows (0: they lie on a line, the
+    one-dimensional latent space; 1: both dimensions used alike).
     """
     was_training = model.training
     model.eval()
     gen = torch.Generator(device=device).manual_seed(seed)
     sums: dict[str, float] = {}
+    latents: list[torch.Tensor] = []
     n = 0
     for batch in batches:
         batch = to_device(batch, device)
@@ -173,11 +176,23 @@ def evaluate(
         )
         for k, v in parts.items():
             sums[k] = sums.get(k, 0.0) + float(v) * b
+        # an encoder pass more (cheap beside the decoder and the augmented copies) for the shape
+        # of the latent cloud, which no loss term reports
+        latents.append(model.encoder(batch["flux"], batch["ivar"]).float())
         n += b
     model.train(was_training)
     out = {k: v / max(n, 1) for k, v in sums.items()}
     out["n"] = n
+    out["sv_ratio"] = latent_sv_ratio(torch.cat(latents)) if latents else float("nan")
     return out
+
+
+def latent_sv_ratio(s: torch.Tensor) -> float:
+    """Smaller / larger singular value of the centred latents (N, S); NaN for fewer than 2 rows."""
+    if s.shape[0] < 2:
+        return float("nan")
+    sv = torch.linalg.svdvals(s - s.mean(0))
+    return float(sv[-1] / sv[0].clamp(min=1e-30))
 
 
 @torch.no_grad()

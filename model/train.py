@@ -367,12 +367,14 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
             with open(run / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(metrics) + "\n")
             log.info(
-                "epoch %d/%d: train %.4f valid %.4f (fidelity %.4f), %.0f spectra/s",
+                "epoch %d/%d: train %.4f valid %.4f (fidelity %.4f, latents σ_min/σ_max %.2f), "
+                "%.0f spectra/s",
                 epoch + 1,
                 cfg.epochs,
                 metrics["train_total"],
                 valid["total"],
                 valid["fidelity"],
+                valid["sv_ratio"],
                 metrics["spectra_per_s"],
             )
             slim = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -80,6 +81,8 @@ def test_resume_2_plus_2_equals_4(shards, tmp_path):
     # a finished run has nothing left to resume: its last.pt is slim and --resume is a no-op
     assert "optimizer" not in load_checkpoint(full / "last.pt")
     # ... and, when its last epoch is also its best, the same file as best.pt (no second copy)
+    # every epoch reports the shape of the validation latents (1: both dimensions used alike)
+    assert all(0 <= m["valid_sv_ratio"] <= 1 for m in _metrics(full))
     for run in (full, part):
         totals = [m["valid_total"] for m in _metrics(run)]
         last_is_best = min(totals) == totals[-1] and totals.count(min(totals)) == 1
@@ -247,3 +250,16 @@ def test_sigma_s_schedule_is_geometric_from_start_to_target():
     assert sig[50] == pytest.approx(0.01)  # geometric: halfway in log
     assert all(a > b for a, b in zip(sig[:-1], sig[1:], strict=True))
     assert sigma_s_schedule(500, total, 0.1, 0.001) == pytest.approx(0.001)  # clamped after the end
+
+
+def test_latent_sv_ratio_tells_a_line_from_a_cloud():
+    from model.objectives import latent_sv_ratio
+
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(500, 1, generator=g)
+    line = torch.cat([t, -2 * t + 0.3], dim=1)  # two latents, one degree of freedom
+    cloud = torch.randn(500, 2, generator=g)
+    assert latent_sv_ratio(line) < 1e-5
+    assert latent_sv_ratio(cloud) > 0.8
+    assert latent_sv_ratio(cloud * torch.tensor([1.0, 0.1])) == pytest.approx(0.1, rel=0.15)
+    assert math.isnan(latent_sv_ratio(cloud[:1]))
