@@ -20,6 +20,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 from fetch_support import FAST, SAMPLE_SDSS, legacy_catalog
 from test_bad_input import World, world  # noqa: F401 - the module-scoped real run
@@ -197,6 +198,15 @@ def test_demo_reuses_only_runs_of_the_same_settings(world: World, tmp_path):  # 
     assert "reusing" in said[-1] and "same settings" in said[-1]
     with pytest.raises(WorkflowError, match="other settings .*epochs 1 -> 2"):
         train_objectives(world.shards, runs, 2, 8, plan=plan, step=said.append)
+    # a run of another learning rate or loss family is another experiment too
+    faster = (("fidelity", 1.0, None, {"lr": 3e-3}),)
+    with pytest.raises(WorkflowError, match=r"other settings \(lr 0.001 -> 0.003\)"):
+        train_objectives(world.shards, runs, 1, 8, plan=faster, step=said.append)
+    staged = (("fidelity", 1.0, None), ("similarity", 1.0, "fidelity", {"losses": "scale-free"}))
+    train_objectives(world.shards, runs, 1, 8, plan=staged, step=said.append)
+    ckpt = torch.load(runs / "similarity" / "last.pt", weights_only=False)
+    assert ckpt["config"]["losses"] == "scale-free"
+    assert ckpt["config"]["init"] == str(runs / "fidelity")
 
 
 @pytest.mark.slow

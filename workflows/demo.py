@@ -6,7 +6,7 @@
   fetch_sample      serve sample/sdss on 127.0.0.1 in the archive layout and fetch through the
                     real downloader (verified, resumable)
   build_demo_shards grid, mask, normalise into HDF5 shards with 70/15/15 splits
-  train_objectives  fidelity, similarity, then consistency started from the similarity run
+  train_objectives  fidelity, then similarity started from it, then consistency from that
   evaluate_runs     Table-1 metrics of the runs on the test split and their Figure-2 PNGs
 
 With the population extra installed, the models train on a SYNTHETIC galaxy population instead
@@ -42,11 +42,25 @@ log = logging.getLogger(__name__)
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample"
 
-# (objective, which share of --epochs it trains, the objective whose run initialises it)
-DEMO_PLAN: tuple[tuple[str, float, str | None], ...] = (
-    ("fidelity", 1.0, None),
-    ("similarity", 1.0, None),
-    ("consistency", 0.5, "similarity"),
+#: (objective, which share of --epochs it trains, the objective whose run initialises it,
+#: TrainConfig settings of the run). Staged like the paper (each objective starts from the one
+#: before), so the consistency model has had all three stages. Settings chosen on the
+#: population's VALIDATION split at the demo's budget (docs/convergence.md, "The demo's
+#: budget"): after 6-12 epochs a model's two latents still lie close to one line (σ_min/σ_max
+#: 0.03 at the default peak LR 1e-3); a peak LR of 3e-3 gets 0.14 (1e-2: 0.05), and the
+#: scale-free losses with the whitened consistency term (the converged study's choice) cannot
+#: buy invariance by flattening the latents further.
+FAST = {"lr": 3e-3}
+SCALE_FREE = {"losses": "scale-free"}
+DEMO_PLAN: tuple[tuple[str, float, str | None, dict], ...] = (
+    ("fidelity", 1.0, None, FAST),
+    ("similarity", 1.0, "fidelity", {**FAST, **SCALE_FREE}),
+    (
+        "consistency",
+        0.5,
+        "similarity",
+        {**SCALE_FREE, "consistency_norm": "whitened", "consistency_weight": 100.0},
+    ),
 )
 
 Say = Callable[[str], None]
@@ -141,7 +155,7 @@ def train_objectives(
     runs: Path,
     epochs: int,
     batch_size: int,
-    plan: tuple[tuple[str, float, str | None], ...] = DEMO_PLAN,
+    plan: tuple[tuple, ...] = DEMO_PLAN,
     step: Say = log.info,
 ) -> list[Path]:
     """Train one cpu-small run per objective of `plan` into RUNS/<objective>; returns the runs.
@@ -154,7 +168,8 @@ def train_objectives(
     from model.train import TrainConfig, TrainError, train
 
     done = []
-    for objective, share, init in plan:
+    for objective, share, init, *more in plan:
+        settings = dict(more[0]) if more else {}
         run = runs / objective
         done.append(run)
         n_epochs = max(1, int(epochs * share))
@@ -166,7 +181,7 @@ def train_objectives(
                 raise WorkflowError(str(e)) from None
             # reuse (or resume) only what these settings made: a run of other epochs, batch
             # size or shards is another experiment, and reusing it would mislabel the results
-            differs = _settings_differ(last, n_epochs, batch_size, shards_dir)
+            differs = _settings_differ(last, n_epochs, batch_size, shards_dir, settings)
             if differs:
                 raise WorkflowError(
                     f"{run} was made with other settings ({differs}); remove {run.parent} or "
@@ -191,6 +206,7 @@ def train_objectives(
                     init=str(runs / init) if init else None,
                     resume=resume,
                     progress=sys.stderr.isatty(),
+                    **settings,
                 )
             )
         except TrainError as e:
@@ -198,15 +214,24 @@ def train_objectives(
     return done
 
 
-def _settings_differ(ckpt: dict, epochs: int, batch_size: int, shards_dir: Path) -> str:
+def _settings_differ(
+    ckpt: dict, epochs: int, batch_size: int, shards_dir: Path, settings: dict | None = None
+) -> str:
     """What differs between a run's checkpoint and the demo's settings ("" when nothing)."""
     from model.data import index_sha256
+    from model.train import TrainConfig
 
     saved = ckpt.get("config", {})
+    defaults = TrainConfig(shards="", run="")
+    wanted = {"epochs": epochs, "batch_size": batch_size}
+    for name, value in (settings or {}).items():
+        wanted[name] = value
+    for name in ("lr", "losses", "consistency_norm", "consistency_weight"):
+        wanted.setdefault(name, getattr(defaults, name))
     diff = [
-        f"{name} {saved.get(name)} -> {want}"
-        for name, want in (("epochs", epochs), ("batch_size", batch_size))
-        if saved.get(name) != want
+        f"{name} {saved.get(name, getattr(defaults, name))} -> {want}"
+        for name, want in wanted.items()
+        if saved.get(name, getattr(defaults, name)) != want
     ]
     if ckpt.get("index_sha256") != index_sha256(shards_dir):
         diff.append(f"shards other than {shards_dir}")
