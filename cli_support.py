@@ -134,11 +134,12 @@ def train_options(command: Callable) -> Callable:
         ),
         click.option(
             "--losses",
-            type=click.Choice(["paper-2023", "scale-free"]),
-            default="paper-2023",
+            type=click.Choice(["scale-free", "paper-2023"]),
+            default="scale-free",
             show_default=True,
-            help="Similarity/consistency equations: paper-2023 (absolute latent distances, sigma_s) or "
-            "scale-free (each side in units of its batch scale; see model/scalefree.py).",
+            help="Similarity/consistency equations: scale-free (each side in units of its batch "
+            "scale; model/scalefree.py; won on validation, docs/convergence.md) or paper-2023 "
+            "(absolute latent distances, sigma_s).",
         ),
         click.option(
             "--sim-form",
@@ -151,17 +152,18 @@ def train_options(command: Callable) -> Callable:
         click.option(
             "--consistency-weight",
             type=click.FloatRange(min=0, min_open=True),
-            default=1.0,
-            show_default=True,
-            help="Weight of the consistency loss in the total (objective consistency).",
+            default=None,
+            help="Weight of the consistency loss in the total (objective consistency). "
+            "[default: the family's: 100 scale-free, 1 paper-2023]",
         ),
         click.option(
             "--consistency-norm",
-            type=click.Choice(["mean-variance", "whitened"]),
-            default="mean-variance",
+            type=click.Choice(["whitened", "mean-variance"]),
+            default="whitened",
             show_default=True,
-            help="scale-free consistency: shifts in units of the mean latent variance, or "
-            "whitened by the batch covariance (a flattened latent dimension cannot lower it).",
+            help="scale-free consistency: shifts whitened by the batch covariance of the latents "
+            "(a flattened latent dimension cannot lower it), or in units of their mean variance "
+            "(spender 0.3's).",
         ),
         click.option(
             "--preset",

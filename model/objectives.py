@@ -28,12 +28,13 @@ from model.scalefree import (
 
 OBJECTIVES = ("fidelity", "similarity", "consistency")
 
-#: The loss families and their similarity settings: the 2023 equations (k0 2.5, k1 annealed to 1,
-#: weight 1) and the scale-free ones (model/scalefree.py; k0 5, k1 annealed to 5, weight 3: the
-#: similarity term must weigh against a fidelity term of order 1 per pixel)
+#: The loss families and their settings: the 2023 equations (k0 2.5, k1 annealed to 1, weights
+#: 1) and the scale-free ones (model/scalefree.py; k0 5, k1 annealed to 5, similarity weight 3:
+#: the term must weigh against a fidelity term of order 1 per pixel; consistency weight 100,
+#: chosen on the validation split of the convergence study, docs/convergence.md)
 LOSS_FAMILIES: dict[str, dict[str, float]] = {
-    "paper-2023": {"k0": 2.5, "k1_max": 1.0, "sim_weight": 1.0},
-    "scale-free": {"k0": 5.0, "k1_max": 5.0, "sim_weight": 3.0},
+    "paper-2023": {"k0": 2.5, "k1_max": 1.0, "sim_weight": 1.0, "consistency_weight": 1.0},
+    "scale-free": {"k0": 5.0, "k1_max": 5.0, "sim_weight": 3.0, "consistency_weight": 100.0},
 }
 
 

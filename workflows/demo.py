@@ -258,6 +258,11 @@ def evaluate_runs(runs: list[Path], step: Say = log.info, echo: Say = print) -> 
 DEMO_POPULATION_N = 2400
 #: epochs of the demo's fidelity and similarity runs on the population (consistency: half)
 DEMO_POPULATION_EPOCHS = 6
+#: batch size on the population: on a CPU a batch of 16 trains about as many spectra per second
+#: as one of 64, so the same minutes buy 4x the optimiser steps; at 6 epochs that is what gets
+#: the second latent dimension started (validation σ_min/σ_max 0.14 vs 0.02 at batch 64; and
+#: L_fid 2.07 vs 2.33)
+DEMO_POPULATION_BATCH = 16
 
 
 def population_available() -> str | None:
@@ -352,7 +357,11 @@ def run_demo(
     if why_not is None:
         pop = build_population_shards(rel, out / "population", population, 0, workers, step)
         runs = train_objectives(
-            pop.shards_dir, out / "runs", epochs or DEMO_POPULATION_EPOCHS, 64, step=step
+            pop.shards_dir,
+            out / "runs",
+            epochs or DEMO_POPULATION_EPOCHS,
+            DEMO_POPULATION_BATCH,
+            step=step,
         )
         echo("Table 1 on the SYNTHETIC population's test split (bagpipes galaxies, real noise):")
         rows = evaluate_runs(runs, step=step, echo=echo)
