@@ -197,11 +197,13 @@ def score_run(run: Path, work: Path, shards: Path | None, device: str) -> dict:
     cols, header = read_embedding(out)
     g = np.array([groups[f][0] for f in cols["file"]])
     half = np.array([groups[f][1] for f in cols["file"]])
-    per_density = {}
+    per_density, fit_seconds = {}, {}
     for kind in ("gmm", "flow"):
+        t_fit = time.perf_counter()
         omk = fit_outlier_model(
             split["train"]["s"], split["train"]["chi2"], s_valid=split["valid"]["s"], density=kind
         )
+        fit_seconds[kind] = round(time.perf_counter() - t_fit, 1)
         terms = omk.terms(cols["s"], cols["chi2"])
         per_density[kind] = {k.lower(): v for k, v in terms.items() if k != "LOGP"}
         per_density[kind]["outlier_score_2s"] = terms["R_DENSITY"] + np.abs(terms["R_CHI2"])
@@ -228,6 +230,7 @@ def score_run(run: Path, work: Path, shards: Path | None, device: str) -> dict:
         "n_train": int(len(split["train"]["s"])),
         "n_valid": int(len(split["valid"]["s"])),
         "auto_choice": om.selection,
+        "density_fit_seconds": fit_seconds,
         "picked_on_validation_objects": picked,
         "validation_objects_auc": pick_auc,
         "picked_test_auc": auc_table(

@@ -193,11 +193,14 @@ def test_outlier_model_round_trip_and_mixture_density(trained, tmp_path):
     _, header = read_embedding(emb)
     assert header["DENSITY"] == om.density.kind and header["DENSMODE"] == "auto"
     assert header["VLLGMM"] == pytest.approx(ll["gmm"]), header
-    # forcing the other density refits RUN/outliers.json with it
+    # forcing the other density (`embed --density`) refits RUN/outliers.json with it
     other = "gmm" if om.density.kind == "flow" else "flow"
-    embed_shards(run, emb, split="test", device="cpu", density=other)
+    args = ["embed", "--run", str(run), "--out", str(emb), "--split", "test", "--device", "cpu"]
+    res = CliRunner().invoke(main, [*args, "--density", other])
+    assert res.exit_code == 0, res.output
     forced = load_outlier_model(run / OUTLIERS_FILE)
     assert forced.density.kind == other and forced.selection["mode"] == other
+    assert read_embedding(emb)[1]["DENSITY"] == other
     embed_shards(run, emb, split="test", device="cpu")  # back to auto for the other tests
     assert load_outlier_model(run / OUTLIERS_FILE).to_dict()["density"] == om.to_dict()["density"]
     # our numpy log-density equals scikit-learn's for the same mixture
