@@ -27,13 +27,14 @@ let the density swamp the χ² in a sum). The outlier score is their sum:
 so it is 0 for a typical training spectrum, a few units for a spectrum unusual in one respect,
 and large when it is unusual in both. It is unbounded (no ties among the extreme objects, unlike
 a rank), and new spectra are scored against the same saved reference (`RUN/outliers.json`,
-format version 2: the chosen density — a flow's weights inline as JSON numbers, so the file's
-sha256 covers them — and the validation figures of the choice; a version 1 file, GMM only,
-still loads).
+format version 2: the chosen density — a flow's weights inline, float32 little-endian in
+base64, so one JSON file of ~0.1 MB holds it all and its sha256 covers them — and the validation
+figures of the choice; a version 1 file, GMM only, still loads).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -156,11 +157,12 @@ def _build_flow(dim: int, config: dict):
 
 
 class LatentFlow:
-    """A normalizing flow in latent space: zuko's NSF over standardised latents (s − shift)/scale.
+    """A normalizing flow in latent space (zuko; FLOW_CONFIG) over standardised latents (s − shift)/scale.
 
     `log_prob` is in latent units (the standardisation's Jacobian −Σ log scale is added), so it
-    compares with `GaussianMixture.log_prob` on the same latents. The weights are float64 and
-    kept as numpy arrays; the torch module is built from them on first use.
+    compares with `GaussianMixture.log_prob` on the same latents. `state` holds the trained
+    parameters (float32, as trained; the masks and orders are rebuilt from `config`); the torch
+    module is built from them on first use and scores in float64.
     """
 
     kind = "flow"
@@ -171,7 +173,7 @@ class LatentFlow:
         self.shift = np.asarray(shift, dtype=np.float64)
         self.scale = np.asarray(scale, dtype=np.float64)
         self.config = dict(config)
-        self.state = {k: np.asarray(v, dtype=np.float64) for k, v in state.items()}
+        self.state = {k: np.asarray(v, dtype="<f4") for k, v in state.items()}
         self._flow = None
 
     def _module(self):
@@ -180,7 +182,14 @@ class LatentFlow:
 
             # scored in float64 from the saved weights: a fitted and a loaded flow agree exactly
             flow = _build_flow(len(self.shift), self.config).double()
-            flow.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in self.state.items()})
+            params = {k: torch.from_numpy(v.astype(np.float64)) for k, v in self.state.items()}
+            missing, unexpected = flow.load_state_dict(params, strict=False)
+            buffers = {k for k, _ in flow.named_buffers()}
+            if unexpected or set(missing) - buffers:
+                raise DensityError(
+                    f"flow weights do not match its config: missing {sorted(set(missing) - buffers)}"
+                    f", unexpected {sorted(unexpected)}"
+                )
             self._flow = flow.eval()
         return self._flow
 
@@ -202,9 +211,13 @@ class LatentFlow:
             "shift": self.shift.tolist(),
             "scale": self.scale.tolist(),
             "config": self.config,
-            # float64 → JSON repr → float64 is exact: a loaded flow scores bit for bit the same
+            # the bytes themselves: a loaded flow scores bit for bit as the fitted one
             "state": {
-                k: {"shape": list(v.shape), "data": v.ravel().tolist()}
+                k: {
+                    "shape": list(v.shape),
+                    "dtype": "<f4",
+                    "base64": base64.b64encode(np.ascontiguousarray(v).tobytes()).decode(),
+                }
                 for k, v in self.state.items()
             },
         }
@@ -212,7 +225,7 @@ class LatentFlow:
     @classmethod
     def from_dict(cls, d: dict) -> LatentFlow:
         state = {
-            k: np.asarray(v["data"], dtype=np.float64).reshape(v["shape"])
+            k: np.frombuffer(base64.b64decode(v["base64"]), dtype=v["dtype"]).reshape(v["shape"])
             for k, v in d["state"].items()
         }
         return cls(d["shift"], d["scale"], d["config"], state)
@@ -233,7 +246,8 @@ def fit_flow(
     annealed to 0 over the `epochs` (cosine). A fixed 1/5 of the points (seeded) is held out:
     the weights kept are those of the epoch with the best held-out log-likelihood (early
     stopping). The validation split is not used here, so it stays an unbiased judge between
-    this and the mixture (`choose_density`). Deterministic for a given `seed` on a CPU; about
+    this and the mixture (`choose_density`). Deterministic for a given `seed` (same machine,
+    same thread count: float32 sums may be reordered across threads); about
     5 s on one thread for ~2k points (subsampled to `max_points`).
     """
     import torch
@@ -272,11 +286,14 @@ def fit_flow(
             score = float(flow().log_prob(held).mean())
         if np.isfinite(score) and score > best:
             best = score
-            best_state = {
-                k: v.detach().double().numpy().copy() for k, v in flow.state_dict().items()
-            }
+            best_state = {k: v.detach().numpy().copy() for k, v in flow.named_parameters()}
     if best_state is None:
         raise DensityError("the latent flow never reached a finite held-out log-likelihood")
+    # only the parameters are saved: the masks and orders must come back the same from config
+    rebuilt = dict(_build_flow(dim, config).named_buffers())
+    for k, b in flow.named_buffers():
+        if not torch.equal(rebuilt[k], b):
+            raise DensityError(f"flow buffer {k} is not rebuilt the same from its config")
     return LatentFlow(shift, scale, config, best_state)
 
 

@@ -106,6 +106,8 @@ def test_saved_model_scores_identically(banana_model, tmp_path):
     d = json.loads(path.read_text())
     assert d["version"] == FORMAT_VERSION and d["density"]["kind"] == "flow"
     assert d["selection"]["chosen"] == "flow"
+    # the weights travel as float32 bytes (base64), not one JSON number a line
+    assert path.stat().st_size < 200_000, path.stat().st_size
     again = load_outlier_model(path)
     chi2 = np.exp(np.linspace(-1, 3, len(valid)))
     np.testing.assert_array_equal(again.score(valid, chi2), om.score(valid, chi2))
