@@ -17,6 +17,7 @@ from cli_support import (
     EXISTING_FILE,
     count_option,
     data_dir_option,
+    density_option,
     device_option,
     out_file_option,
     release_option,
@@ -293,6 +294,7 @@ def evaluate_cmd(
     256,
     "Spectra per forward pass (memory: ~120 kB of spectra per row, plus the model's).",
 )
+@density_option
 @device_option
 def embed_cmd(
     run_dir: str,
@@ -304,6 +306,7 @@ def embed_cmd(
     catalog: str | None,
     release: str | None,
     batch_size: int,
+    density: str,
     device: str,
 ) -> None:
     """Latents, reconstruction chi2 and outlier scores of every object, as a FITS table.
@@ -313,9 +316,10 @@ def embed_cmd(
     (when stored), Z, SPLIT, S (latent vector), CHI2 (fidelity term per valid pixel), LOGP,
     R_DENSITY, R_CHI2, OUTLIER_SCORE, OUTLIER_RANK (1 = most anomalous), SHARD/ROW or FILE.
     OUTLIER_SCORE = R_DENSITY + R_CHI2: robust z-scores, against the train split, of how far a
-    latent lies from the dense part of the training latents (a Gaussian mixture, fitted once
-    and saved as RUN/outliers.json) and of log chi2 (a spectrum the model cannot reconstruct).
-    The header records the run, checkpoint sha256 and shards index sha256.
+    latent lies from the dense part of the training latents (a Gaussian mixture or a flow,
+    --density, fitted once and saved as RUN/outliers.json) and of log chi2 (a spectrum the
+    model cannot reconstruct). The header records the run, checkpoint sha256, shards index
+    sha256 and the density chosen (DENSITY, with VLLGMM/VLLFLOW, the valid log-likelihoods).
 
     \b
     Examples:
@@ -337,13 +341,13 @@ def embed_cmd(
 
             files = spectrum_files(paths)
             path, errors = embed_spectra(
-                run_dir, files, out, catalog, release, shards, device, batch_size
+                run_dir, files, out, catalog, release, shards, device, batch_size, density
             )
             for e in errors:
                 click.echo(f"skipped {e}", err=True)
             click.echo(f"{path}: {len(files) - len(errors)} of {len(files)} spectra embedded")
         else:
-            path = embed_shards(run_dir, out, shards, split, device, batch_size)
+            path = embed_shards(run_dir, out, shards, split, device, batch_size, density=density)
             click.echo(f"{path}: split {split} embedded")
     except (EmbedError, DensityError, ShardError, TrainError) as e:
         raise click.ClickException(str(e)) from None

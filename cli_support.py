@@ -64,6 +64,15 @@ run_shards_option = click.option(
     default=None,
     help="Shards folder with index.json (default: the one the run was trained on).",
 )
+density_option = click.option(
+    "--density",
+    type=click.Choice(["auto", "gmm", "flow"]),
+    default="auto",
+    show_default=True,
+    help="Latent density of the outlier score: auto fits a Gaussian mixture and a normalizing "
+    "flow on the train split and keeps the one with the higher mean log-likelihood of the valid "
+    "split's latents; gmm or flow forces one (RUN/outliers.json is refitted if it differs).",
+)
 
 # Option shapes several commands share, each with its own help text.
 

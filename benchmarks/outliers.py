@@ -12,9 +12,22 @@ templates (every third by redshift) are kept out of the corpus, so the negatives
 galaxies the model has never seen in any form; the galaxies of reductions the release does not
 serve (BOSS v5_*) are never templates and are negatives too. Results are printed per group.
 
+``--run RUN`` instead scores an EXISTING run (no corpus, no training), e.g. a model of the
+convergence study trained on the SYNTHETIC bagpipes population: every real spectrum of sample/
+is then unseen. Negatives are the real galaxies (tests/explore_fixtures.py `is_galaxy`);
+positives the real quasars at z <= 0.5, the real stars and the real sky fibres whose pipeline
+CLASS says GALAXY (SOURCETYPE SKY), each group also reported alone. The run's best.pt and
+config.json are copied into ``--work`` and the outlier model is fitted there (never in RUN), on
+the run's train split, with the valid split's latents judging the density (auto) — the product
+path of `specetl embed`. Both densities (mixture, flow) are scored. For honesty the real objects
+are split in two halves (alternately by SPECOBJID within each group): the density to report is
+picked on the first half ("validation objects") by OUTLIER_SCORE AUC and reported on the second
+("test objects"); all-object figures are printed beside them, marked as such.
+
 Usage::
 
     python benchmarks/outliers.py --work /tmp/outliers --n 3000 --epochs 15
+    python benchmarks/outliers.py --work /tmp/outliers-fid --run /work/conv/runs/fid-120
 """
 
 from __future__ import annotations
@@ -22,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -39,8 +53,13 @@ import etl.synthetic.from_real as mc  # noqa: E402
 from etl.build import build_shards  # noqa: E402
 from etl.catalog import as_catalog, write_catalog  # noqa: E402
 from etl.release import load_release  # noqa: E402
-from model.density import roc_auc  # noqa: E402
-from model.embed import read_embedding  # noqa: E402
+from model.density import fit_outlier_model, roc_auc  # noqa: E402
+from model.embed import (  # noqa: E402
+    embed_stream,
+    ensure_outlier_model,
+    iter_shard_batches,
+    read_embedding,
+)
 from model.train import TrainConfig, train  # noqa: E402
 from workflows.spectra import embed_spectra  # noqa: E402
 
@@ -68,6 +87,215 @@ def make_galaxy_corpus(data: Path, n: int, seed: int, release: str) -> set[float
     return held_z
 
 
+# --- --run: score an existing run ------------------------------------------------------------
+
+#: the positive groups of --run (non-galaxies) and the negatives
+POSITIVE_GROUPS = ("QSO", "STAR", "SKY")
+NEGATIVE = "GALAXY"
+#: columns of the AUC tables: every positive, each group, and quasars + stars (the positives of
+#: the training mode above and of tests/test_outliers.py)
+AUC_GROUPS = ("all", *POSITIVE_GROUPS, "QSO+STAR")
+#: OUTLIER_SCORE, its two terms, and a benchmark-only variant that counts a χ² unusually LOW as
+#: anomalous too (r_density + |r_chi2|: a sky fibre is noise the model "fits" too well)
+SCORES = ("outlier_score", "r_chi2", "r_density", "outlier_score_2s")
+
+
+def real_object_groups() -> dict[str, tuple[str, str]]:
+    """{file: (group, half)} of the bundled real objects that --run scores.
+
+    Groups: GALAXY (`is_galaxy`), QSO (z <= 0.5), STAR, SKY (a sky fibre: SOURCETYPE SKY in its
+    HDU 2, CLASS GALAXY). Halves "valid"/"test" alternate by SPECOBJID within each group, so
+    each half has about half of every group.
+    """
+    from astropy.io import fits
+
+    by_group: dict[str, list[tuple[int, str]]] = {}
+    for r in sample_rows():
+        if not r["path"].exists():
+            continue
+        z = float(r["Z"])
+        if is_galaxy(r):
+            g = NEGATIVE
+        elif r["CLASS"] == "QSO" and z <= 0.5:
+            g = "QSO"
+        elif r["CLASS"] == "STAR":
+            g = "STAR"
+        elif r["CLASS"] == "GALAXY":
+            with fits.open(r["path"]) as h:
+                d = h[2].data
+                names = d.columns.names
+                sky = (
+                    str(d["SOURCETYPE"][0]).strip() == "SKY"
+                    if "SOURCETYPE" in names
+                    else int(r["ZWARNING"]) & 1  # ZWARNING bit 0: SKY
+                )
+            if not sky:
+                continue
+            g = "SKY"
+        else:
+            continue
+        by_group.setdefault(g, []).append((int(r["SPECOBJID"]), str(r["path"])))
+    out = {}
+    for g, items in by_group.items():
+        for i, (_, path) in enumerate(sorted(items)):
+            out[path] = (g, ("valid", "test")[i % 2])
+    return out
+
+
+def auc_table(
+    scores: dict[str, np.ndarray], group: np.ndarray, keep: np.ndarray
+) -> dict[str, float | None]:
+    """AUC of each score: all positives vs galaxies, and each positive group alone, on `keep`."""
+    out: dict[str, float | None] = {}
+    for name, v in scores.items():
+        for pos in AUC_GROUPS:
+            members = {"all": POSITIVE_GROUPS, "QSO+STAR": ("QSO", "STAR")}.get(pos, (pos,))
+            is_pos = np.isin(group, members)
+            sel = keep & (is_pos | (group == NEGATIVE))
+            ok = is_pos[sel].any() and (~is_pos[sel]).any()
+            out[f"{name}/{pos}"] = round(roc_auc(v[sel], is_pos[sel]), 4) if ok else None
+    return out
+
+
+def score_run(run: Path, work: Path, shards: Path | None, device: str) -> dict:
+    """Figures of --run: the run copied into `work`, its outlier model fitted there, real objects
+    scored with the mixture and the flow (see the module doc)."""
+    from model.checkpoint import load_model
+    from model.embed import checkpoint_path
+    from model.run_checks import shards_of_run
+    from workflows.spectra import embed_spectra
+
+    run, scratch = run.resolve(), (work / run.name).resolve()
+    if scratch == run or run in scratch.parents or scratch in run.parents:
+        raise SystemExit(f"--work must be outside the run folder {run}")
+    scratch.mkdir(parents=True, exist_ok=True)
+    for name in (checkpoint_path(run).name, "config.json"):
+        if (run / name).exists() and not (scratch / name).exists():
+            shutil.copy2(run / name, scratch / name)
+    t0 = time.perf_counter()
+    model, ckpt = load_model(scratch, device=device)
+    shards = shards_of_run(scratch, ckpt, shards)
+    split = {
+        s: embed_stream(model, iter_shard_batches(shards, [s], 256), torch_device(device))
+        for s in ("train", "valid")
+    }
+    # the product's path: auto choice on the valid split, written to scratch/outliers.json
+    om = ensure_outlier_model(
+        scratch,
+        shards,
+        model,
+        torch_device(device),
+        train_table=split["train"],
+        valid_table=split["valid"],
+        density="auto",
+        refit=True,
+    )
+    groups = real_object_groups()
+    out, errors = embed_spectra(
+        scratch, list(groups), work / f"{run.name}-real.fits", device=device
+    )
+    cols, header = read_embedding(out)
+    g = np.array([groups[f][0] for f in cols["file"]])
+    half = np.array([groups[f][1] for f in cols["file"]])
+    per_density, fit_seconds = {}, {}
+    for kind in ("gmm", "flow"):
+        t_fit = time.perf_counter()
+        omk = fit_outlier_model(
+            split["train"]["s"], split["train"]["chi2"], s_valid=split["valid"]["s"], density=kind
+        )
+        fit_seconds[kind] = round(time.perf_counter() - t_fit, 1)
+        terms = omk.terms(cols["s"], cols["chi2"])
+        per_density[kind] = {k.lower(): v for k, v in terms.items() if k != "LOGP"}
+        per_density[kind]["outlier_score_2s"] = terms["R_DENSITY"] + np.abs(terms["R_CHI2"])
+        # the product's own scores and this refit agree for the density auto kept
+        if kind == om.density.kind:
+            np.testing.assert_allclose(
+                per_density[kind]["outlier_score"], cols["outlier_score"], rtol=1e-4, atol=1e-4
+            )
+    # the setting to report (density × score variant), picked on the validation objects only
+    pick_auc = {
+        f"{k}/{score}": auc_table({score: v[score]}, g, half == "valid")[f"{score}/all"]
+        for k, v in per_density.items()
+        for score in ("outlier_score", "outlier_score_2s")
+    }
+    auto_key = f"{om.density.kind}/outlier_score"
+    picked = max(pick_auc, key=lambda k: (pick_auc[k], k == auto_key))
+    picked_kind, picked_score = picked.split("/")
+    figures = {
+        "run": str(run),
+        "epoch": int(ckpt.get("epoch", 0)),
+        "objective": str(ckpt.get("config", {}).get("objective", "")),
+        "scratch": str(scratch),
+        "shards": str(shards),
+        "n_train": int(len(split["train"]["s"])),
+        "n_valid": int(len(split["valid"]["s"])),
+        "auto_choice": om.selection,
+        "density_fit_seconds": fit_seconds,
+        "picked_on_validation_objects": picked,
+        "validation_objects_auc": pick_auc,
+        "picked_test_auc": auc_table(
+            {picked_score: per_density[picked_kind][picked_score]}, g, half == "test"
+        ),
+        "skipped": errors,
+        "counts": {
+            f"{grp}/{h}": int(((g == grp) & (half == h)).sum())
+            for grp in (NEGATIVE, *POSITIVE_GROUPS)
+            for h in ("valid", "test")
+        },
+        "test_objects": {k: auc_table(v, g, half == "test") for k, v in per_density.items()},
+        "all_objects_not_held_out": {
+            k: auc_table(v, g, np.ones(len(g), bool)) for k, v in per_density.items()
+        },
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    return figures
+
+
+def torch_device(device: str):
+    import torch
+
+    from model.checkpoint import pick_device
+
+    return pick_device(device) if device == "auto" else torch.device(device)
+
+
+def print_run_figures(f: dict) -> None:
+    """A table per run: AUC by score and positive group, mixture and flow, test objects first."""
+    sel = f["auto_choice"]
+    print(
+        f"\n{f['run']} (epoch {f['epoch']}, {f['objective']}): auto chose {sel['chosen']} "
+        f"(mean valid-split log-lik {sel['valid_mean_logp']})"
+    )
+    print(f"counts (group/half): {f['counts']}; skipped by preprocessing: {len(f['skipped'])}")
+    print(
+        f"picked on the validation objects: {f['picked_on_validation_objects']} "
+        f"(their AUC, all positives: {f['validation_objects_auc']})"
+    )
+    print(f"its AUC on the test objects: {f['picked_test_auc']} (goal >= 0.95, all positives)")
+    for where in ("test_objects", "all_objects_not_held_out"):
+        print(f"ROC AUC, {where.replace('_', ' ')}:")
+        print(f"  {'density':8s} {'score':17s} " + " ".join(f"{p:>8s}" for p in AUC_GROUPS))
+        for kind, table in f[where].items():
+            for name in SCORES:
+                vals = [table[f"{name}/{p}"] for p in AUC_GROUPS]
+                print(
+                    f"  {kind:8s} {name:17s} "
+                    + " ".join("     n/a" if v is None else f"{v:8.3f}" for v in vals)
+                )
+
+
+def main_run(args: argparse.Namespace) -> None:
+    figures = []
+    for run in args.run:
+        f = score_run(run, args.work, args.shards, args.device)
+        print(json.dumps(f, indent=1))
+        figures.append(f)
+    for f in figures:
+        print_run_figures(f)
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, required=True, help="scratch folder")
@@ -77,10 +305,24 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    ap.add_argument(
+        "--run",
+        type=Path,
+        action="append",
+        default=None,
+        help="score this existing run (repeatable): no corpus, no training; RUN is only read",
+    )
+    ap.add_argument(
+        "--shards", type=Path, default=None, help="with --run: its shards (default: the run's own)"
+    )
+    ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for name in ("distributed", "tornado"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    if args.run:
+        main_run(args)
+        return
     release = load_release("dr16")
     data, run = args.work / "data", args.work / "run"
     t0 = time.perf_counter()

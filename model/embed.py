@@ -171,12 +171,16 @@ def ensure_outlier_model(
     batch_size: int = 256,
     refit: bool = False,
     train_table: dict[str, np.ndarray] | None = None,
+    valid_table: dict[str, np.ndarray] | None = None,
+    density: str = "auto",
 ) -> OutlierModel:
     """The run's outlier model (RUN/outliers.json); fitted on the train split if missing or stale.
 
-    Stale means fitted for another checkpoint (its sha256 differs); new spectra are then scored
-    against the latents of the model that embeds them. `train_table` (the train split already
-    embedded, with `s` and `chi2`) spares embedding it again.
+    Stale means fitted for another checkpoint (its sha256 differs), so new spectra are scored
+    against the latents of the model that embeds them, or chosen another way than `density`
+    asks (auto: the better of a mixture and a flow on the valid split's latents; gmm/flow:
+    forced). `train_table`/`valid_table` (the split already embedded, with `s` and `chi2`)
+    spare embedding it again.
     """
     run = Path(run)
     path = run / OUTLIERS_FILE
@@ -187,13 +191,25 @@ def ensure_outlier_model(
         except DensityError as e:  # derived data: an old or damaged file is fitted again
             log.warning("%s; refitting", e)
         else:
-            if om.provenance.get("checkpoint_sha256") == ckpt_sha:
+            if om.provenance.get("checkpoint_sha256") != ckpt_sha:
+                log.info("%s was fitted for another checkpoint; refitting", path)
+            elif om.selection.get("mode") != density:
+                log.info(
+                    "%s chose its density by %s, not %s; refitting",
+                    path,
+                    om.selection.get("mode"),
+                    density,
+                )
+            else:
                 return om
-            log.info("%s was fitted for another checkpoint; refitting", path)
     log.info("fitting the latent density on the train split of %s", shards_dir)
     train = train_table or embed_stream(
         model, iter_shard_batches(shards_dir, ["train"], batch_size), device
     )
+    if valid_table is None and density == "auto" and list_shards(shards_dir, "valid"):
+        valid_table = embed_stream(
+            model, iter_shard_batches(shards_dir, ["valid"], batch_size), device
+        )
     om = fit_outlier_model(
         train["s"],
         train["chi2"],
@@ -203,6 +219,15 @@ def ensure_outlier_model(
             "shards": str(shards_dir),
             "index_sha256": index_sha256(shards_dir),
         },
+        s_valid=None if valid_table is None else valid_table["s"],
+        density=density,
+    )
+    sel = om.selection
+    log.info(
+        "latent density: %s (%s; mean valid log-likelihood %s)",
+        sel["chosen"],
+        sel["mode"],
+        sel.get("valid_mean_logp"),
     )
     save_outlier_model(om, path)
     return om
@@ -325,6 +350,10 @@ HEADER_COMMENTS = {
     "OUTLIERS": "outlier model (latent density, chi2 scale)",
     "OUTLSHA": "sha256 of the outlier model",
     "SCOREDEF": "definition of OUTLIER_SCORE",
+    "DENSITY": "latent density of LOGP: gmm or flow",
+    "DENSMODE": "auto: better valid log-lik; else forced",
+    "VLLGMM": "mean log-lik of valid latents, mixture",
+    "VLLFLOW": "mean log-lik of valid latents, flow",
     "SHARDS": "shards folder embedded / the run's shards",
     "INDEXSHA": "sha256 of the shards' index.json",
     "SPLIT": "split embedded (none: spec-lite files)",
@@ -350,7 +379,12 @@ def provenance_header(
         "OUTLIERS": os.path.abspath(run / OUTLIERS_FILE),
         "OUTLSHA": file_sha256(run / OUTLIERS_FILE),
         "SCOREDEF": "robust_z(density distance) + robust_z(log chi2) vs train split",
+        "DENSITY": str(om.selection.get("chosen", om.density.kind)),
+        "DENSMODE": str(om.selection.get("mode", "")),
     }
+    for kind, ll in (om.selection.get("valid_mean_logp") or {}).items():
+        if ll is not None and np.isfinite(ll):  # FITS has no NaN card
+            card["VLLGMM" if kind == "gmm" else "VLLFLOW"] = float(ll)
     if shards_dir is not None:
         card["SHARDS"] = os.path.abspath(shards_dir)
         card["INDEXSHA"] = index_sha256(shards_dir)
@@ -368,11 +402,12 @@ def embed_shards(
     device: str | torch.device = "auto",
     batch_size: int = 256,
     verify: bool = True,
+    density: str = "auto",
 ) -> Path:
     """`specetl embed`: embed `split` (train/valid/test/all) of the shards into the FITS `out`.
 
     `shards_dir` defaults to the shards the run was trained on. Fits RUN/outliers.json on the
-    train split first if the run has none for its checkpoint.
+    train split first if the run has none for its checkpoint (or none chosen by `density`).
     """
     from model.checkpoint import load_model, pick_device
 
@@ -389,7 +424,18 @@ def embed_shards(
     table = embed_stream(model, iter_shard_batches(shards_dir, splits, batch_size), dev)
     is_train = table["split"] == "train"
     train = {"s": table["s"][is_train], "chi2": table["chi2"][is_train]} if is_train.any() else None
-    om = ensure_outlier_model(run, shards_dir, model, dev, batch_size, train_table=train)
+    is_valid = table["split"] == "valid"
+    valid = {"s": table["s"][is_valid]} if is_valid.any() else None
+    om = ensure_outlier_model(
+        run,
+        shards_dir,
+        model,
+        dev,
+        batch_size,
+        train_table=train,
+        valid_table=valid,
+        density=density,
+    )
     add_scores(table, om)
     header = provenance_header(run, shards_dir, om, ckpt)
     header["SPLIT"] = split

@@ -179,11 +179,30 @@ def test_outlier_model_round_trip_and_mixture_density(trained, tmp_path):
     embed_shards(run, emb, split="train", device="cpu")
     cols, _ = read_embedding(emb)
     om = load_outlier_model(run / OUTLIERS_FILE)
-    again = fit_outlier_model(cols["s"], cols["chi2"])
+    # auto: the density kept is the better one on the valid split's latents, both recorded
+    sel = om.selection
+    assert sel["mode"] == "auto" and sel["n_valid"] > 0, sel
+    ll = sel["valid_mean_logp"]
+    assert sel["chosen"] == om.density.kind == max(ll, key=ll.get), sel
+    # the same density refitted on the train latents scores them as the embedding did
+    again = fit_outlier_model(cols["s"], cols["chi2"], density=om.density.kind)
     np.testing.assert_allclose(
         again.score(cols["s"], cols["chi2"]), cols["outlier_score"], 1e-4, 1e-4
     )
-    np.testing.assert_allclose(om.mixture.means, again.mixture.means)
+    assert again.density.to_dict() == om.density.to_dict()
+    _, header = read_embedding(emb)
+    assert header["DENSITY"] == om.density.kind and header["DENSMODE"] == "auto"
+    assert header["VLLGMM"] == pytest.approx(ll["gmm"]), header
+    # forcing the other density (`embed --density`) refits RUN/outliers.json with it
+    other = "gmm" if om.density.kind == "flow" else "flow"
+    args = ["embed", "--run", str(run), "--out", str(emb), "--split", "test", "--device", "cpu"]
+    res = CliRunner().invoke(main, [*args, "--density", other])
+    assert res.exit_code == 0, res.output
+    forced = load_outlier_model(run / OUTLIERS_FILE)
+    assert forced.density.kind == other and forced.selection["mode"] == other
+    assert read_embedding(emb)[1]["DENSITY"] == other
+    embed_shards(run, emb, split="test", device="cpu")  # back to auto for the other tests
+    assert load_outlier_model(run / OUTLIERS_FILE).to_dict()["density"] == om.to_dict()["density"]
     # our numpy log-density equals scikit-learn's for the same mixture
     from sklearn.mixture import GaussianMixture as SkMixture
 
@@ -215,4 +234,4 @@ def test_damaged_outlier_model_is_fitted_again(trained, tmp_path):
     om = load_outlier_model(run / OUTLIERS_FILE)  # readable again, for this checkpoint
     assert om.provenance["checkpoint_sha256"] == file_sha256(run / "best.pt")
     if good is not None:
-        assert json.loads(good)["mixture"] == om.to_dict()["mixture"]
+        assert json.loads(good)["density"] == om.to_dict()["density"]

@@ -176,13 +176,14 @@ def embed_spectra(
     shards_dir: str | Path | None = None,
     device: str = "auto",
     batch_size: int = 256,
+    density: str = "auto",
 ) -> tuple[Path, list[str]]:
     """`specetl embed --spectra`: embed and score spec-lite files; returns (FITS path, errors).
 
     z comes from each file's HDU 2, or from `catalog` (matched on the release's object key). The
     files go through the same grid/mask/normalise as the shards (the release of the run's
     shards, or `release`), and are scored against the run's outlier model (fitted on the train
-    split of the run's shards if the run has none yet).
+    split of the run's shards if the run has none yet, or none chosen by `density`).
     """
     from model.checkpoint import load_model, pick_device
     from model.embed import (
@@ -203,7 +204,7 @@ def embed_spectra(
     rows, errors = preprocess_spectra(paths, rel, catalog)
     if not rows:
         raise EmbedError(f"none of the {len(paths)} spectra could be preprocessed")
-    om = ensure_outlier_model(run, shards_dir, model, dev, batch_size)
+    om = ensure_outlier_model(run, shards_dir, model, dev, batch_size, density=density)
     table = embed_stream(model, _batches(rows, batch_size), dev)
     table["_object_key"] = np.array(rel.key)
     add_scores(table, om)
