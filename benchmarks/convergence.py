@@ -115,24 +115,51 @@ def doubling(short: Path, long: Path) -> dict:
 
 
 def plot_curves(runs: list[Path], floor: float, path: Path) -> None:
+    """Three panels: validation L_fid of the fidelity and similarity runs (against the floor),
+    then validation L_fid and mean |s − s_aug| of the consistency runs, coloured by loss family
+    (greens paper-2023, oranges scale-free mean-variance, blues scale-free whitened)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+    cmaps = {"paper-2023": "Greens", "mean-variance": "Oranges", "whitened": "Blues"}
+
+    def family(cfg: dict) -> str:
+        if cfg.get("losses", "paper-2023") == "paper-2023":
+            return "paper-2023"
+        return cfg.get("consistency_norm", "mean-variance")
+
+    cfgs = {run: json.loads((run / "config.json").read_text())["train"] for run in runs}
+    fig, ax = plt.subplots(1, 3, figsize=(16, 4.6))
+    seen: dict[tuple[bool, str], int] = {}
     for run in runs:
-        rows = metrics_of(run)
+        cfg, rows = cfgs[run], metrics_of(run)
+        consistency = cfg["objective"] == "consistency"
+        key = (consistency, family(cfg))
+        k = seen[key] = seen.get(key, 0) + 1
+        n = sum(1 for r in runs if (cfgs[r]["objective"] == "consistency", family(cfgs[r])) == key)
+        colour = plt.get_cmap(cmaps[key[1]])(0.35 + 0.6 * k / max(n, 1))
         ep = [r["epoch"] for r in rows]
-        ax[0].plot(ep, [r["valid_fidelity"] for r in rows], label=run.name)
-        if "valid_latent_shift" in rows[0]:
-            ax[1].plot(ep, [r["valid_latent_shift"] for r in rows], label=run.name)
+        fid = [r["valid_fidelity"] for r in rows]
+        if not consistency:
+            ax[0].plot(ep, fid, color=colour, label=run.name)
+            continue
+        ax[1].plot(ep, fid, color=colour, label=run.name)
+        ax[2].plot(ep, [r["valid_latent_shift"] for r in rows], color=colour, label=run.name)
     ax[0].axhline(floor, color="k", ls="--", lw=1, label="floor: L_fid of the truth")
-    ax[0].set(xlabel="epoch", ylabel="validation L_fid", yscale="log", title="fidelity")
-    ax[1].set(xlabel="epoch", ylabel="validation mean |s - s_aug|", title="consistency runs")
-    for a in ax:
-        a.legend(fontsize=8)
-    fig.suptitle("Convergence on the SYNTHETIC population (bagpipes + real SDSS noise)")
+    ax[0].set(xlabel="epoch", ylabel="validation L_fid", yscale="log", ylim=(0.3, 5))
+    ax[0].set_title("fidelity and similarity runs")
+    ax[1].set(xlabel="epoch", ylabel="validation L_fid", ylim=(1.08, 1.4))
+    ax[1].set_title("consistency runs (from a similarity run)")
+    ax[2].set(xlabel="epoch", ylabel="validation mean |s - s_aug|", ylim=(0, None))
+    ax[2].set_title("consistency runs: redshift shift")
+    ax[0].legend(fontsize=7)
+    ax[2].legend(fontsize=7, ncol=2, loc="upper right")
+    fig.suptitle(
+        "Convergence on the SYNTHETIC population (bagpipes + real SDSS noise); "
+        "green paper-2023, orange scale-free mean-variance, blue scale-free whitened"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
