@@ -189,7 +189,9 @@ def evaluate(
 
 
 def latent_sv_ratio(s: torch.Tensor) -> float:
-    """Smaller / larger singular value of the centred latents (N, S); NaN for fewer than 2 rows."""
+    """Smaller / larger singular value of the centred latents (N, S), over the finite rows (a
+    diverged model's NaN latents are reported by its losses, not here); NaN for fewer than 2."""
+    s = s[torch.isfinite(s).all(dim=1)]
     if s.shape[0] < 2:
         return float("nan")
     sv = torch.linalg.svdvals(s - s.mean(0))

@@ -263,3 +263,5 @@ def test_latent_sv_ratio_tells_a_line_from_a_cloud():
     assert latent_sv_ratio(cloud) > 0.8
     assert latent_sv_ratio(cloud * torch.tensor([1.0, 0.1])) == pytest.approx(0.1, rel=0.15)
     assert math.isnan(latent_sv_ratio(cloud[:1]))
+    assert math.isnan(latent_sv_ratio(torch.full((5, 2), float("nan"))))  # a diverged model
+    assert latent_sv_ratio(torch.cat([cloud, torch.full((3, 2), float("inf"))])) > 0.8
