@@ -74,6 +74,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -371,7 +372,7 @@ def train_specetl_chain(work: Path, losses: str, shards: Path) -> dict[str, Path
         cmd = [
             str(cli), "train", "--shards", str(shards), "--run", str(run),
             "--objective", OBJECTIVE[stage], "--preset", "cpu-small", "--batch-size", str(BATCH),
-            "--epochs", str(epochs), "--lr", str(lr), "--losses", losses, "--device", "cpu",
+            "--epochs", str(epochs), "--lr", str(lr), "--losses", losses,
         ]  # fmt: skip
         if parent:
             cmd += ["--init", str(root / parent)]
@@ -518,7 +519,27 @@ def main() -> None:
     print(table(rows))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        doc = {"budget": args.budget, "synthetic": True, "floor": floor, "rows": rows}
+        spender, _ = import_spender()
+        doc = {
+            "budget": args.budget,
+            "synthetic": True,
+            "floor": floor,
+            "rows": rows,
+            "settings": {
+                "stages": {s: dict(zip(("epochs", "lr", "init"), v, strict=True))
+                           for s, v in BUDGETS[args.budget].items()},
+                "batch": BATCH,
+                "spender_conv": CONV_WIDTHS,
+                "spender_encoder_mlp": ENCODER_MLP,
+                "spender_slope_max": SLOPE_MAX,
+                "slope_cycles": SLOPE_CYCLES,
+                "grad_clip": GRAD_CLIP,
+                "threads": args.threads,
+                "torch": torch.__version__,
+                "spender": spender.__version__,
+            },
+            "load_average_at_end": os.getloadavg(),
+        }  # fmt: skip
         args.json.write_text(json.dumps(doc, indent=1) + "\n")
         print(f"wrote {args.json}")
 
