@@ -66,7 +66,9 @@ before consistency; fidelity is independent), then measure:
         > /work/spender-compare/converged-${st// /-}.log 2>&1 & done
 
 `--train-only` trains the spender chain (and, for small, specetl's) without measuring, e.g. under
-nohup; `--no-train` measures what exists and fails on a missing stage.
+nohup; `--no-train` measures what exists and fails on an unfinished stage unless `--partial`
+(then the finished ones are measured and the others listed). Rerunning a training command resumes
+an interrupted stage from its last.pt and skips finished ones.
 """
 
 from __future__ import annotations
@@ -463,6 +465,10 @@ def main() -> None:
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--train-only", action="store_true")
     mode.add_argument("--no-train", action="store_true")
+    ap.add_argument(
+        "--partial", action="store_true",
+        help="with --no-train: measure the finished spender stages, list the unfinished ones",
+    )  # fmt: skip
     args = ap.parse_args()
     import_spender()
     torch.set_num_threads(args.threads)
@@ -488,9 +494,13 @@ def main() -> None:
                 specetl_runs[fam] = train_specetl_chain(args.work, fam, shards)
     if args.train_only:
         return
-    missing = [str(p) for p in spender_runs.values() if not (p / "done.json").is_file()]
-    if missing:
-        sys.exit(f"spender_compare: unfinished spender stages {missing}; rerun without --no-train")
+    missing = [s for s, p in spender_runs.items() if not (p / "done.json").is_file()]
+    if missing and not args.partial:
+        sys.exit(
+            f"spender_compare: unfinished spender stages {missing} under {args.work}; rerun "
+            f"without --no-train to finish them, or pass --partial to measure the finished ones"
+        )
+    spender_runs = {s: p for s, p in spender_runs.items() if s not in missing}
     floor = fidelity_floor(
         sorted((shards / "test").glob("shard-*.h5")), args.pop / release.name / "spectra",
         release.grid,
@@ -506,7 +516,7 @@ def main() -> None:
                  "run": str(runs[stage]), **r, "spectra_per_s": train_rate(runs[stage])}
             )  # fmt: skip
             print(f"measured specetl {fam} {stage}", flush=True)
-    for stage in STAGES:
+    for stage in spender_runs:
         model = load_spender(spender_runs[stage], shards)
         r = measure(model, shards, truth_cat, floor)
         rows.append(
@@ -517,6 +527,8 @@ def main() -> None:
     print(f"SYNTHETIC population, test split ({rows[0]['n']} spectra), budget {args.budget}; "
           f"fidelity floor {floor:.3f}")  # fmt: skip
     print(table(rows))
+    if missing:
+        print(f"spender stages not finished (not in the table): {missing}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         spender, _ = import_spender()
@@ -539,6 +551,7 @@ def main() -> None:
                 "spender": spender.__version__,
             },
             "load_average_at_end": os.getloadavg(),
+            "unfinished_spender_stages": missing,
         }  # fmt: skip
         args.json.write_text(json.dumps(doc, indent=1) + "\n")
         print(f"wrote {args.json}")
