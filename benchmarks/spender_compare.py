@@ -425,6 +425,21 @@ def measure(model: nn.Module, shards: Path, truth_cat: dict, floor: float) -> di
     }
 
 
+def cached_measure(work: Path, run: Path, checkpoint: Path, compute: Callable[[], dict]) -> dict:
+    """`compute()` cached in WORK/measured/, remade when `checkpoint` changed (as convergence.py
+    caches in the run folder; here the run folders may be read-only)."""
+    cache = work / "measured" / (str(run.resolve()).strip("/").replace("/", "_") + ".json")
+    stamp = checkpoint.stat().st_mtime
+    if cache.is_file():
+        got = json.loads(cache.read_text())
+        if got.get("checkpoint_mtime") == stamp:
+            return got["figures"]
+    figures = compute()
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({"checkpoint_mtime": stamp, "figures": figures}) + "\n")
+    return figures
+
+
 def train_rate(run: Path) -> float:
     """Mean training spectra/s over a run's epochs (its metrics.jsonl)."""
     rows = metrics_of(run)
@@ -509,16 +524,23 @@ def main() -> None:
     rows = []
     for fam, runs in specetl_runs.items():
         for stage in STAGES:
-            model, _ = load_model(runs[stage], device="cpu")
-            r = measure(model, shards, truth_cat, floor)
+            run = runs[stage]
+            ckpt = run / "best.pt" if (run / "best.pt").is_file() else run / "last.pt"
+            r = cached_measure(
+                args.work, run, ckpt,
+                lambda run=run: measure(load_model(run, device="cpu")[0], shards, truth_cat, floor),
+            )  # fmt: skip
             rows.append(
                 {"model": "specetl", "objective": f"{OBJECTIVE[stage]} ({fam})",
                  "run": str(runs[stage]), **r, "spectra_per_s": train_rate(runs[stage])}
             )  # fmt: skip
             print(f"measured specetl {fam} {stage}", flush=True)
     for stage in spender_runs:
-        model = load_spender(spender_runs[stage], shards)
-        r = measure(model, shards, truth_cat, floor)
+        run = spender_runs[stage]
+        r = cached_measure(
+            args.work, run, run / "best.pt",
+            lambda run=run: measure(load_spender(run, shards), shards, truth_cat, floor),
+        )  # fmt: skip
         rows.append(
             {"model": "spender 0.3", "objective": OBJECTIVE[stage], "run": str(spender_runs[stage]),
              **r, "spectra_per_s": train_rate(spender_runs[stage])}
