@@ -440,6 +440,18 @@ def cached_measure(work: Path, run: Path, checkpoint: Path, compute: Callable[[]
     return figures
 
 
+def specetl_label(run: Path) -> str:
+    """A specetl run's objective with the loss settings that shape it (from its config.json)."""
+    cfg = json.loads((run / "config.json").read_text())["train"]
+    if cfg["objective"] == "fidelity":  # the loss family does not enter a fidelity run
+        return "fidelity"
+    label = f"{cfg['objective']} ({cfg.get('losses', 'paper-2023')}"
+    if cfg["objective"] == "consistency" and cfg.get("losses") == "scale-free":
+        norm = cfg.get("consistency_norm", "mean-variance")
+        label += f", weight {cfg.get('consistency_weight', 1.0):g}, {norm}"
+    return label + ")"
+
+
 def train_rate(run: Path) -> float:
     """Mean training spectra/s over a run's epochs (its metrics.jsonl)."""
     rows = metrics_of(run)
@@ -531,7 +543,7 @@ def main() -> None:
                 lambda run=run: measure(load_model(run, device="cpu")[0], shards, truth_cat, floor),
             )  # fmt: skip
             rows.append(
-                {"model": "specetl", "objective": f"{OBJECTIVE[stage]} ({fam})",
+                {"model": "specetl", "objective": specetl_label(run),
                  "run": str(runs[stage]), **r, "spectra_per_s": train_rate(runs[stage])}
             )  # fmt: skip
             print(f"measured specetl {fam} {stage}", flush=True)
