@@ -435,6 +435,7 @@ def cached_measure(work: Path, run: Path, checkpoint: Path, compute: Callable[[]
         if got.get("checkpoint_mtime") == stamp:
             return got["figures"]
     figures = compute()
+    print(f"measured {run}", flush=True)
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps({"checkpoint_mtime": stamp, "figures": figures}) + "\n")
     return figures
@@ -534,7 +535,7 @@ def main() -> None:
     )["L_fid_truth"]  # fmt: skip
     truth_cat = read_truth_catalog(args.pop / release.name / "catalog.fits")
     rows = []
-    for fam, runs in specetl_runs.items():
+    for runs in specetl_runs.values():
         for stage in STAGES:
             run = runs[stage]
             ckpt = run / "best.pt" if (run / "best.pt").is_file() else run / "last.pt"
@@ -546,7 +547,6 @@ def main() -> None:
                 {"model": "specetl", "objective": specetl_label(run),
                  "run": str(runs[stage]), **r, "spectra_per_s": train_rate(runs[stage])}
             )  # fmt: skip
-            print(f"measured specetl {fam} {stage}", flush=True)
     for stage in spender_runs:
         run = spender_runs[stage]
         r = cached_measure(
@@ -557,7 +557,6 @@ def main() -> None:
             {"model": "spender 0.3", "objective": OBJECTIVE[stage], "run": str(spender_runs[stage]),
              **r, "spectra_per_s": train_rate(spender_runs[stage])}
         )  # fmt: skip
-        print(f"measured spender {stage}", flush=True)
     print(f"SYNTHETIC population, test split ({rows[0]['n']} spectra), budget {args.budget}; "
           f"fidelity floor {floor:.3f}")  # fmt: skip
     print(table(rows))
