@@ -329,7 +329,7 @@ def _check(r: Release, path: Path) -> None:
     if r.shards.shard_size <= 0:
         raise ManifestError(f"{path}: shards.shard_size must be positive")
     for run2d, template in r.archive.spec_lite.items():
-        used = _template_fields(template, path, f"archive.spec_lite.{run2d}")
+        used = template_fields(template, path, f"archive.spec_lite.{run2d}")
         for field in ("sas", "path"):
             if field not in used:
                 raise ManifestError(f"{path}: archive.spec_lite.{run2d} lacks {{{field}}}")
@@ -339,7 +339,9 @@ def _check(r: Release, path: Path) -> None:
     _check_object(r.object, path)
 
 
-def _template_fields(template: str, path: Path, where: str) -> set[str]:
+def template_fields(template: str, path: Path, where: str) -> set[str]:
+    """The ``{field}`` names a manifest's URL or path template uses (a malformed template is a
+    ManifestError naming the manifest and where in it)."""
     try:
         return {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
     except ValueError as err:
@@ -358,7 +360,7 @@ def _check_object(o: ObjectLayout, path: Path) -> None:
             raise ManifestError(f"{path}: object.derived.{name}: {err}") from None
         if source not in o.key:
             raise ManifestError(f"{path}: object.derived.{name} uses {source!r}, not a key field")
-    used = _template_fields(o.path, path, "object.path")
+    used = template_fields(o.path, path, "object.path")
     unknown = sorted(used - set(o.key) - set(o.derived))
     if unknown:
         raise ManifestError(f"{path}: object.path uses unknown field {{{unknown[0]}}}")

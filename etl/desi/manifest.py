@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import string
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -32,6 +31,7 @@ from etl.manifest_schema import (
     Telluric,
     _build,
     _check,
+    template_fields,
 )
 from etl.objects import ObjectLayout, _parse_derived
 
@@ -233,13 +233,6 @@ def _check_shared(r: DesiRelease, path: Path) -> None:
     _check(view, path)  # type: ignore[arg-type]
 
 
-def _fields(template: str, path: Path, where: str) -> set[str]:
-    try:
-        return {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
-    except ValueError as err:
-        raise ManifestError(f"{path}: {where}: {err}") from None
-
-
 def _check_templates(r: DesiRelease, path: Path) -> None:
     o = r.object
     if tuple(o.key) != ("targetid", "survey", "program"):
@@ -253,16 +246,16 @@ def _check_templates(r: DesiRelease, path: Path) -> None:
             raise ManifestError(f"{path}: object.derived.{name} must derive from healpix")
     allowed = {"survey", "program", "healpix", *o.derived}
     for where, template in (("object.path", o.path), ("object.sha256sum", o.sha256sum)):
-        unknown = sorted(_fields(template, path, where) - allowed)
+        unknown = sorted(template_fields(template, path, where) - allowed)
         if unknown:
             raise ManifestError(f"{path}: {where} uses unknown field {{{unknown[0]}}}")
         if template.startswith("/") or ".." in template.split("/"):
             raise ManifestError(f"{path}: {where} must be a relative path")
     if not o.path.endswith(".fits"):
         raise ManifestError(f"{path}: object.path must name a .fits file")
-    if _fields(r.archive.healpix_url, path, "archive.healpix_url") != {"base", "path"}:
+    if template_fields(r.archive.healpix_url, path, "archive.healpix_url") != {"base", "path"}:
         raise ManifestError(f"{path}: archive.healpix_url must use exactly {{base}} and {{path}}")
-    if _fields(r.catalog.zall_url, path, "catalog.zall_url") - {"base"}:
+    if template_fields(r.catalog.zall_url, path, "catalog.zall_url") - {"base"}:
         raise ManifestError(f"{path}: catalog.zall_url may use only {{base}}")
     if not r.coadd.arms or not r.coadd.arm_hdus:
         raise ManifestError(f"{path}: coadd.arms and coadd.arm_hdus must not be empty")
