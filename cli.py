@@ -313,13 +313,16 @@ def embed_cmd(
 
     \b
     Columns: SPECOBJID (exact, as text), the release's object key (PLATE, MJD, FIBERID), RA, DEC
-    (when stored), Z, SPLIT, S (latent vector), CHI2 (fidelity term per valid pixel), LOGP,
-    R_DENSITY, R_CHI2, OUTLIER_SCORE, OUTLIER_RANK (1 = most anomalous), SHARD/ROW or FILE.
-    OUTLIER_SCORE = R_DENSITY + R_CHI2: robust z-scores, against the train split, of how far a
-    latent lies from the dense part of the training latents (a Gaussian mixture or a flow,
-    --density, fitted once and saved as RUN/outliers.json) and of log chi2 (a spectrum the
-    model cannot reconstruct). The header records the run, checkpoint sha256, shards index
-    sha256 and the density chosen (DENSITY, with VLLGMM/VLLFLOW, the valid log-likelihoods).
+    (when stored), Z, SPLIT, S (latent vector), CHI2 (fidelity term per valid pixel), SNR
+    (median S/N per valid pixel), LOGP, R_DENSITY, R_CHI2, R_SIGNAL, OUTLIER_SCORE,
+    OUTLIER_RANK (1 = most anomalous), SHARD/ROW or FILE.
+    OUTLIER_SCORE = R_DENSITY + R_CHI2 + R_SIGNAL, robust z-scores against the train split: how
+    far a latent lies from the dense part of the training latents (a Gaussian mixture or a flow,
+    --density); how far log chi2 lies above the training spectra's at the same S/N (a spectrum
+    the model cannot reconstruct); and, beyond 3 sigma, how far its S/N lies below theirs (no
+    source: e.g. a sky fibre). Fitted once, saved as RUN/outliers.json. The header records the
+    run, checkpoint sha256, shards index sha256 and the density chosen (DENSITY, with
+    VLLGMM/VLLFLOW, the valid log-likelihoods).
 
     \b
     Examples:

@@ -3,7 +3,8 @@
 A model is trained on galaxies only, then scores REAL spectra it has never seen: the bundled
 quasars at z <= 0.5 and stars (positives) and real galaxies held out of training (negatives),
 all through `specetl embed --spectra`'s path (the same grid/mask/normalise as the shards).
-Reported: ROC AUC by OUTLIER_SCORE, by the χ² term alone and by the latent-density term alone.
+Reported: ROC AUC by OUTLIER_SCORE, by each of its terms alone, and by the format 2 score it
+replaced (density + raw χ², no S/N terms).
 Goal: >= 0.95.
 
 The training corpus is SYNTHETIC-from-real (``etl/synthetic/from_real.py``): real bundled galaxy
@@ -38,6 +39,7 @@ import logging
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -47,13 +49,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from explore_fixtures import is_galaxy, sample_rows  # noqa: E402
+from explore_fixtures import is_galaxy, is_sky_fibre, sample_rows  # noqa: E402
 
 import etl.synthetic.from_real as mc  # noqa: E402
 from etl.build import build_shards  # noqa: E402
 from etl.catalog import as_catalog, write_catalog  # noqa: E402
 from etl.release import load_release  # noqa: E402
-from model.density import fit_outlier_model, roc_auc  # noqa: E402
+from model.density import RobustScale, fit_outlier_model, roc_auc  # noqa: E402
 from model.embed import (  # noqa: E402
     embed_stream,
     ensure_outlier_model,
@@ -95,9 +97,11 @@ NEGATIVE = "GALAXY"
 #: columns of the AUC tables: every positive, each group, and quasars + stars (the positives of
 #: the training mode above and of tests/test_outliers.py)
 AUC_GROUPS = ("all", *POSITIVE_GROUPS, "QSO+STAR")
-#: OUTLIER_SCORE, its two terms, and a benchmark-only variant that counts a χ² unusually LOW as
-#: anomalous too (r_density + |r_chi2|: a sky fibre is noise the model "fits" too well)
-SCORES = ("outlier_score", "r_chi2", "r_density", "outlier_score_2s")
+#: OUTLIER_SCORE (format 3: density + χ² given S/N + missing signal), its three terms, and the
+#: format 2 score it replaced (density + raw χ²) with its raw χ² term, for comparison
+SCORES = ("outlier_score", "r_chi2", "r_density", "r_signal", "outlier_score_v2", "r_chi2_v2")
+#: the score variants the validation objects choose between
+PICK_SCORES = ("outlier_score", "outlier_score_v2")
 
 
 def real_object_groups() -> dict[str, tuple[str, str]]:
@@ -107,8 +111,6 @@ def real_object_groups() -> dict[str, tuple[str, str]]:
     HDU 2, CLASS GALAXY). Halves "valid"/"test" alternate by SPECOBJID within each group, so
     each half has about half of every group.
     """
-    from astropy.io import fits
-
     by_group: dict[str, list[tuple[int, str]]] = {}
     for r in sample_rows():
         if not r["path"].exists():
@@ -120,17 +122,7 @@ def real_object_groups() -> dict[str, tuple[str, str]]:
             g = "QSO"
         elif r["CLASS"] == "STAR":
             g = "STAR"
-        elif r["CLASS"] == "GALAXY":
-            with fits.open(r["path"]) as h:
-                d = h[2].data
-                names = d.columns.names
-                sky = (
-                    str(d["SOURCETYPE"][0]).strip() == "SKY"
-                    if "SOURCETYPE" in names
-                    else int(r["ZWARNING"]) & 1  # ZWARNING bit 0: SKY
-                )
-            if not sky:
-                continue
+        elif is_sky_fibre(r):
             g = "SKY"
         else:
             continue
@@ -200,13 +192,27 @@ def score_run(run: Path, work: Path, shards: Path | None, device: str) -> dict:
     per_density, fit_seconds = {}, {}
     for kind in ("gmm", "flow"):
         t_fit = time.perf_counter()
+        train = split["train"]
         omk = fit_outlier_model(
-            split["train"]["s"], split["train"]["chi2"], s_valid=split["valid"]["s"], density=kind
+            train["s"],
+            train["chi2"],
+            s_valid=split["valid"]["s"],
+            density=kind,
+            snr_train=train["snr"],
         )
         fit_seconds[kind] = round(time.perf_counter() - t_fit, 1)
-        terms = omk.terms(cols["s"], cols["chi2"])
+        terms = omk.terms(cols["s"], cols["chi2"], cols["snr"])
         per_density[kind] = {k.lower(): v for k, v in terms.items() if k != "LOGP"}
-        per_density[kind]["outlier_score_2s"] = terms["R_DENSITY"] + np.abs(terms["R_CHI2"])
+        # the format 2 score: the same density, the raw χ² scale, no S/N terms
+        v2 = replace(
+            omk,
+            chi2_trend=None,
+            snr_scale=None,
+            chi2_scale=RobustScale.of(np.log(np.maximum(train["chi2"], 1e-12))),
+        )
+        terms2 = v2.terms(cols["s"], cols["chi2"])
+        per_density[kind]["outlier_score_v2"] = terms2["OUTLIER_SCORE"]
+        per_density[kind]["r_chi2_v2"] = terms2["R_CHI2"]
         # the product's own scores and this refit agree for the density auto kept
         if kind == om.density.kind:
             np.testing.assert_allclose(
@@ -216,7 +222,7 @@ def score_run(run: Path, work: Path, shards: Path | None, device: str) -> dict:
     pick_auc = {
         f"{k}/{score}": auc_table({score: v[score]}, g, half == "valid")[f"{score}/all"]
         for k, v in per_density.items()
-        for score in ("outlier_score", "outlier_score_2s")
+        for score in PICK_SCORES
     }
     auto_key = f"{om.density.kind}/outlier_score"
     picked = max(pick_auc, key=lambda k: (pick_auc[k], k == auto_key))
@@ -368,7 +374,9 @@ def main() -> None:
         "seconds": round(time.perf_counter() - t0, 1),
         "train_seconds": round(t_train, 1),
     }
-    for name in ("outlier_score", "r_chi2", "r_density"):
+    for name in ("outlier_score", "r_chi2", "r_density", "r_signal"):
+        if np.all(cols[name] == cols[name][0]):  # R_SIGNAL 0 everywhere: no ranking to score
+            continue
         figures[f"auc_{name}"] = round(roc_auc(cols[name], positive), 4)
         for neg in ("galaxy, held-out template", "galaxy, never a template"):
             keep = positive | (g == neg)

@@ -63,6 +63,16 @@ def chi2_per_pixel(x: torch.Tensor, x_model: torch.Tensor, w: torch.Tensor) -> t
     return (w * (x - x_model) ** 2).sum(-1) / n_valid
 
 
+def median_snr(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Median S/N per valid pixel, median over w_k > 0 of x_k·√w_k: (B,); NaN with none valid.
+
+    The lower median of an even count (torch.nanmedian). Independent of the flux scale, so the
+    normalised shards and the archive's flux give the same value.
+    """
+    per_pixel = torch.where(w > 0, x * w.clamp(min=0).sqrt(), torch.full_like(x, torch.nan))
+    return torch.nanmedian(per_pixel, dim=-1).values
+
+
 @torch.no_grad()
 def embed_batch(
     model: SpectrumAutoencoder,
@@ -71,13 +81,17 @@ def embed_batch(
     z: torch.Tensor,
     with_models: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """Latents `s` (B, S) and `chi2` (B,) of a batch already on the model's device.
+    """Latents `s` (B, S), `chi2` (B,) and `snr` (B,) of a batch already on the model's device.
 
     With `with_models`, also the restframe model `x_rest` (B, n_rest) and the observed-frame
     reconstruction `x_obs` (B, M) (the explorer draws them).
     """
     s, x_rest, x_obs = model(flux, ivar, z)
-    out = {"s": s.float(), "chi2": chi2_per_pixel(flux, x_obs.float(), ivar)}
+    out = {
+        "s": s.float(),
+        "chi2": chi2_per_pixel(flux, x_obs.float(), ivar),
+        "snr": median_snr(flux, ivar),
+    }
     if with_models:
         out.update(x_rest=x_rest.float(), x_obs=x_obs.float())
     return out
@@ -127,7 +141,7 @@ def embed_stream(
     batches: Iterator[dict[str, np.ndarray]],
     device: torch.device,
 ) -> dict[str, np.ndarray]:
-    """Run every batch through the model; return per-object columns (ids, Z, S, CHI2, …).
+    """Run every batch through the model; return per-object columns (ids, Z, S, CHI2, SNR, …).
 
     Each batch is a dict of numpy arrays with `flux`, `ivar` (B, M) and `z` (B,) plus any
     per-object columns (ids, split, …), which are passed through.
@@ -147,6 +161,7 @@ def embed_stream(
                 cols.setdefault(name, []).append(np.asarray(v))
         cols.setdefault("s", []).append(out["s"].cpu().numpy())
         cols.setdefault("chi2", []).append(out["chi2"].cpu().numpy().astype(np.float64))
+        cols.setdefault("snr", []).append(out["snr"].cpu().numpy().astype(np.float64))
     if not cols:
         raise EmbedError("nothing to embed: no rows")
     table = {k: np.concatenate(v) for k, v in cols.items()}
@@ -179,8 +194,8 @@ def ensure_outlier_model(
     Stale means fitted for another checkpoint (its sha256 differs), so new spectra are scored
     against the latents of the model that embeds them, or chosen another way than `density`
     asks (auto: the better of a mixture and a flow on the valid split's latents; gmm/flow:
-    forced). `train_table`/`valid_table` (the split already embedded, with `s` and `chi2`)
-    spare embedding it again.
+    forced), or before the S/N terms (format version < 3). `train_table`/`valid_table` (the
+    split already embedded, with `s`, `chi2` and `snr`) spare embedding it again.
     """
     run = Path(run)
     path = run / OUTLIERS_FILE
@@ -193,6 +208,8 @@ def ensure_outlier_model(
         else:
             if om.provenance.get("checkpoint_sha256") != ckpt_sha:
                 log.info("%s was fitted for another checkpoint; refitting", path)
+            elif not om.scores_snr:
+                log.info("%s predates the S/N terms of OUTLIER_SCORE; refitting", path)
             elif om.selection.get("mode") != density:
                 log.info(
                     "%s chose its density by %s, not %s; refitting",
@@ -221,6 +238,7 @@ def ensure_outlier_model(
         },
         s_valid=None if valid_table is None else valid_table["s"],
         density=density,
+        snr_train=train["snr"],
     )
     sel = om.selection
     log.info(
@@ -234,8 +252,8 @@ def ensure_outlier_model(
 
 
 def add_scores(table: dict[str, np.ndarray], om: OutlierModel) -> dict[str, np.ndarray]:
-    """Add LOGP, R_DENSITY, R_CHI2, OUTLIER_SCORE and OUTLIER_RANK to an embedded table."""
-    terms = om.terms(table["s"], table["chi2"])
+    """Add LOGP, R_DENSITY, R_CHI2, R_SIGNAL, OUTLIER_SCORE and OUTLIER_RANK to a table."""
+    terms = om.terms(table["s"], table["chi2"], table.get("snr"))
     table.update({k.lower(): v for k, v in terms.items()})
     table["outlier_rank"] = outlier_rank(terms["OUTLIER_SCORE"])
     return table
@@ -243,22 +261,23 @@ def add_scores(table: dict[str, np.ndarray], om: OutlierModel) -> dict[str, np.n
 
 # --- the FITS table --------------------------------------------------------------------------
 
-_FLOAT32 = ("z", "chi2", "logp", "r_density", "r_chi2", "outlier_score")
+_FLOAT32 = ("z", "chi2", "snr", "logp", "r_density", "r_chi2", "r_signal", "outlier_score")
 
 
 def write_embedding(table: dict[str, np.ndarray], path: str | Path, header: dict) -> Path:
     """Write the embedded table as a FITS binary table (HDU 1, EXTNAME EMBEDDING), atomically.
 
-    Column order: SPECOBJID, the object key, RA, DEC, Z, SPLIT, S, CHI2, LOGP, R_DENSITY,
-    R_CHI2, OUTLIER_SCORE, OUTLIER_RANK, then any other columns (CLASS, SHARD, ROW, FILE, …).
+    Column order: SPECOBJID, the object key, RA, DEC, Z, SPLIT, S, CHI2, SNR, LOGP, R_DENSITY,
+    R_CHI2, R_SIGNAL, OUTLIER_SCORE, OUTLIER_RANK, then any other columns (CLASS, SHARD, ROW,
+    FILE, …).
     `header` values (str/int/float) go into the table header; long strings use CONTINUE cards.
     """
     from astropy.io import fits
 
     path = Path(path)
     key = [str(k) for k in table.get("_object_key", np.array(V1_OBJECT_KEY))]
-    first = ["specobjid", *key, "ra", "dec", "z", "split", "s", "chi2", "logp"]
-    first += ["r_density", "r_chi2", "outlier_score", "outlier_rank"]
+    first = ["specobjid", *key, "ra", "dec", "z", "split", "s", "chi2", "snr", "logp"]
+    first += ["r_density", "r_chi2", "r_signal", "outlier_score", "outlier_rank"]
     names = [n for n in first if n in table]
     names += [n for n in table if n not in names and not n.startswith("_")]
     cols = []
@@ -347,7 +366,7 @@ HEADER_COMMENTS = {
     "TRAINEP": "training epoch of the checkpoint",
     "OBJECTIV": "training objective of the run",
     "NLATENT": "dimension of the latent vector S",
-    "OUTLIERS": "outlier model (latent density, chi2 scale)",
+    "OUTLIERS": "outlier model (latent density, chi2/S/N scales)",
     "OUTLSHA": "sha256 of the outlier model",
     "SCOREDEF": "definition of OUTLIER_SCORE",
     "DENSITY": "latent density of LOGP: gmm or flow",
@@ -378,7 +397,7 @@ def provenance_header(
         "NLATENT": int(ckpt["model_config"]["n_latent"]),
         "OUTLIERS": os.path.abspath(run / OUTLIERS_FILE),
         "OUTLSHA": file_sha256(run / OUTLIERS_FILE),
-        "SCOREDEF": "robust_z(density distance) + robust_z(log chi2) vs train split",
+        "SCOREDEF": om.definition.removeprefix("OUTLIER_SCORE = "),
         "DENSITY": str(om.selection.get("chosen", om.density.kind)),
         "DENSMODE": str(om.selection.get("mode", "")),
     }
@@ -423,7 +442,7 @@ def embed_shards(
             check_pixels(ckpt, len(read_wave_obs(listed[0])), f"embed {run}", shards_dir)
     table = embed_stream(model, iter_shard_batches(shards_dir, splits, batch_size), dev)
     is_train = table["split"] == "train"
-    train = {"s": table["s"][is_train], "chi2": table["chi2"][is_train]} if is_train.any() else None
+    train = {k: table[k][is_train] for k in ("s", "chi2", "snr")} if is_train.any() else None
     is_valid = table["split"] == "valid"
     valid = {"s": table["s"][is_valid]} if is_valid.any() else None
     om = ensure_outlier_model(

@@ -53,15 +53,17 @@ EMBEDDING_COLUMNS: Mapping[str, ColumnMeta] = {
     "CHI2": ColumnMeta(
         "", "reconstruction chi2 per valid pixel (1: within the noise)", "stat.fit.chi2"
     ),
+    "SNR": ColumnMeta("", "median S/N per valid pixel, flux*sqrt(ivar)", "stat.snr"),
     "LOGP": ColumnMeta(
-        "", "ln density of s under the train-split Gaussian mixture", "stat.likelihood"
+        "", "ln density of s under the train-split latent density", "stat.likelihood"
     ),
     "R_DENSITY": ColumnMeta(
         "", "robust z-score of the latent density distance vs train", "stat.value"
     ),
-    "R_CHI2": ColumnMeta("", "robust z-score of ln CHI2 vs the train split", "stat.value"),
+    "R_CHI2": ColumnMeta("", "robust z-score of ln CHI2 vs train, given its S/N", "stat.value"),
+    "R_SIGNAL": ColumnMeta("", "max(0, robust z of -ln SNR vs train - 3): no signal", "stat.value"),
     "OUTLIER_SCORE": ColumnMeta(
-        "", "R_DENSITY + R_CHI2; larger is more anomalous", "stat.value;meta.main"
+        "", "R_DENSITY + R_CHI2 + R_SIGNAL; larger is odder", "stat.value;meta.main"
     ),
     "OUTLIER_RANK": ColumnMeta(
         "", "rank of OUTLIER_SCORE in this file (1: most anomalous)", "meta.number"

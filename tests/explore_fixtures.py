@@ -44,6 +44,25 @@ def non_galaxy_paths() -> list[Path]:
     ]
 
 
+def is_sky_fibre(r: dict) -> bool:
+    """A sky fibre the pipeline called a galaxy: CLASS GALAXY in the row, SOURCETYPE SKY in the
+    file's own HDU 2 (ZWARNING bit 0, SKY, where a file has no SOURCETYPE column)."""
+    from astropy.io import fits
+
+    if r["CLASS"] != "GALAXY" or not r["path"].exists():
+        return False
+    with fits.open(r["path"]) as h:
+        d = h[2].data
+        if "SOURCETYPE" in d.columns.names:
+            return str(d["SOURCETYPE"][0]).strip() == "SKY"
+    return bool(int(r["ZWARNING"]) & 1)
+
+
+def sky_fibre_paths() -> list[Path]:
+    """The real sky fibres of the sample whose pipeline CLASS says GALAXY."""
+    return [r["path"] for r in sample_rows() if is_sky_fibre(r)]
+
+
 def build_galaxy_shards(out: Path) -> tuple[Path, list[Path]]:
     """Shards of the sample's real galaxies: 3/5 train, 1/5 valid, 1/5 test (by specobjid order).
 

@@ -145,7 +145,7 @@ def test_version_1_file_still_loads(tmp_path):
     gm = GaussianMixture.from_dict(v1["mixture"])
     np.testing.assert_array_equal(om.terms(s, np.ones(3))["LOGP"], gm.log_prob(s))
     assert om.provenance["checkpoint_sha256"] == "ab" * 32
-    # written again, it is a version-2 file holding the same mixture
+    # written again, it is a current-version file holding the same mixture
     save_outlier_model(om, path)
     d = json.loads(path.read_text())
-    assert d["version"] == 2 and d["density"]["means"] == v1["mixture"]["means"]
+    assert d["version"] == FORMAT_VERSION and d["density"]["means"] == v1["mixture"]["means"]

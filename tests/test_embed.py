@@ -73,10 +73,11 @@ def test_embed_cli_writes_exact_ids_scores_and_provenance(trained, tmp_path):
     assert header["CKPTSHA"] == file_sha256(run / "best.pt")
     assert header["INDEXSHA"] == index_sha256(shards)
     assert header["OUTLSHA"] == file_sha256(run / OUTLIERS_FILE)
-    # the score is the sum of its two terms, each a robust z-score against the train split
-    np.testing.assert_allclose(
-        cols["outlier_score"], cols["r_density"] + cols["r_chi2"], rtol=1e-5, atol=1e-5
-    )
+    # the score is the sum of its three terms, robust z-scores against the train split
+    terms = cols["r_density"] + cols["r_chi2"] + cols["r_signal"]
+    np.testing.assert_allclose(cols["outlier_score"], terms, rtol=1e-5, atol=1e-5)
+    assert np.isfinite(cols["snr"]).all() and (cols["snr"] > 0).all()
+    assert "log snr" in header["SCOREDEF"]
     train_rows = cols["split"] == "train"
     assert abs(np.median(cols["r_chi2"][train_rows])) < 1e-3
 
@@ -185,9 +186,11 @@ def test_outlier_model_round_trip_and_mixture_density(trained, tmp_path):
     ll = sel["valid_mean_logp"]
     assert sel["chosen"] == om.density.kind == max(ll, key=ll.get), sel
     # the same density refitted on the train latents scores them as the embedding did
-    again = fit_outlier_model(cols["s"], cols["chi2"], density=om.density.kind)
+    again = fit_outlier_model(
+        cols["s"], cols["chi2"], density=om.density.kind, snr_train=cols["snr"]
+    )
     np.testing.assert_allclose(
-        again.score(cols["s"], cols["chi2"]), cols["outlier_score"], 1e-4, 1e-4
+        again.score(cols["s"], cols["chi2"], cols["snr"]), cols["outlier_score"], 1e-4, 1e-4
     )
     assert again.density.to_dict() == om.density.to_dict()
     _, header = read_embedding(emb)

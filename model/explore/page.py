@@ -28,6 +28,8 @@ COLOURS = {
     "log_chi2": "log10 CHI2",
     "r_density": "R_DENSITY (density term)",
     "r_chi2": "R_CHI2 (χ² term)",
+    "r_signal": "R_SIGNAL (no-signal term)",
+    "snr": "SNR (median S/N)",
 }
 #: categorical columns offered as colours when present
 CATEGORIES = ("split", "class")
@@ -37,8 +39,10 @@ INFO = (
     "outlier_score",
     "outlier_rank",
     "chi2",
+    "snr",
     "r_density",
     "r_chi2",
+    "r_signal",
     "split",
     "class",
     "synthetic",
