@@ -5,6 +5,8 @@ Used by the demo (``workflows.demo``) and ``benchmarks/table1.py --population``:
 - :func:`encode_split`: the 2-D latents of every spectrum of a split, with its specobjid;
 - :func:`interpretability`: k-nearest-neighbour regression of each true parameter from the
   latents, fitted on the train split, k chosen on the validation split, R² on the test split;
+- :func:`paired_r2_bootstrap`: R²(a) − R²(b) on the same objects with a bootstrap interval, so
+  "at least the fidelity model's" can be told from noise (``benchmarks/r2_intervals.py``);
 - :func:`scale_free_shift`: mean |s − s_aug| over the median latent distance between different
   galaxies (a latent space without a fixed scale cannot shrink it by shrinking);
 - :func:`plot_latent_maps`: latents coloured by log sSFR and by z, one column per objective;
@@ -74,12 +76,29 @@ def read_truth_catalog(path: str | Path) -> dict[str, np.ndarray]:
     return out
 
 
-def _knn_r2(x_fit, y_fit, x_eval, y_eval, k: int) -> float:
-    from sklearn.metrics import r2_score
+def _knn_predict(x_fit, y_fit, x_eval, k: int) -> np.ndarray:
     from sklearn.neighbors import KNeighborsRegressor
 
     reg = KNeighborsRegressor(n_neighbors=min(k, len(x_fit)), weights="uniform")
-    return float(r2_score(y_eval, reg.fit(x_fit, y_fit).predict(x_eval)))
+    return reg.fit(x_fit, y_fit).predict(x_eval)
+
+
+def _r2(y: np.ndarray, pred: np.ndarray) -> float:
+    from sklearn.metrics import r2_score
+
+    return float(r2_score(y, pred))
+
+
+def knn_test_predictions(
+    latents: Mapping[str, np.ndarray], truths: Mapping[str, Mapping[str, np.ndarray]], param: str
+) -> tuple[np.ndarray, int]:
+    """(test-split predictions of `param`, k): kNN fitted on train, k the best R² on valid."""
+    x, y = latents, {s: truths[s][param] for s in truths}
+    best = max(
+        K_CHOICES,
+        key=lambda k: _r2(y["valid"], _knn_predict(x["train"], y["train"], x["valid"], k)),
+    )
+    return _knn_predict(x["train"], y["train"], x["test"], best), best
 
 
 def interpretability(
@@ -93,18 +112,36 @@ def interpretability(
     """
     out = {}
     for param in TARGETS:
-        best = max(
-            K_CHOICES,
-            key=lambda k: _knn_r2(
-                latents["train"], truths["train"][param], latents["valid"],
-                truths["valid"][param], k,
-            ),
-        )  # fmt: skip
-        r2 = _knn_r2(
-            latents["train"], truths["train"][param], latents["test"], truths["test"][param], best
-        )
-        out[param] = {"r2": r2, "k": best}
+        pred, k = knn_test_predictions(latents, truths, param)
+        out[param] = {"r2": _r2(truths["test"][param], pred), "k": k}
     return out
+
+
+def paired_r2_bootstrap(
+    y: np.ndarray,
+    pred_a: np.ndarray,
+    pred_b: np.ndarray,
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, float]:
+    """R²(a) − R²(b) on the same objects, with a percentile bootstrap interval over them.
+
+    The objects are resampled with replacement (the same draw for both models, so what they
+    share cancels); a difference whose interval straddles 0 is within what the test split's
+    size can tell apart. Returns r2_a, r2_b, delta and its [lo, hi] interval at `level`.
+    """
+    y, pred_a, pred_b = (np.asarray(v, dtype=np.float64) for v in (y, pred_a, pred_b))
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(len(y), size=(n_boot, len(y)))
+    yb = y[idx]
+    ss_tot = ((yb - yb.mean(1, keepdims=True)) ** 2).sum(1)
+    ok = ss_tot > 0  # a draw of one repeated value has no R²
+    delta = (((yb - pred_b[idx]) ** 2).sum(1) - ((yb - pred_a[idx]) ** 2).sum(1))[ok] / ss_tot[ok]
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.percentile(delta, [tail, 100 - tail])
+    r2_a, r2_b = _r2(y, pred_a), _r2(y, pred_b)
+    return {"r2_a": r2_a, "r2_b": r2_b, "delta": r2_a - r2_b, "lo": float(lo), "hi": float(hi)}
 
 
 def singular_ratio(latents: np.ndarray) -> float:

@@ -233,3 +233,29 @@ def test_singular_ratio_tells_a_line_from_a_cloud():
     assert singular_ratio(ellipse @ np.array([[0.6, 0.8], [-0.8, 0.6]])) == pytest.approx(
         0.3, abs=0.02
     )
+
+
+def test_paired_r2_bootstrap_tells_a_real_gain_from_noise():
+    pytest.importorskip("sklearn")
+    from sklearn.metrics import r2_score
+
+    import model.interpretability as ps
+
+    rng = np.random.default_rng(4)
+    y = rng.normal(size=329)  # the population's test split size
+    good = y + rng.normal(0, 0.3, len(y))
+    worse = y + rng.normal(0, 0.6, len(y))
+    twin = good + rng.normal(0, 0.02, len(y))  # a model that differs from `good` by a hair
+    r = ps.paired_r2_bootstrap(y, good, worse)
+    assert r["delta"] == pytest.approx(r2_score(y, good) - r2_score(y, worse))
+    assert r["lo"] <= r["delta"] <= r["hi"] and r["lo"] > 0  # a real gain: interval above 0
+    same = ps.paired_r2_bootstrap(y, twin, good)
+    assert same["lo"] < 0 < same["hi"], same  # noise: the interval straddles 0
+    assert (
+        ps.paired_r2_bootstrap(y, good, good)["lo"]
+        == ps.paired_r2_bootstrap(y, good, good)["hi"]
+        == 0
+    )
+    # the shared draw cancels what both models share: the paired interval is narrower than
+    # the spread of either R² alone would suggest
+    assert same["hi"] - same["lo"] < 0.02

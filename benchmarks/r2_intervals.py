@@ -1,0 +1,90 @@
+"""How sure is "R² at least the fidelity model's"? Paired bootstrap intervals of R² differences.
+
+The convergence bar asks every physical R² of the consistency model (kNN regression of a true
+parameter from the test latents: `model.interpretability`) to be at least the fidelity model's.
+With 329 test galaxies a difference of 0.01-0.04 may be noise: this script prints, for each run
+against a reference run, R²(run) − R²(reference) on the same test objects with a 95% percentile
+bootstrap interval over them (`model.interpretability.paired_r2_bootstrap`). An interval that
+straddles 0 means the test split cannot tell the two apart.
+
+    python benchmarks/r2_intervals.py --pop /work/conv/pop --reference R/fid-120 \
+        --run R/conw-w100-48 --run R/sim-sf-80 --json r2.json
+
+THE SPECTRA ARE SYNTHETIC (bagpipes galaxies observed with real SDSS noise and masks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+for _p in (HERE.parent, HERE):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+from etl.release import load_release  # noqa: E402
+from model.interpretability import (  # noqa: E402
+    TARGETS,
+    encode_split,
+    knn_test_predictions,
+    paired_r2_bootstrap,
+    read_truth_catalog,
+    truths_for,
+)
+
+SPLITS = ("train", "valid", "test")
+
+
+def predictions(run: Path, shards: Path, truth_cat: dict) -> tuple[dict, dict]:
+    """({param: test predictions}, truths by split) of a run's latents."""
+    lat, truths = {}, {}
+    for split in SPLITS:
+        s, ids, _ = encode_split(run, shards, split)
+        lat[split], truths[split] = s, truths_for(truth_cat, ids)
+    return {p: knn_test_predictions(lat, truths, p)[0] for p in TARGETS}, truths
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--pop", type=Path, required=True, help="population DATA folder")
+    ap.add_argument("--reference", type=Path, required=True, help="run to compare against")
+    ap.add_argument("--run", type=Path, action="append", required=True)
+    ap.add_argument("--n-boot", type=int, default=2000)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    release = load_release("dr16")
+    shards = args.pop / release.name / "shards"
+    truth_cat = read_truth_catalog(args.pop / release.name / "catalog.fits")
+    ref, truths = predictions(args.reference, shards, truth_cat)
+    out = {"reference": args.reference.name, "n_test": len(truths["test"]["TRUE_Z"]), "runs": {}}
+    print(
+        f"R²(run) − R²({args.reference.name}) on the same {out['n_test']} SYNTHETIC test galaxies,"
+        f" 95% paired bootstrap interval ({args.n_boot} draws)"
+    )
+    for run in args.run:
+        pred, truths_run = predictions(run, shards, truth_cat)
+        rows = {}
+        for p in TARGETS:
+            y = truths_run["test"][p]
+            assert (y == truths["test"][p]).all(), "runs must share the test split"
+            rows[p] = paired_r2_bootstrap(y, pred[p], ref[p], n_boot=args.n_boot)
+            r = rows[p]
+            verdict = (
+                "within noise"
+                if r["lo"] <= 0 <= r["hi"]
+                else ("better" if r["lo"] > 0 else "worse")
+            )
+            print(
+                f"  {run.name:18s} {p:14s} R² {r['r2_a']:.3f} vs {r['r2_b']:.3f}: "
+                f"Δ {r['delta']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}] {verdict}"
+            )
+        out["runs"][run.name] = rows
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
