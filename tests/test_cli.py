@@ -70,3 +70,32 @@ def test_every_option_has_help_and_every_command_an_example(name):
         if isinstance(param, click.Option):
             assert param.help, f"{name} {param.opts[0]} has no help text"
             assert param.opts[0] in result.output
+
+
+def test_choices_and_defaults_are_the_models_own():
+    """cli_support spells the model's choices as literals (torch stays out of CLI start-up);
+    this ties each list, and each default, to the constant the model checks against."""
+    import dataclasses
+
+    from model.autoencoder import PRESETS
+    from model.latent_density import DENSITY_CHOICES
+    from model.objectives import LOSS_FAMILIES, OBJECTIVES
+    from model.scalefree import CONSISTENCY_NORMS, SIM_FORMS
+    from model.train import TrainConfig
+
+    expected = {
+        "objective": OBJECTIVES,
+        "losses": tuple(LOSS_FAMILIES),
+        "sim_form": SIM_FORMS,
+        "consistency_norm": CONSISTENCY_NORMS,
+        "preset": tuple(PRESETS),
+    }
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    train_params = {p.name: p for p in main.commands["train"].params}
+    for name, choices in expected.items():
+        p = train_params[name]
+        assert isinstance(p.type, click.Choice), name
+        assert sorted(p.type.choices) == sorted(choices), name
+        assert p.default == defaults[name], name
+    density = {p.name: p for p in main.commands["embed"].params}["density"]
+    assert sorted(density.type.choices) == sorted(DENSITY_CHOICES)
