@@ -207,6 +207,14 @@ def test_demo_reuses_only_runs_of_the_same_settings(world: World, tmp_path):  # 
     ckpt = torch.load(runs / "similarity" / "last.pt", weights_only=False)
     assert ckpt["config"]["losses"] == "scale-free"
     assert ckpt["config"]["init"] == str(runs / "fidelity")
+    # a stage's own batch size is used, capped by what the corpus allows (the last argument)
+    small = (("fidelity", 1.0, None, {"batch_size": 4}),)
+    train_objectives(world.shards, tmp_path / "small", 1, 8, plan=small, step=said.append)
+    ckpt = torch.load(tmp_path / "small" / "fidelity" / "last.pt", weights_only=False)
+    assert ckpt["config"]["batch_size"] == 4
+    big = (("fidelity", 1.0, None, {"batch_size": 16}),)
+    with pytest.raises(WorkflowError, match=r"batch_size 4 -> 8"):
+        train_objectives(world.shards, tmp_path / "small", 1, 8, plan=big, step=said.append)
 
 
 @pytest.mark.slow

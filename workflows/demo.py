@@ -43,23 +43,30 @@ log = logging.getLogger(__name__)
 SAMPLE = Path(__file__).resolve().parents[1] / "sample"
 
 #: (objective, which share of --epochs it trains, the objective whose run initialises it,
-#: TrainConfig settings of the run). Staged like the paper (each objective starts from the one
-#: before), so the consistency model has had all three stages. Settings chosen on the
-#: population's VALIDATION split at the demo's budget (docs/convergence.md, "The demo's
-#: budget"): after 6-12 epochs a model's two latents still lie close to one line (σ_min/σ_max
-#: 0.03 at the default peak LR 1e-3); a peak LR of 3e-3 gets 0.14 (1e-2: 0.05), and the
-#: scale-free losses with the whitened consistency term (the converged study's choice) cannot
-#: buy invariance by flattening the latents further.
-FAST = {"lr": 3e-3}
+#: TrainConfig settings of the run; a batch_size there is capped by the corpus's). Staged like
+#: the paper (each objective starts from the one before), so the consistency model has had all
+#: three stages. Settings chosen on the population's VALIDATION split at the demo's budget
+#: (docs/convergence.md, "The demo's budget"): a model's two latents stay close to one line
+#: until it has taken ~2,000 optimiser steps at a high learning rate (σ_min/σ_max 0.02-0.14
+#: after 6-16 epochs at batch 16-64). Batch 8 buys those steps in the demo's minutes (12
+#: epochs: 0.22), and the scale-free similarity started from there opens the second dimension
+#: (0.41 after 4 epochs); the whitened consistency term keeps it open (0.48) because it
+#: cannot be lowered by flattening the latents.
+FAST = {"lr": 3e-3, "batch_size": 8}
 SCALE_FREE = {"losses": "scale-free"}
 DEMO_PLAN: tuple[tuple[str, float, str | None, dict], ...] = (
     ("fidelity", 1.0, None, FAST),
-    ("similarity", 1.0, "fidelity", {**FAST, **SCALE_FREE}),
+    ("similarity", 1 / 3, "fidelity", {**FAST, **SCALE_FREE}),
     (
         "consistency",
-        0.5,
+        1 / 6,
         "similarity",
-        {**SCALE_FREE, "consistency_norm": "whitened", "consistency_weight": 100.0},
+        {
+            **SCALE_FREE,
+            "consistency_norm": "whitened",
+            "consistency_weight": 100.0,
+            "batch_size": 16,
+        },
     ),
 )
 
@@ -160,6 +167,9 @@ def train_objectives(
 ) -> list[Path]:
     """Train one cpu-small run per objective of `plan` into RUNS/<objective>; returns the runs.
 
+    `batch_size` is the largest batch the corpus allows; a stage that asks for a smaller one
+    gets it.
+
     A run that finished (its last.pt reached the epochs it was started with) is reused, not
     retrained; an interrupted one (a Ctrl-C mid-run) is resumed from its last.pt. Raises
     WorkflowError when a run cannot be trained or resumed.
@@ -170,9 +180,10 @@ def train_objectives(
     done = []
     for objective, share, init, *more in plan:
         settings = dict(more[0]) if more else {}
+        batch = min(int(settings.pop("batch_size", batch_size)), batch_size)
         run = runs / objective
         done.append(run)
-        n_epochs = max(1, int(epochs * share))
+        n_epochs = max(1, round(epochs * share))
         resume = False
         if (run / "config.json").exists() and (run / "last.pt").exists():
             try:
@@ -181,7 +192,7 @@ def train_objectives(
                 raise WorkflowError(str(e)) from None
             # reuse (or resume) only what these settings made: a run of other epochs, batch
             # size or shards is another experiment, and reusing it would mislabel the results
-            differs = _settings_differ(last, n_epochs, batch_size, shards_dir, settings)
+            differs = _settings_differ(last, n_epochs, batch, shards_dir, settings)
             if differs:
                 raise WorkflowError(
                     f"{run} was made with other settings ({differs}); remove {run.parent} or "
@@ -202,7 +213,7 @@ def train_objectives(
                     objective=objective,
                     preset="cpu-small",
                     epochs=n_epochs,
-                    batch_size=batch_size,
+                    batch_size=batch,
                     init=str(runs / init) if init else None,
                     resume=resume,
                     progress=sys.stderr.isatty(),
@@ -256,13 +267,12 @@ def evaluate_runs(runs: list[Path], step: Say = log.info, echo: Say = print) -> 
 
 #: galaxies in the demo's SYNTHETIC population: 15 % of them (>= 300) make the test split
 DEMO_POPULATION_N = 2400
-#: epochs of the demo's fidelity and similarity runs on the population (consistency: half)
-DEMO_POPULATION_EPOCHS = 6
-#: batch size on the population: on a CPU a batch of 16 trains about as many spectra per second
-#: as one of 64, so the same minutes buy 4x the optimiser steps; at 6 epochs that is what gets
-#: the second latent dimension started (validation σ_min/σ_max 0.14 vs 0.02 at batch 64; and
-#: L_fid 2.07 vs 2.33)
-DEMO_POPULATION_BATCH = 16
+#: epochs of the demo's fidelity run on the population (DEMO_PLAN's shares: similarity 4,
+#: consistency 2)
+DEMO_POPULATION_EPOCHS = 12
+#: the largest batch on the population; the plan's stages ask for smaller ones (8, 16): on a CPU
+#: a small batch trains nearly as many spectra per second, so the same minutes buy more steps
+DEMO_POPULATION_BATCH = 64
 
 
 def population_available() -> str | None:
@@ -340,8 +350,8 @@ def run_demo(
     its test split, asked what their latents know about the physics, and run on the real
     galaxies; otherwise they train on the few real galaxies (machinery only).
 
-    `epochs` is for the fidelity and similarity runs (consistency gets half; default
-    DEMO_POPULATION_EPOCHS with the population, 60 without); `workers` are local Dask worker
+    `epochs` is for the fidelity run (similarity gets a third, consistency a sixth: DEMO_PLAN;
+    default DEMO_POPULATION_EPOCHS with the population, 60 without); `workers` are local Dask worker
     processes for fetch, build and the generator (None: the libraries' defaults).
     """
     from etl.release import load_release
