@@ -423,8 +423,8 @@ def explore_cmd(
     "--epochs",
     1,
     None,
-    "Epochs for the fidelity and similarity runs (consistency gets half); default 6 on "
-    "the SYNTHETIC population, 60 on the real sample.",
+    "Epochs of the fidelity run (similarity gets a third, consistency a sixth); default 12 "
+    "on the SYNTHETIC population, 60 on the real sample.",
 )
 @count_option(
     "--population",

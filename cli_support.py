@@ -175,6 +175,16 @@ def train_options(command: Callable) -> Callable:
             "(spender 0.3's).",
         ),
         click.option(
+            "--augment",
+            type=click.Choice(["interpolate", "pixel-shift"]),
+            default="interpolate",
+            show_default=True,
+            help="How consistency moves a spectrum to its new redshift: linear interpolation "
+            "(broadens lines by up to half a pixel), or whole pixels on the log-uniform SDSS "
+            "grid (z_new rounded to the nearest pixel step; line widths and noise untouched). "
+            "Validation measures the shift with interpolate either way.",
+        ),
+        click.option(
             "--preset",
             type=click.Choice(["paper", "cpu-small"]),
             default="cpu-small",

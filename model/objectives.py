@@ -53,6 +53,7 @@ def step_losses(
     sim_form: str = "restframe",
     consistency_weight: float = 1.0,
     consistency_norm: str = "mean-variance",
+    augment: str = "interpolate",
 ) -> dict[str, torch.Tensor]:
     """Loss terms of one batch. `terms` ⊆ {"fidelity", "similarity", "consistency"}.
 
@@ -60,6 +61,7 @@ def step_losses(
     2023 equations (model/losses.py; `sigma_s` applies) or the scale-free ones
     (model/scalefree.py; `sim_form` "restframe" or "observed" picks the spectral side).
     `consistency_weight` multiplies L_c in the total (the paper and spender 0.3 use 1).
+    `augment` is how the consistency copies are moved in redshift (`redshift_augment`'s mode).
 
     `model` is what is called (maybe DDP-wrapped or compiled); `core` is the bare
     `SpectrumAutoencoder` (for its grids). With "consistency", the batch and its redshift-
@@ -82,7 +84,7 @@ def step_losses(
     x, w, z = batch["flux"], batch["ivar"], batch["z"]
     n = x.shape[0]
     if "consistency" in terms:
-        xa, wa, za = redshift_augment(x, w, z, core.wave_obs, generator, z_aug_max)
+        xa, wa, za = redshift_augment(x, w, z, core.wave_obs, generator, z_aug_max, augment)
         x, w, z = torch.cat([x, xa]), torch.cat([w, wa]), torch.cat([z, za])
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
         s_all, x_rest_all, x_obs_all = model(x, w, z)

@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from model.augment import AUGMENT_MODES
 from model.autoencoder import PRESET_BATCH, PRESETS, ModelConfig, SpectrumAutoencoder
 from model.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -95,6 +96,9 @@ class TrainConfig:
     # σ_s is only reachable by tightening it while the shifts shrink
     sigma_s_start: float | None = None
     z_aug_max: float = 0.5
+    # how the consistency term's copies are moved in redshift (model.augment.AUGMENT_MODES);
+    # validation always measures with "interpolate", so runs stay comparable
+    augment: str = "interpolate"
     verify_shards: bool = True
     device: str = "auto"
     progress: bool = True
@@ -117,6 +121,8 @@ class TrainConfig:
                 f"--consistency-norm must be one of {CONSISTENCY_NORMS}, "
                 f"not {self.consistency_norm!r}"
             )
+        if self.augment not in AUGMENT_MODES:
+            raise TrainError(f"--augment must be one of {AUGMENT_MODES}, not {self.augment!r}")
         family = LOSS_FAMILIES[self.losses]
         if self.k0 is None:
             self.k0 = family["k0"]
@@ -308,6 +314,7 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
                 cfg.sim_form,
                 cfg.consistency_weight,
                 cfg.consistency_norm,
+                augment=cfg.augment,
             )
             opt.zero_grad(set_to_none=True)
             parts["total"].backward()
@@ -435,6 +442,7 @@ _RESUME_KEYS = (
     "sigma_s",
     "sigma_s_start",
     "z_aug_max",
+    "augment",
     "cache_on_device",
 )
 

@@ -77,6 +77,7 @@ def test_choices_and_defaults_are_the_models_own():
     this ties each list, and each default, to the constant the model checks against."""
     import dataclasses
 
+    from model.augment import AUGMENT_MODES
     from model.autoencoder import PRESETS
     from model.latent_density import DENSITY_CHOICES
     from model.objectives import LOSS_FAMILIES, OBJECTIVES
@@ -88,6 +89,7 @@ def test_choices_and_defaults_are_the_models_own():
         "losses": tuple(LOSS_FAMILIES),
         "sim_form": SIM_FORMS,
         "consistency_norm": CONSISTENCY_NORMS,
+        "augment": AUGMENT_MODES,
         "preset": tuple(PRESETS),
     }
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from reference_impl import conv_block_reference_forward
 
@@ -65,6 +66,59 @@ def test_augmentation_moves_spectrum_to_new_redshift():
     # same seed, same draw
     xb, _, zb = redshift_augment(x, w, z, wave_obs, torch.Generator().manual_seed(0))
     assert torch.equal(za, zb) and torch.equal(xa, xb)
+
+
+def _line_width_px(x: torch.Tensor, centre: int) -> torch.Tensor:
+    """RMS width in pixels of the emission line around pixel `centre` (continuum 1 removed)."""
+    k = torch.arange(centre - 12, centre + 13)
+    f = (x[:, k] - 1).clamp(min=0)
+    mean = (f * k).sum(1) / f.sum(1)
+    return ((f * (k - mean[:, None]) ** 2).sum(1) / f.sum(1)).sqrt()
+
+
+def test_pixel_shift_augmentation_keeps_line_widths_and_noise():
+    """A half-pixel shift by interpolation broadens a narrow line; whole-pixel shifts move
+    every pixel's own flux and weight, so line widths and noise are untouched."""
+    wave_obs = torch.tensor(default_wave_obs())
+    n, m = 400, len(wave_obs)
+    rng = torch.Generator().manual_seed(1)
+    z = torch.rand(n, generator=rng, dtype=torch.float64) * 0.3
+    centre = 2000  # a line 1.2 pixels wide (σ ≈ 83 km/s, like a galaxy's) at pixel 2000
+    k = torch.arange(m, dtype=torch.float64)
+    x = 1 + 3 * torch.exp(-0.5 * ((k - centre) / 1.2) ** 2)
+    x = x.expand(n, -1).clone()
+    w = torch.full_like(x, 4.0)
+    w[:, 100:110] = 0  # a masked stretch travels with its pixels
+    xa, wa, za = redshift_augment(
+        x, w, z, wave_obs, torch.Generator().manual_seed(0), 0.5, "pixel-shift"
+    )
+    shift = torch.round(torch.log((1 + za) / (1 + z)) / torch.log(wave_obs[1] / wave_obs[0]))
+    # z_new is a whole number of pixels away, within [0, z_max]
+    step = torch.log((1 + za) / (1 + z)) / torch.log(wave_obs[1] / wave_obs[0])
+    assert torch.allclose(step, shift, atol=1e-6) and ((za >= 0) & (za <= 0.5 + 3e-4)).all()
+    for i in range(5):
+        s = int(shift[i])
+        j = torch.arange(max(0, s), min(m, m + s))
+        assert torch.equal(xa[i, j], x[i, j - s]) and torch.equal(wa[i, j], w[i, j - s])
+        outside = torch.ones(m, dtype=torch.bool)
+        outside[j] = False
+        assert (wa[i, outside] == 0).all()
+    # the line keeps its width; linear interpolation broadens it (by up to half a pixel)
+    inside = shift.abs() < 1500
+    moved = torch.stack([xa[i].roll(-int(shift[i])) for i in range(n)])[inside]
+    assert torch.allclose(
+        _line_width_px(moved, centre), torch.tensor(1.2, dtype=torch.float64), atol=0.02
+    )
+    xi, _, zi = redshift_augment(x, w, z, wave_obs, torch.Generator().manual_seed(0), 0.5)
+    frac = torch.log((1 + zi) / (1 + z)) / torch.log(wave_obs[1] / wave_obs[0])
+    near_half = ((frac - frac.round()).abs() > 0.4) & (frac.abs() < 1500)
+    assert near_half.sum() > 10
+    back = torch.stack([xi[i].roll(-int(frac[i].round())) for i in range(n)])[near_half]
+    assert (_line_width_px(back, centre) > 1.25).all()
+    # a grid that is not log-uniform (DESI's is linear in λ) is refused
+    linear = torch.linspace(3600.0, 9800.0, m, dtype=torch.float64)
+    with pytest.raises(ValueError, match="log-uniform"):
+        redshift_augment(x, w, z, linear, None, 0.5, "pixel-shift")
 
 
 def test_pool_first_conv_block_equals_the_textbook_order():

@@ -265,3 +265,25 @@ def test_latent_sv_ratio_tells_a_line_from_a_cloud():
     assert math.isnan(latent_sv_ratio(cloud[:1]))
     assert math.isnan(latent_sv_ratio(torch.full((5, 2), float("nan"))))  # a diverged model
     assert latent_sv_ratio(torch.cat([cloud, torch.full((3, 2), float("inf"))])) > 0.8
+
+
+def test_consistency_trains_with_pixel_shift_copies():
+    """--augment pixel-shift reaches the consistency term (the copies sit a whole number of
+    pixels away), and an unknown mode is refused by the config."""
+    from model.autoencoder import PRESETS, SpectrumAutoencoder
+    from model.objectives import step_losses
+
+    torch.manual_seed(0)
+    core = SpectrumAutoencoder(PRESETS["cpu-small"])
+    x = 1 + 0.1 * torch.randn(4, core.wave_obs.shape[0])
+    batch = {"flux": x, "ivar": torch.ones_like(x), "z": torch.tensor([0.05, 0.1, 0.2, 0.3])}
+    terms = ("fidelity", "consistency")
+    parts = step_losses(
+        core, core, batch, terms, generator=torch.Generator().manual_seed(0),
+        losses="scale-free", consistency_norm="whitened", augment="pixel-shift",
+    )  # fmt: skip
+    assert torch.isfinite(parts["total"]) and parts["latent_shift"] > 0
+    parts["total"].backward()
+    assert all(torch.isfinite(p.grad).all() for p in core.parameters() if p.grad is not None)
+    with pytest.raises(TrainError, match="--augment must be one of"):
+        TrainConfig(shards="s", run="r", augment="sinc")
