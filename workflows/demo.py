@@ -49,7 +49,7 @@ SAMPLE = Path(__file__).resolve().parents[1] / "sample"
 #: (docs/convergence.md, "The demo's budget"): a model's two latents stay close to one line
 #: until it has taken ~2,000 optimiser steps at a high learning rate (σ_min/σ_max 0.02-0.14
 #: after 6-16 epochs at batch 16-64). Batch 8 buys those steps in the demo's minutes (12
-#: epochs: 0.22), and the scale-free similarity started from there opens the second dimension
+#: epochs: 0.23), and the scale-free similarity started from there opens the second dimension
 #: (0.41 after 4 epochs); the whitened consistency term keeps it open (0.48) because it
 #: cannot be lowered by flattening the latents.
 FAST = {"lr": 3e-3, "batch_size": 8}
