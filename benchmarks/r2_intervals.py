@@ -10,6 +10,13 @@ straddles 0 means the test split cannot tell the two apart.
     python benchmarks/r2_intervals.py --pop /work/conv/pop --reference R/fid-120 \
         --run R/conw-w100-48 --run R/sim-sf-80 --json r2.json
 
+A model may also be a stage of spender 0.3 that `benchmarks/spender_compare.py` trained,
+written `spender:WORK/spender-converged/con` (needs the `compare` extra), so the side-by-side's
+R² gaps get the same test:
+
+    python benchmarks/r2_intervals.py --pop /work/conv/pop \
+        --reference spender:/work/spender-compare/spender-converged/con --run R/conw-w100-48
+
 THE SPECTRA ARE SYNTHETIC (bagpipes galaxies observed with real SDSS noise and masks).
 """
 
@@ -18,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -36,52 +44,69 @@ from model.interpretability import (  # noqa: E402
 )
 
 SPLITS = ("train", "valid", "test")
+#: parameters the latents should NOT know (a redshift-invariant latent space has z R² ~ 0)
+UNWANTED = ("TRUE_Z",)
 
 
-def predictions(run: Path, shards: Path, truth_cat: dict) -> tuple[dict, dict]:
-    """({param: test predictions}, truths by split) of a run's latents."""
+def encoder_of(spec: str, shards: Path) -> tuple[str, Callable[[str], tuple]]:
+    """(label, split → (latents, specobjids)) of a run folder or of `spender:STAGE_DIR`."""
+    if spec.startswith("spender:"):
+        from spender_compare import encode_rows, load_spender
+
+        stage = Path(spec.removeprefix("spender:"))
+        model = load_spender(stage, shards)
+        return f"spender-{stage.name}", lambda split: encode_rows(model, shards, split)
+    run = Path(spec)
+    return run.name, lambda split: encode_split(run, shards, split)[:2]
+
+
+def predictions(spec: str, shards: Path, truth_cat: dict) -> tuple[str, dict, dict]:
+    """(label, {param: test predictions}, truths by split) of a model's latents."""
+    label, encode = encoder_of(spec, shards)
     lat, truths = {}, {}
     for split in SPLITS:
-        s, ids, _ = encode_split(run, shards, split)
+        s, ids = encode(split)
         lat[split], truths[split] = s, truths_for(truth_cat, ids)
-    return {p: knn_test_predictions(lat, truths, p)[0] for p in TARGETS}, truths
+    return label, {p: knn_test_predictions(lat, truths, p)[0] for p in TARGETS}, truths
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pop", type=Path, required=True, help="population DATA folder")
-    ap.add_argument("--reference", type=Path, required=True, help="run to compare against")
-    ap.add_argument("--run", type=Path, action="append", required=True)
+    ap.add_argument("--reference", required=True, help="run (or spender:STAGE) to compare against")
+    ap.add_argument("--run", action="append", required=True, help="run folder or spender:STAGE")
     ap.add_argument("--n-boot", type=int, default=2000)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     release = load_release("dr16")
     shards = args.pop / release.name / "shards"
     truth_cat = read_truth_catalog(args.pop / release.name / "catalog.fits")
-    ref, truths = predictions(args.reference, shards, truth_cat)
-    out = {"reference": args.reference.name, "n_test": len(truths["test"]["TRUE_Z"]), "runs": {}}
+    ref_label, ref, truths = predictions(args.reference, shards, truth_cat)
+    out = {"reference": ref_label, "n_test": len(truths["test"]["TRUE_Z"]), "runs": {}}
     print(
-        f"R²(run) − R²({args.reference.name}) on the same {out['n_test']} SYNTHETIC test galaxies,"
+        f"R²(run) − R²({ref_label}) on the same {out['n_test']} SYNTHETIC test galaxies,"
         f" 95% paired bootstrap interval ({args.n_boot} draws)"
     )
     for run in args.run:
-        pred, truths_run = predictions(run, shards, truth_cat)
+        label, pred, truths_run = predictions(run, shards, truth_cat)
         rows = {}
         for p in TARGETS:
             y = truths_run["test"][p]
             assert (y == truths["test"][p]).all(), "runs must share the test split"
             rows[p] = paired_r2_bootstrap(y, pred[p], ref[p], n_boot=args.n_boot)
             r = rows[p]
-            verdict = (
-                "within noise"
-                if r["lo"] <= 0 <= r["hi"]
-                else ("better" if r["lo"] > 0 else "worse")
-            )
+            more = r["lo"] > 0  # the run knows more of it than the reference
+            if r["lo"] <= 0 <= r["hi"]:
+                verdict = "within noise"
+            elif p in UNWANTED:  # latents should not know z: knowing more is worse
+                verdict = "worse (knows more z)" if more else "better (knows less z)"
+            else:
+                verdict = "better" if more else "worse"
             print(
-                f"  {run.name:18s} {p:14s} R² {r['r2_a']:.3f} vs {r['r2_b']:.3f}: "
+                f"  {label:18s} {p:14s} R² {r['r2_a']:.3f} vs {r['r2_b']:.3f}: "
                 f"Δ {r['delta']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}] {verdict}"
             )
-        out["runs"][run.name] = rows
+        out["runs"][label] = rows
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n")
 
