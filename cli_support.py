@@ -182,7 +182,7 @@ def train_options(command: Callable) -> Callable:
             help="How consistency moves a spectrum to its new redshift: linear interpolation "
             "(broadens lines by up to half a pixel), or whole pixels on the log-uniform SDSS "
             "grid (z_new rounded to the nearest pixel step; line widths and noise untouched). "
-            "Validation measures the shift with interpolate either way.",
+            "Training's validation uses the same copies; specetl evaluate uses interpolate.",
         ),
         click.option(
             "--preset",

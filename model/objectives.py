@@ -142,11 +142,13 @@ def evaluate(
     sim_form: str = "restframe",
     consistency_weight: float = 1.0,
     consistency_norm: str = "mean-variance",
+    augment: str = "interpolate",
 ) -> dict[str, float]:
     """Row-weighted mean of each loss term over `batches` (model in eval mode).
 
     The augmentation redshifts are drawn from a generator seeded with `seed`, so repeated
-    evaluations of the same model give the same numbers. L_sim is evaluated at fixed (k0, k1)
+    evaluations of the same model give the same numbers; `augment` is how the copies are made
+    (`redshift_augment`'s mode: training validates with its own). L_sim is evaluated at fixed (k0, k1)
     (the paper's Table 1 uses k0 = 2.5, k1 = 1). Returns {"fidelity", ["similarity",
     "consistency", "latent_shift"], "total", "n", "sv_ratio"}; "sv_ratio" is the smaller over
     the larger singular value of the centred latents of all rows (0: they lie on a line, the
@@ -176,6 +178,7 @@ def evaluate(
             sim_form,
             consistency_weight,
             consistency_norm,
+            augment=augment,
         )
         for k, v in parts.items():
             sums[k] = sums.get(k, 0.0) + float(v) * b

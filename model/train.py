@@ -96,8 +96,9 @@ class TrainConfig:
     # σ_s is only reachable by tightening it while the shifts shrink
     sigma_s_start: float | None = None
     z_aug_max: float = 0.5
-    # how the consistency term's copies are moved in redshift (model.augment.AUGMENT_MODES);
-    # validation always measures with "interpolate", so runs stay comparable
+    # how the consistency term's copies are moved in redshift (model.augment.AUGMENT_MODES), in
+    # training and in its validation (which picks best.pt, so it must judge what is trained);
+    # `specetl evaluate` and benchmarks/convergence.py measure every run with "interpolate"
     augment: str = "interpolate"
     verify_shards: bool = True
     device: str = "auto"
@@ -360,6 +361,7 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
                 cfg.sim_form,
                 cfg.consistency_weight,
                 cfg.consistency_norm,
+                augment=cfg.augment,
             )
             n = max(float(sums[0]), 1.0)
             stop_if_not_finite(float(sums[1]) / n, valid["total"], epoch + 1, run)

@@ -285,5 +285,16 @@ def test_consistency_trains_with_pixel_shift_copies():
     assert torch.isfinite(parts["total"]) and parts["latent_shift"] > 0
     parts["total"].backward()
     assert all(torch.isfinite(p.grad).all() for p in core.parameters() if p.grad is not None)
+    # training's validation judges the copies it trains on (it picks best.pt)
+    from model.objectives import evaluate
+
+    def shift(mode: str) -> float:
+        got = evaluate(
+            core, [batch], torch.device("cpu"), terms, losses="scale-free",
+            consistency_norm="whitened", augment=mode,
+        )  # fmt: skip
+        return got["latent_shift"]
+
+    assert shift("pixel-shift") != shift("interpolate")
     with pytest.raises(TrainError, match="--augment must be one of"):
         TrainConfig(shards="s", run="r", augment="sinc")
