@@ -134,6 +134,42 @@ def real_object_groups() -> dict[str, tuple[str, str]]:
     return out
 
 
+#: the half of an object from --more-objects: never looked at while the score was designed
+UNSEEN = "unseen"
+
+
+def more_object_groups(folder: Path, known: set[str]) -> dict[str, tuple[str, str]]:
+    """{file: (group, "unseen")} of the spec-lite files under `folder` that are not in sample/
+    (by file name), grouped by their OWN HDU 2 row as `real_object_groups` groups the sample:
+    GALAXY (`is_galaxy`), QSO (z <= 0.5), STAR, SKY (`is_sky_fibre`); others are left out."""
+    from astropy.io import fits
+
+    out = {}
+    for path in sorted(folder.rglob("spec-*.fits")):
+        if path.name in known:
+            continue
+        with fits.open(path) as h:
+            d = h[2].data
+            r = {
+                "CLASS": str(d["CLASS"][0]).strip(),
+                "Z": float(d["Z"][0]),
+                "ZWARNING": int(d["ZWARNING"][0]),
+                "path": path,
+            }
+        if is_galaxy(r):
+            g = NEGATIVE
+        elif r["CLASS"] == "QSO" and r["Z"] <= 0.5:
+            g = "QSO"
+        elif r["CLASS"] == "STAR":
+            g = "STAR"
+        elif is_sky_fibre(r):
+            g = "SKY"
+        else:
+            continue
+        out[str(path)] = (g, UNSEEN)
+    return out
+
+
 def auc_table(
     scores: dict[str, np.ndarray], group: np.ndarray, keep: np.ndarray
 ) -> dict[str, float | None]:
@@ -149,7 +185,9 @@ def auc_table(
     return out
 
 
-def score_run(run: Path, work: Path, shards: Path | None, device: str) -> dict:
+def score_run(
+    run: Path, work: Path, shards: Path | None, device: str, more: Path | None = None
+) -> dict:
     """Figures of --run: the run copied into `work`, its outlier model fitted there, real objects
     scored with the mixture and the flow (see the module doc)."""
     from model.checkpoint import load_model
@@ -183,6 +221,8 @@ def score_run(run: Path, work: Path, shards: Path | None, device: str) -> dict:
         refit=True,
     )
     groups = real_object_groups()
+    if more is not None:
+        groups.update(more_object_groups(more, {Path(f).name for f in groups}))
     out, errors = embed_spectra(
         scratch, list(groups), work / f"{run.name}-real.fits", device=device
     )
@@ -246,9 +286,13 @@ def score_run(run: Path, work: Path, shards: Path | None, device: str) -> dict:
         "counts": {
             f"{grp}/{h}": int(((g == grp) & (half == h)).sum())
             for grp in (NEGATIVE, *POSITIVE_GROUPS)
-            for h in ("valid", "test")
+            for h in ("valid", "test", UNSEEN)
         },
         "test_objects": {k: auc_table(v, g, half == "test") for k, v in per_density.items()},
+        # the unseen positives of --more-objects against every real galaxy (sample and unseen)
+        "unseen_positives_vs_all_galaxies": {
+            k: auc_table(v, g, (half == UNSEEN) | (g == NEGATIVE)) for k, v in per_density.items()
+        },
         "all_objects_not_held_out": {
             k: auc_table(v, g, np.ones(len(g), bool)) for k, v in per_density.items()
         },
@@ -278,7 +322,7 @@ def print_run_figures(f: dict) -> None:
         f"(their AUC, all positives: {f['validation_objects_auc']})"
     )
     print(f"its AUC on the test objects: {f['picked_test_auc']} (goal >= 0.95, all positives)")
-    for where in ("test_objects", "all_objects_not_held_out"):
+    for where in ("test_objects", "unseen_positives_vs_all_galaxies", "all_objects_not_held_out"):
         print(f"ROC AUC, {where.replace('_', ' ')}:")
         print(f"  {'density':8s} {'score':17s} " + " ".join(f"{p:>8s}" for p in AUC_GROUPS))
         for kind, table in f[where].items():
@@ -293,7 +337,7 @@ def print_run_figures(f: dict) -> None:
 def main_run(args: argparse.Namespace) -> None:
     figures = []
     for run in args.run:
-        f = score_run(run, args.work, args.shards, args.device)
+        f = score_run(run, args.work, args.shards, args.device, args.more_objects)
         print(json.dumps(f, indent=1))
         figures.append(f)
     for f in figures:
@@ -320,6 +364,13 @@ def main() -> None:
     )
     ap.add_argument(
         "--shards", type=Path, default=None, help="with --run: its shards (default: the run's own)"
+    )
+    ap.add_argument(
+        "--more-objects",
+        type=Path,
+        default=None,
+        help="with --run: a folder of further real spec-lite files (e.g. a download of SDSS "
+        "spectra); those not in sample/ are scored as unseen objects, grouped by their HDU 2",
     )
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
