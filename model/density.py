@@ -141,9 +141,11 @@ class SnrTrend:
         y = np.asarray(log_chi2_train, dtype=np.float64)
         ok = np.isfinite(x) & np.isfinite(y)
         x, y = x[ok], y[ok]
+        if len(x) == 0:  # nothing to measure a trend on: χ² is judged as it is
+            return cls(0.0, 0.0, 0.0, 0.0)
         lo, hi = (float(q) for q in np.quantile(x, TREND_RANGE))
         if len(x) < 3 or hi <= lo:  # no spread in S/N: no trend to measure
-            return cls(float(np.median(y)) if len(y) else 0.0, 0.0, lo, hi)
+            return cls(float(np.median(y)), 0.0, lo, hi)
         slope, intercept = np.polyfit(x, y, 1)
         return cls(float(intercept), float(slope), lo, hi)
 

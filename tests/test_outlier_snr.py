@@ -121,3 +121,12 @@ def test_median_snr_of_the_valid_pixels():
     # independent of the flux scale: x·c with ivar/c² gives the same S/N
     np.testing.assert_allclose(median_snr(flux * 7, ivar / 49).numpy(), got.numpy(), rtol=1e-6)
     assert torch.isnan(median_snr(flux, torch.zeros_like(ivar))).all()
+
+
+def test_trend_without_spread_in_snr_is_flat():
+    from model.density import SnrTrend
+
+    y = np.log([0.5, 1.0, 2.0, 4.0])
+    flat = SnrTrend.fit(np.full(4, 2.0), y)  # every spectrum at one S/N: no slope to measure
+    assert flat.slope == 0 and flat.intercept == pytest.approx(np.median(y))
+    assert SnrTrend.fit(np.array([]), np.array([])).slope == 0
