@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from explore_fixtures import is_galaxy, is_sky_fibre, sample_rows  # noqa: E402
+from explore_fixtures import is_galaxy, object_group, sample_rows  # noqa: E402
 
 import etl.synthetic.from_real as mc  # noqa: E402
 from etl.build import build_shards  # noqa: E402
@@ -107,24 +107,14 @@ PICK_SCORES = ("outlier_score", "outlier_score_v2")
 def real_object_groups() -> dict[str, tuple[str, str]]:
     """{file: (group, half)} of the bundled real objects that --run scores.
 
-    Groups: GALAXY (`is_galaxy`), QSO (z <= 0.5), STAR, SKY (a sky fibre: SOURCETYPE SKY in its
-    HDU 2, CLASS GALAXY). Halves "valid"/"test" alternate by SPECOBJID within each group, so
+    Groups: `explore_fixtures.object_group` (GALAXY, QSO at z <= 0.5, STAR, SKY: a sky fibre,
+    SOURCETYPE SKY in its HDU 2, CLASS GALAXY). Halves "valid"/"test" alternate by SPECOBJID within each group, so
     each half has about half of every group.
     """
     by_group: dict[str, list[tuple[int, str]]] = {}
     for r in sample_rows():
-        if not r["path"].exists():
-            continue
-        z = float(r["Z"])
-        if is_galaxy(r):
-            g = NEGATIVE
-        elif r["CLASS"] == "QSO" and z <= 0.5:
-            g = "QSO"
-        elif r["CLASS"] == "STAR":
-            g = "STAR"
-        elif is_sky_fibre(r):
-            g = "SKY"
-        else:
+        g = object_group(r) if r["path"].exists() else None
+        if g is None:
             continue
         by_group.setdefault(g, []).append((int(r["SPECOBJID"]), str(r["path"])))
     out = {}
@@ -140,8 +130,8 @@ UNSEEN = "unseen"
 
 def more_object_groups(folder: Path, known: set[str]) -> dict[str, tuple[str, str]]:
     """{file: (group, "unseen")} of the spec-lite files under `folder` that are not in sample/
-    (by file name), grouped by their OWN HDU 2 row as `real_object_groups` groups the sample:
-    GALAXY (`is_galaxy`), QSO (z <= 0.5), STAR, SKY (`is_sky_fibre`); others are left out."""
+    (by file name), grouped by their OWN HDU 2 row as `real_object_groups` groups the sample
+    (`object_group`); others are left out."""
     from astropy.io import fits
 
     out = {}
@@ -156,17 +146,9 @@ def more_object_groups(folder: Path, known: set[str]) -> dict[str, tuple[str, st
                 "ZWARNING": int(d["ZWARNING"][0]),
                 "path": path,
             }
-        if is_galaxy(r):
-            g = NEGATIVE
-        elif r["CLASS"] == "QSO" and r["Z"] <= 0.5:
-            g = "QSO"
-        elif r["CLASS"] == "STAR":
-            g = "STAR"
-        elif is_sky_fibre(r):
-            g = "SKY"
-        else:
-            continue
-        out[str(path)] = (g, UNSEEN)
+        g = object_group(r)
+        if g is not None:
+            out[str(path)] = (g, UNSEEN)
     return out
 
 

@@ -37,11 +37,19 @@ def is_galaxy(r: dict) -> bool:
 
 def non_galaxy_paths() -> list[Path]:
     """The real anomalies: quasars at z <= 0.5 and stars."""
-    return [
-        r["path"]
-        for r in sample_rows()
-        if (r["CLASS"] == "QSO" and float(r["Z"]) <= 0.5) or r["CLASS"] == "STAR"
-    ]
+    return [r["path"] for r in sample_rows() if object_group(r) in ("QSO", "STAR")]
+
+
+def object_group(r: dict) -> str | None:
+    """The outlier tests' group of a real row (CLASS, Z, ZWARNING, path): "GALAXY"
+    (`is_galaxy`), "QSO" (z <= 0.5), "STAR", "SKY" (`is_sky_fibre`), or None (left out)."""
+    if is_galaxy(r):
+        return "GALAXY"
+    if r["CLASS"] == "QSO" and float(r["Z"]) <= 0.5:
+        return "QSO"
+    if r["CLASS"] == "STAR":
+        return "STAR"
+    return "SKY" if is_sky_fibre(r) else None
 
 
 def is_sky_fibre(r: dict) -> bool:
