@@ -185,6 +185,16 @@ def train_options(command: Callable) -> Callable:
             "Training's validation uses the same copies; specetl evaluate uses interpolate.",
         ),
         click.option(
+            "--encoder-frame",
+            type=click.Choice(["observed", "restframe"]),
+            default="observed",
+            show_default=True,
+            help="Frame the encoder reads spectra in: observed pixels (the paper's; invariance "
+            "to redshift must be learnt), or restframe (each spectrum first placed at "
+            "λ/(1+z) with its catalogue z, so moving it in z only changes the wavelengths "
+            "its window covers). An observed-frame run can --init a restframe one.",
+        ),
+        click.option(
             "--preset",
             type=click.Choice(["paper", "cpu-small"]),
             default="cpu-small",

@@ -46,11 +46,11 @@ def shifts(run: Path, shards: Path, split: str, seed: int = 0) -> dict[str, floa
     for rows in iter_shard_batches(shards, [split], 256):
         x, w = torch.from_numpy(rows["flux"]), torch.from_numpy(rows["ivar"])
         z = torch.from_numpy(np.asarray(rows["z"], dtype=np.float32))
-        s = model.encoder(x, w)
+        s = model.encode(x, w, z)
         lat.append(s.numpy())
         for mode in AUGMENT_MODES:
-            xa, wa, _ = redshift_augment(x, w, z, model.wave_obs, gens[mode], 0.5, mode)
-            dist[mode].append((s - model.encoder(xa, wa)).norm(dim=-1).numpy())
+            xa, wa, za = redshift_augment(x, w, z, model.wave_obs, gens[mode], 0.5, mode)
+            dist[mode].append((s - model.encode(xa, wa, za)).norm(dim=-1).numpy())
     latents = np.concatenate(lat)
     return {
         m: scale_free_shift(latents, float(np.concatenate(d).mean()))["scale_free_shift"]

@@ -166,7 +166,8 @@ def build_spender(wave_obs: np.ndarray, wave_rest: torch.Tensor) -> tuple[nn.Mod
 class SpenderAsSpecetl(nn.Module):
     """spender's autoencoder behind specetl's model interface, so the same evaluation code runs
     on both: forward(x, w, z) → (s, restframe model, observed-frame model on `wave_obs`),
-    encoder(x, w) → s. Masked pixels (w = 0) are fed as 0, as specetl's encoder does."""
+    encode(x, w, z) → s (spender's encoder reads the observed frame: z unused). Masked pixels
+    (w = 0) are fed as 0, as specetl's encoder does."""
 
     def __init__(self, ae: nn.Module, instrument: nn.Module) -> None:
         super().__init__()
@@ -174,11 +175,11 @@ class SpenderAsSpecetl(nn.Module):
         self.register_buffer("wave_obs", instrument.wave_obs.float().clone())
         self.register_buffer("wave_rest", ae.decoder.wave_rest.float().clone())
 
-    def encoder(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def encode(self, x: torch.Tensor, w: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return self.ae.encode(x * (w > 0))
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, z: torch.Tensor):
-        s = self.encoder(x, w)
+        s = self.encode(x, w, z)
         rest = self.ae.decode(s)
         obs = self.ae.decoder.transform(rest, instrument=self.instrument, z=z)
         return s, rest, obs
@@ -396,7 +397,8 @@ def encode_rows(model: nn.Module, shards: Path, split: str) -> tuple[np.ndarray,
     for rows in iter_shard_batches(shards, [split], 512):
         ids.append(rows["specobjid"])
         x, w = torch.from_numpy(rows["flux"]), torch.from_numpy(rows["ivar"])
-        lat.append(model.encoder(x, w).float().numpy())
+        z = torch.as_tensor(rows["z"], dtype=torch.float32)
+        lat.append(model.encode(x, w, z).float().numpy())
     return np.concatenate(lat), np.array([int(v) for v in np.concatenate(ids)], dtype=object)
 
 

@@ -2,6 +2,15 @@
 
 The decoder emits a *restframe* spectrum on a fixed grid (Å); the observed model is that spectrum
 evaluated at λ_obs/(1+z), so the latents never need to encode redshift.
+
+The encoder reads the spectrum in one of two frames (`ModelConfig.encoder_frame`):
+- "observed" (the paper's): the observed-frame pixels as they are. The same galaxy at another
+  redshift lands on other pixels, so invariance must be learnt (the similarity and consistency
+  terms exist for that).
+- "restframe": the spectrum is first placed on a log-uniform restframe grid at λ_obs/(1+z), using
+  the catalogue redshift. Moving a galaxy in z then only changes which restframe pixels the
+  observed window covers, so the encoder is redshift-aware by construction and only the coverage
+  is left to learn. It needs z wherever it encodes (every shard and catalogue row has it).
 """
 
 from __future__ import annotations
@@ -17,6 +26,9 @@ from model.interp import interp1d
 
 #: SDSS observed grid: log10 λ = LOGLAM0 + DLOGLAM·k, k = 0…NPIX-1 (vacuum Å).
 LOGLAM0, DLOGLAM, NPIX = 3.578, 1e-4, 3921
+
+#: frames the encoder can read a spectrum in (see the module docstring); the first is the default
+ENCODER_FRAMES = ("observed", "restframe")
 
 
 def default_wave_obs() -> np.ndarray:
@@ -39,6 +51,9 @@ class ModelConfig:
     wave_rest_min: float = 2359.0  # Å
     wave_rest_max: float = 9332.0  # Å
     npix: int = NPIX
+    # "observed" or "restframe" (ENCODER_FRAMES). The frame changes no weight's shape, so a
+    # restframe encoder can start from an observed-frame run's weights (--init)
+    encoder_frame: str = "observed"
 
     def to_dict(self) -> dict:
         """Plain-python dict (lists, not tuples) for JSON and weights_only checkpoints."""
@@ -159,6 +174,31 @@ def redshift(
     return interp1d(wave_obs[None, :] / (1 + z[:, None]), wave_rest, x_rest)
 
 
+def restframe_encoder_grid(cfg: ModelConfig, wave_obs: np.ndarray) -> np.ndarray:
+    """The restframe encoder's input grid in Å: log-uniform over the decoder's restframe span,
+    with the observed grid's median log step (SDSS: 1e-4 dex, 5,972 pixels for 2359–9332 Å).
+
+    With the observed grid's own step, a whole-pixel redshift copy (`--augment pixel-shift`)
+    lands on the same restframe pixels as its original, so the encoder input of the two differs
+    only where the observed window covers other restframe wavelengths."""
+    log_wave = np.log10(np.asarray(wave_obs, dtype=np.float64))
+    step = float(np.median(np.diff(log_wave)))
+    lo, hi = np.log10(cfg.wave_rest_min), np.log10(cfg.wave_rest_max)
+    return 10.0 ** (lo + step * np.arange(int(np.floor((hi - lo) / step)) + 1))
+
+
+def to_restframe(
+    x: torch.Tensor, wave_obs: torch.Tensor, wave_enc: torch.Tensor, z: torch.Tensor
+) -> torch.Tensor:
+    """Place observed spectra `x` (B, M) on the restframe grid `wave_enc` (Å): x(λ·(1+z)).
+
+    Coordinates are interpolated in log λ and float64 so that two copies of one spectrum a
+    whole number of pixels apart get identical inputs; 0 outside the observed window (as a
+    masked pixel is fed)."""
+    pos = torch.log(wave_enc.double())[None, :] + torch.log1p(z.double())[:, None]
+    return interp1d(pos, torch.log(wave_obs.double()), x.double()).to(x.dtype)
+
+
 class SpectrumAutoencoder(nn.Module):
     """Encoder + decoder + redshift transform. `wave_obs` / `wave_rest` are buffers (saved)."""
 
@@ -171,12 +211,29 @@ class SpectrumAutoencoder(nn.Module):
         self.register_buffer("wave_obs", torch.as_tensor(np.asarray(wo), dtype=torch.float32))
         wr = torch.linspace(cfg.wave_rest_min, cfg.wave_rest_max, cfg.n_rest, dtype=torch.float64)
         self.register_buffer("wave_rest", wr.float())
+        if cfg.encoder_frame not in ENCODER_FRAMES:
+            raise ValueError(
+                f"encoder_frame must be one of {ENCODER_FRAMES}, not {cfg.encoder_frame!r}"
+            )
+        grid = None
+        if cfg.encoder_frame == "restframe":
+            grid = torch.from_numpy(restframe_encoder_grid(cfg, self.wave_obs.double().numpy()))
+        # derived from the config and wave_obs, so not saved: checkpoints keep their keys
+        self.register_buffer("wave_enc", grid, persistent=False)
+
+    def encode(self, x: torch.Tensor, w: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Latents (B, S) of normalised observed flux `x` (B, M) with weights `w` (B, M) at
+        redshifts `z` (B,); an observed-frame encoder ignores `z`."""
+        if self.wave_enc is None:
+            return self.encoder(x, w)
+        x_in = to_restframe(x * (w > 0), self.wave_obs, self.wave_enc, z)
+        return self.encoder(x_in, torch.ones_like(x_in))
 
     def forward(
         self, x: torch.Tensor, w: torch.Tensor, z: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns latents s (B, S), restframe model x' (B, L), observed model x'' (B, M)."""
-        s = self.encoder(x, w)
+        s = self.encode(x, w, z)
         x_rest = self.decoder(s)
         x_obs = redshift(x_rest.float(), self.wave_rest, self.wave_obs, z.float())
         return s, x_rest, x_obs
@@ -187,6 +244,7 @@ class SpectrumAutoencoder(nn.Module):
 
 __all__ = [
     "ModelConfig",
+    "ENCODER_FRAMES",
     "PRESETS",
     "PRESET_BATCH",
     "ConvBlock",
@@ -195,4 +253,6 @@ __all__ = [
     "SpectrumAutoencoder",
     "redshift",
     "default_wave_obs",
+    "restframe_encoder_grid",
+    "to_restframe",
 ]

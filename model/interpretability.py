@@ -54,7 +54,8 @@ def encode_split(
         ids.append(rows["specobjid"])
         zs.append(rows["z"])
         flux, ivar = torch.from_numpy(rows["flux"]), torch.from_numpy(rows["ivar"])
-        lat.append(model.encoder(flux, ivar).float().numpy())
+        z = torch.as_tensor(rows["z"], dtype=torch.float32)
+        lat.append(model.encode(flux, ivar, z).float().numpy())
     as_ints = np.array([int(v) for v in np.concatenate(ids)], dtype=object)
     return np.concatenate(lat), as_ints, np.concatenate(zs)
 

@@ -184,7 +184,7 @@ def evaluate(
             sums[k] = sums.get(k, 0.0) + float(v) * b
         # an encoder pass more (cheap beside the decoder and the augmented copies) for the shape
         # of the latent cloud, which no loss term reports
-        latents.append(model.encoder(batch["flux"], batch["ivar"]).float())
+        latents.append(model.encode(batch["flux"], batch["ivar"], batch["z"]).float())
         n += b
     model.train(was_training)
     out = {k: v / max(n, 1) for k, v in sums.items()}
@@ -212,7 +212,7 @@ def collect_latents(
     ss, zs, n = [], [], 0
     for batch in batches:
         batch = to_device(batch, device)
-        ss.append(model.encoder(batch["flux"], batch["ivar"]).float().cpu())
+        ss.append(model.encode(batch["flux"], batch["ivar"], batch["z"]).float().cpu())
         zs.append(batch["z"].cpu())
         n += len(zs[-1])
         if n >= max_n:

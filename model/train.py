@@ -26,7 +26,13 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from model.augment import AUGMENT_MODES
-from model.autoencoder import PRESET_BATCH, PRESETS, ModelConfig, SpectrumAutoencoder
+from model.autoencoder import (
+    ENCODER_FRAMES,
+    PRESET_BATCH,
+    PRESETS,
+    ModelConfig,
+    SpectrumAutoencoder,
+)
 from model.checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
@@ -100,6 +106,9 @@ class TrainConfig:
     # training and in its validation (which picks best.pt, so it must judge what is trained);
     # `specetl evaluate` and benchmarks/convergence.py measure every run with "interpolate"
     augment: str = "interpolate"
+    # the frame the encoder reads spectra in (model.autoencoder.ENCODER_FRAMES): "observed" (the
+    # paper's) or "restframe" (placed at λ/(1+z) first: redshift-aware by construction)
+    encoder_frame: str = "observed"
     verify_shards: bool = True
     device: str = "auto"
     progress: bool = True
@@ -124,6 +133,10 @@ class TrainConfig:
             )
         if self.augment not in AUGMENT_MODES:
             raise TrainError(f"--augment must be one of {AUGMENT_MODES}, not {self.augment!r}")
+        if self.encoder_frame not in ENCODER_FRAMES:
+            raise TrainError(
+                f"--encoder-frame must be one of {ENCODER_FRAMES}, not {self.encoder_frame!r}"
+            )
         family = LOSS_FAMILIES[self.losses]
         if self.k0 is None:
             self.k0 = family["k0"]
@@ -198,19 +211,27 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
     valid_shards = list_shards(cfg.shards, "valid", verify=cfg.verify_shards and main)
     wave_obs = read_wave_obs(train_shards[0])
     mcfg = PRESETS[cfg.preset]
-    mcfg = ModelConfig.from_dict({**mcfg.to_dict(), "npix": len(wave_obs)})
+    mcfg = ModelConfig.from_dict(
+        {**mcfg.to_dict(), "npix": len(wave_obs), "encoder_frame": cfg.encoder_frame}
+    )
 
     torch.manual_seed(cfg.seed)  # parameter init, identical on every rank
     core = SpectrumAutoencoder(mcfg, wave_obs).to(device)
     if cfg.init:
         init_model, init_ckpt = load_model(cfg.init)
         check_pixels(init_ckpt, len(wave_obs), f"--init {cfg.init}", cfg.shards)
-        if init_ckpt["model_config"] != mcfg.to_dict():
+        init_cfg = ModelConfig.from_dict(init_ckpt["model_config"]).to_dict()
+        # the encoder's frame changes no weight's shape: an observed-frame run may start a
+        # restframe one (and back); every other difference is a different network
+        if {**init_cfg, "encoder_frame": cfg.encoder_frame} != mcfg.to_dict():
             raise TrainError(f"--init {cfg.init}: model config differs from preset {cfg.preset}")
         core.load_state_dict(init_model.state_dict())
         if main:
             log.info(
-                "initialised from %s (objective %s)", cfg.init, init_ckpt["config"]["objective"]
+                "initialised from %s (objective %s, %s-frame encoder)",
+                cfg.init,
+                init_ckpt["config"]["objective"],
+                init_cfg["encoder_frame"],
             )
 
     if cfg.cache_on_device:
@@ -445,6 +466,7 @@ _RESUME_KEYS = (
     "sigma_s_start",
     "z_aug_max",
     "augment",
+    "encoder_frame",
     "cache_on_device",
 )
 

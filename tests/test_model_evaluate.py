@@ -130,8 +130,8 @@ def test_metrics_equal_a_plain_transcription_of_the_paper(result, runs, shards):
     assert result["L_sim"] == pytest.approx(total / n**2, rel=1e-4)
     # the documented augmentation: z_aug ~ U[0, 0.5] from a cpu Generator seeded with `seed`
     gen = torch.Generator().manual_seed(7)
-    xa, wa, _ = redshift_augment(x, w, z, model.wave_obs, gen, 0.5)
-    s_aug = model.encoder(xa, wa).double().numpy()
+    xa, wa, za = redshift_augment(x, w, z, model.wave_obs, gen, 0.5)
+    s_aug = model.encode(xa, wa, za).double().numpy()
     shift = np.linalg.norm(s - s_aug, axis=1)
     assert result["latent_shift"] == pytest.approx(shift.mean(), rel=1e-4)
     # L_c = 1/N Σ sigmoid(|s − s_aug|² / (2σ_s²)) − ½, σ_s = 0.1
