@@ -58,7 +58,8 @@ def losses_label(cfg: dict) -> str:
     """The loss family, with the consistency norm where it matters (scale-free consistency),
     whole-pixel copies and a restframe encoder where a run used them."""
     losses = cfg.get("losses", "paper-2023")
-    label = losses
+    # a fidelity run has no similarity or consistency term, whatever the family's setting
+    label = "–" if cfg["objective"] == "fidelity" else losses
     if losses == "scale-free" and cfg["objective"] == "consistency":
         label = f"{losses} ({cfg.get('consistency_norm', 'mean-variance')})"
     if cfg["objective"] == "consistency" and cfg.get("augment", "interpolate") != "interpolate":
