@@ -366,6 +366,7 @@ HEADER_COMMENTS = {
     "TRAINEP": "training epoch of the checkpoint",
     "OBJECTIV": "training objective of the run",
     "NLATENT": "dimension of the latent vector S",
+    "ENCFRAME": "frame the encoder reads: observed|restframe",
     "OUTLIERS": "outlier model (latent density, chi2/S/N scales)",
     "OUTLSHA": "sha256 of the outlier model",
     "SCOREDEF": "definition of OUTLIER_SCORE",
@@ -395,6 +396,8 @@ def provenance_header(
         "TRAINEP": int(ckpt.get("epoch", 0)),
         "OBJECTIV": str(ckpt.get("config", {}).get("objective", "")),
         "NLATENT": int(ckpt["model_config"]["n_latent"]),
+        # a restframe encoder's latents depend on the catalogue z it was given
+        "ENCFRAME": str(ckpt["model_config"].get("encoder_frame", "observed")),
         "OUTLIERS": os.path.abspath(run / OUTLIERS_FILE),
         "OUTLSHA": file_sha256(run / OUTLIERS_FILE),
         "SCOREDEF": om.definition.removeprefix("OUTLIER_SCORE = "),

@@ -17,7 +17,7 @@ from model.autoencoder import (
     restframe_encoder_grid,
     to_restframe,
 )
-from model.embed import iter_shard_batches
+from model.embed import embed_shards, iter_shard_batches, read_embedding
 from model.train import TrainConfig, TrainError, load_model, train
 
 H_ALPHA = 6564.61  # Å, vacuum
@@ -132,6 +132,19 @@ def test_restframe_run_starts_from_an_observed_one_and_reloads_as_restframe(shar
     train(TrainConfig(**base, run=str(rest_run), resume=True, **kw))
     model, ckpt = load_model(rest_run)
     assert ckpt["model_config"]["encoder_frame"] == "restframe" and model.wave_enc is not None
+    # embed hands each row's z to the encoder, and says which frame made the latents
+    cols, header = read_embedding(embed_shards(rest_run, tmp_path / "rest.fits", split="test"))
+    assert header["ENCFRAME"] == "restframe"
+    test = next(iter(iter_shard_batches(shards, ["test"], 1000)))
+    with torch.no_grad():
+        s = model.encode(
+            torch.from_numpy(test["flux"]),
+            torch.from_numpy(test["ivar"]),
+            torch.as_tensor(test["z"], dtype=torch.float32),
+        ).numpy()
+    by_id = {str(int(i)): k for k, i in enumerate(test["specobjid"])}
+    order = [by_id[str(i)] for i in cols["specobjid"]]
+    assert np.allclose(cols["s"], s[order], atol=1e-5)
     obs_model, obs_ckpt = load_model(tmp_path / "obs")
     assert obs_model.wave_enc is None
     # a checkpoint written before the setting existed loads as observed-frame
