@@ -176,13 +176,12 @@ def train_options(command: Callable) -> Callable:
         ),
         click.option(
             "--augment",
-            type=click.Choice(["interpolate", "pixel-shift", "auto"]),
+            type=click.Choice(["interpolate", "pixel-shift"]),
             default="interpolate",
             show_default=True,
             help="How consistency moves a spectrum to its new redshift: linear interpolation "
-            "(broadens lines by up to half a pixel), whole pixels on the log-uniform SDSS "
-            "grid (z_new rounded to the nearest pixel step; line widths and noise untouched), "
-            "or auto (whole pixels where the grid is log-uniform, else interpolation: DESI). "
+            "(broadens lines by up to half a pixel), or whole pixels on the log-uniform SDSS "
+            "grid (z_new rounded to the nearest pixel step; line widths and noise untouched). "
             "Training's validation uses the same copies; specetl evaluate uses interpolate.",
         ),
         click.option(

@@ -7,7 +7,7 @@ import torch
 from model.interp import interp1d
 
 #: how a spectrum is moved to its new redshift (see `redshift_augment`)
-AUGMENT_MODES = ("interpolate", "pixel-shift", "auto")
+AUGMENT_MODES = ("interpolate", "pixel-shift")
 
 
 def redshift_augment(
@@ -33,8 +33,6 @@ def redshift_augment(
       to the nearest such value (steps of ~2.3e-4 in 1+z) and the spectrum is moved by that
       many pixels: every pixel keeps its own flux and weight, line widths and noise untouched.
       A grid that is not log-uniform (DESI's is linear in λ) raises ValueError.
-    - "auto": "pixel-shift" where the grid is log-uniform (SDSS), else "interpolate" (DESI),
-      so one setting trains on every release.
 
     Weights are zeroed where that wavelength is outside the original coverage or touches a
     masked original pixel, so no pixel of the copy claims data the original did not have. Flux
@@ -47,15 +45,13 @@ def redshift_augment(
         wave_obs: (M,) observed grid, Å.
         generator: seeded generator for z_new (on the same device as `x`); None = global RNG.
         z_max: upper end of the new-redshift range.
-        mode: "interpolate", "pixel-shift" or "auto" (AUGMENT_MODES).
+        mode: "interpolate" or "pixel-shift" (AUGMENT_MODES).
 
     Returns:
         x_new (N, M), w_new (N, M), z_new (N,).
     """
     if mode not in AUGMENT_MODES:
         raise ValueError(f"unknown augmentation {mode!r}; choose from {AUGMENT_MODES}")
-    if mode == "auto":
-        mode = "pixel-shift" if is_log_uniform(wave_obs) else "interpolate"
     n = x.shape[0]
     z_new = torch.rand(n, generator=generator, device=x.device, dtype=torch.float32) * z_max
     if mode == "pixel-shift":
@@ -68,18 +64,13 @@ def redshift_augment(
     return x_new, w_new, z_new.to(z.dtype)
 
 
-def is_log_uniform(wave_obs: torch.Tensor) -> bool:
-    """Whether the grid's pixels are equal steps in log λ (SDSS: yes; DESI's linear grid: no)."""
-    step = torch.log(wave_obs.double()).diff()
-    # a float32 grid's log steps scatter by ~1e-3 of a step; a linear grid's by a factor ~2.6
-    return len(step) > 0 and float((step - step.mean()).abs().max()) <= 1e-2 * float(step.mean())
-
-
 def log_pixel(wave_obs: torch.Tensor) -> float:
     """ln(λ_{k+1}/λ_k) of a log-uniform grid; ValueError when the grid is not log-uniform."""
-    if not is_log_uniform(wave_obs):
-        raise ValueError("pixel-shift augmentation needs a log-uniform wavelength grid")
     ln = torch.log(wave_obs.double())
+    step = ln.diff()
+    # a float32 grid's log steps scatter by ~1e-3 of a step; a linear grid's by a factor ~2.6
+    if len(step) == 0 or float((step - step.mean()).abs().max()) > 1e-2 * float(step.mean()):
+        raise ValueError("pixel-shift augmentation needs a log-uniform wavelength grid")
     return float((ln[-1] - ln[0]) / (len(ln) - 1))
 
 

@@ -119,11 +119,6 @@ def test_pixel_shift_augmentation_keeps_line_widths_and_noise():
     linear = torch.linspace(3600.0, 9800.0, m, dtype=torch.float64)
     with pytest.raises(ValueError, match="log-uniform"):
         redshift_augment(x, w, z, linear, None, 0.5, "pixel-shift")
-    # "auto": whole pixels on the log-uniform grid, interpolation on the linear one
-    for grid, mode in ((wave_obs, "pixel-shift"), (linear, "interpolate")):
-        got = redshift_augment(x, w, z, grid, torch.Generator().manual_seed(0), 0.5, "auto")
-        want = redshift_augment(x, w, z, grid, torch.Generator().manual_seed(0), 0.5, mode)
-        assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True)), mode
 
 
 def test_pool_first_conv_block_equals_the_textbook_order():
