@@ -32,7 +32,8 @@ def redshift_augment(
       number of pixels when (1+z_new)/(1+z) is a power of the pixel ratio, so z_new is rounded
       to the nearest such value (steps of ~2.3e-4 in 1+z) and the spectrum is moved by that
       many pixels: every pixel keeps its own flux and weight, line widths and noise untouched.
-      A grid that is not log-uniform (DESI's is linear in λ) raises ValueError.
+      A grid that is not log-uniform raises ValueError (every release's shards are log-uniform:
+      DESI's linear pixels are rebinned onto SDSS's 1e-4 dex lattice by the ETL).
 
     Weights are zeroed where that wavelength is outside the original coverage or touches a
     masked original pixel, so no pixel of the copy claims data the original did not have. Flux

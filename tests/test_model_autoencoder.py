@@ -115,7 +115,7 @@ def test_pixel_shift_augmentation_keeps_line_widths_and_noise():
     assert near_half.sum() > 10
     back = torch.stack([xi[i].roll(-int(frac[i].round())) for i in range(n)])[near_half]
     assert (_line_width_px(back, centre) > 1.25).all()
-    # a grid that is not log-uniform (DESI's is linear in λ) is refused
+    # a grid that is not log-uniform (DESI's native one is linear in λ) is refused
     linear = torch.linspace(3600.0, 9800.0, m, dtype=torch.float64)
     with pytest.raises(ValueError, match="log-uniform"):
         redshift_augment(x, w, z, linear, None, 0.5, "pixel-shift")
