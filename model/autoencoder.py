@@ -176,7 +176,7 @@ def redshift(
 
 def restframe_encoder_grid(cfg: ModelConfig, wave_obs: np.ndarray) -> np.ndarray:
     """The restframe encoder's input grid in Å: log-uniform over the decoder's restframe span,
-    with the observed grid's median log step (SDSS: 1e-4 dex, 5,972 pixels for 2359–9332 Å).
+    with the observed grid's median log step (SDSS: 1e-4 dex, 5,973 pixels for 2359–9332 Å).
 
     With the observed grid's own step, a whole-pixel redshift copy (`--augment pixel-shift`)
     lands on the same restframe pixels as its original, so the encoder input of the two differs
