@@ -239,9 +239,12 @@ def test_ctrl_c_during_build_shards_is_one_line_and_the_rerun_completes(
     cmd = [sys.executable, "-c", "from cli import main; main()", "build-shards"]
     cmd += ["--data-dir", str(data), "--workers", "2", "--shard-size", "1"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # the child starts with Ctrl-C at its default, as from a terminal: an ignored SIGINT would be
+    # inherited from this process (whatever an earlier test left) and Python would keep ignoring it
     proc = subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     shards = data / "dr16" / "shards"
     deadline = time.monotonic() + 120
