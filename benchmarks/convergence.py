@@ -131,7 +131,10 @@ def _measure(run: Path, shards: Path, truth_cat: dict, floors: dict) -> dict:
 def _add_pixel_shift(out: dict, run: Path, shards: Path) -> None:
     """The scale-free shift with whole-pixel copies, beside the interpolated one."""
     for split in ("valid", "test"):
-        out[split]["scale_free_px"] = shifts(run, shards, split)["pixel-shift"]
+        # the interpolated shift is evaluate_run's already; only the whole-pixel one is new
+        out[split]["scale_free_px"] = shifts(run, shards, split, modes=("pixel-shift",))[
+            "pixel-shift"
+        ]
 
 
 def doubling(short: Path, long: Path) -> dict:

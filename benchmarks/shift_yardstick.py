@@ -37,18 +37,21 @@ from model.interpretability import scale_free_shift  # noqa: E402
 
 
 @torch.no_grad()
-def shifts(run: Path, shards: Path, split: str, seed: int = 0) -> dict[str, float]:
-    """{mode: scale-free shift} of `run` on `split`, every mode from the same z_new draws."""
+def shifts(
+    run: Path, shards: Path, split: str, seed: int = 0, modes: tuple[str, ...] = AUGMENT_MODES
+) -> dict[str, float]:
+    """{mode: scale-free shift} of `run` on `split` for each of `modes`, every mode from the
+    same z_new draws."""
     model, _ = load_model(run, device="cpu")
     model.eval()
-    lat, dist = [], {m: [] for m in AUGMENT_MODES}
-    gens = {m: torch.Generator().manual_seed(seed) for m in AUGMENT_MODES}
+    lat, dist = [], {m: [] for m in modes}
+    gens = {m: torch.Generator().manual_seed(seed) for m in modes}
     for rows in iter_shard_batches(shards, [split], 256):
         x, w = torch.from_numpy(rows["flux"]), torch.from_numpy(rows["ivar"])
         z = torch.from_numpy(np.asarray(rows["z"], dtype=np.float32))
         s = model.encode(x, w, z)
         lat.append(s.numpy())
-        for mode in AUGMENT_MODES:
+        for mode in modes:
             xa, wa, za = redshift_augment(x, w, z, model.wave_obs, gens[mode], 0.5, mode)
             dist[mode].append((s - model.encode(xa, wa, za)).norm(dim=-1).numpy())
     latents = np.concatenate(lat)
