@@ -92,6 +92,13 @@ def load_model(
     # the observed grid is a saved buffer: build with the checkpoint's own (4360 pixels for
     # DESI, 4648 for SDSS-V), not the DR16 default, or loading it fails on the shape
     wave_obs = ckpt["model"].get("wave_obs")
+    if wave_obs is not None and not bool(torch.isfinite(wave_obs).all()):
+        # a saved buffer, never trained: only a damaged file has NaN there (and the restframe
+        # encoder's grid is derived from it)
+        raise TrainError(
+            f"{path}: its observed wavelength grid (wave_obs) is not finite; the checkpoint is "
+            "damaged: use another one of the run or retrain it"
+        )
     model = SpectrumAutoencoder(
         ModelConfig.from_dict(ckpt["model_config"]),
         None if wave_obs is None else wave_obs.cpu().numpy(),
