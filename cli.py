@@ -190,6 +190,8 @@ def train_cmd(skip_verify: bool, **options: object) -> None:
       specetl train --shards DATA/dr16/shards --run runs/sim --objective similarity --epochs 20
       specetl train --shards DATA/dr16/shards --run runs/con --objective consistency \\
           --init runs/sim --epochs 10
+    The paper's encoder (observed pixels, interpolated copies; ~1.7x faster per CPU step):
+      specetl train ... --encoder-frame observed --augment interpolate
     Several GPUs/processes (DDP; rank 0 writes; "--" keeps torchrun off our options):
       torchrun --nproc_per_node 4 -m cli -- train --shards ... --run ...
     """

@@ -71,7 +71,7 @@ def test_embed_cli_writes_exact_ids_scores_and_provenance(trained, tmp_path):
     assert np.all(np.diff(cols["outlier_score"][order]) <= 0)
     assert header["OBJKEY"] == "PLATE,MJD,FIBERID"
     assert header["CKPTSHA"] == file_sha256(run / "best.pt")
-    assert header["ENCFRAME"] == "observed"
+    assert header["ENCFRAME"] == "restframe"  # the frame `specetl train` defaults to
     assert header["INDEXSHA"] == index_sha256(shards)
     assert header["OUTLSHA"] == file_sha256(run / OUTLIERS_FILE)
     # the score is the sum of its three terms, robust z-scores against the train split

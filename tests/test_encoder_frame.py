@@ -116,7 +116,8 @@ def test_only_the_restframe_encoder_reads_z(rows):
 
 def test_restframe_run_starts_from_an_observed_one_and_reloads_as_restframe(shards, tmp_path):
     base = dict(shards=str(shards), preset="cpu-small", batch_size=8, seed=1, progress=False)
-    train(TrainConfig(**base, run=str(tmp_path / "obs"), objective="fidelity", epochs=1))
+    obs = dict(objective="fidelity", epochs=1, encoder_frame="observed")
+    train(TrainConfig(**base, run=str(tmp_path / "obs"), **obs))
     rest_run = tmp_path / "rest"
     kw = dict(
         objective="consistency", epochs=2, init=str(tmp_path / "obs"), lr=3e-4,

@@ -18,6 +18,7 @@ from model.train import (
     TrainError,
     load_checkpoint,
     load_model,
+    saved_setting,
     sigma_s_schedule,
     train,
 )
@@ -240,6 +241,46 @@ def test_resume_with_more_epochs_says_how_to_train_longer(shards, tmp_path):
     again = CliRunner().invoke(main, [*suggested, *common[1:]])
     assert again.exit_code == 0, again.output
     assert _metrics(tmp_path / "longer")[0]["epoch"] == 1
+
+
+def test_resume_reads_a_setting_the_checkpoint_lacks_as_it_was_then(shards, tmp_path):
+    """A checkpoint written before a setting existed was trained with the code of its day, not
+    with today's default: a paper-2023, observed-frame run from before --losses, --augment and
+    --encoder-frame must not resume under today's scale-free restframe defaults."""
+    from model.checkpoint import save_checkpoint
+    from workflows.demo import _settings_differ
+
+    run = tmp_path / "old"
+    old = dict(losses="paper-2023", encoder_frame="observed", augment="interpolate")
+    train(_cfg(shards, run, objective="consistency", epochs=2, **old), stop_after_epoch=1)
+    ckpt = load_checkpoint(run / "last.pt")
+    recorded_later = ("losses", "consistency_weight", "consistency_norm", "augment")
+    for key in (*recorded_later, "encoder_frame", "sim_form", "sigma_s_start"):
+        del ckpt["config"][key]
+    del ckpt["model_config"]["encoder_frame"]
+    save_checkpoint(ckpt, run / "last.pt")
+    with pytest.raises(TrainError) as err:  # today's defaults
+        train(_cfg(shards, run, objective="consistency", epochs=2, resume=True))
+    for change in (
+        "losses: 'paper-2023' → 'scale-free'",
+        "consistency_weight: 1.0 → 100.0",
+        "consistency_norm: 'mean-variance' → 'whitened'",
+        "augment: 'interpolate' → 'pixel-shift'",
+        "encoder_frame: 'observed' → 'restframe'",
+    ):
+        assert change in str(err.value)
+    # the demo reads an old run the same way
+    differs = _settings_differ(ckpt, 2, 8, shards, {"losses": "paper-2023"})
+    assert "encoder_frame observed -> restframe" in differs
+    assert "augment interpolate -> pixel-shift" in differs
+    # with the settings it was trained with, it resumes and finishes
+    same = dict(consistency_weight=1.0, consistency_norm="mean-variance", **old)
+    train(_cfg(shards, run, objective="consistency", epochs=2, resume=True, **same))
+    assert [m["epoch"] for m in _metrics(run)] == [1, 2]
+    assert load_model(run)[0].wave_enc is None  # and it is still an observed-frame model
+    assert saved_setting({}, "z_aug_max") == TrainConfig.z_aug_max  # recorded from the start
+    with pytest.raises(KeyError):
+        saved_setting({}, "no_such_setting")
 
 
 def test_sigma_s_schedule_is_geometric_from_start_to_target():
