@@ -210,7 +210,8 @@ def train_objectives(
             resume = True
             step(f"train {objective}: resuming {run} after epoch {last['epoch']}/{n_epochs}")
         else:
-            step(f"train {objective} ({n_epochs} epochs, cpu-small)")
+            frame = settings.get("encoder_frame", TrainConfig.encoder_frame)
+            step(f"train {objective} ({n_epochs} epochs, cpu-small, {frame}-frame encoder)")
         try:
             train(
                 TrainConfig(
