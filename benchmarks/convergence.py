@@ -48,6 +48,7 @@ from model.interpretability import (  # noqa: E402
     singular_ratio,
     truths_for,
 )
+from model.train import saved_setting  # noqa: E402
 
 SPLITS = ("train", "valid", "test")
 R2_SHOWN = ("TRUE_LOG_SSFR", "TRUE_AGE_MW", "TRUE_AV", "TRUE_SIGMA", "TRUE_Z")
@@ -57,15 +58,15 @@ DOUBLING_BAR = 0.02
 def losses_label(cfg: dict) -> str:
     """The loss family, with the consistency norm where it matters (scale-free consistency),
     whole-pixel copies and a restframe encoder where a run used them."""
-    losses = cfg.get("losses", "paper-2023")
+    losses = saved_setting(cfg, "losses")
     # a fidelity run has no similarity or consistency term, whatever the family's setting
     label = "–" if cfg["objective"] == "fidelity" else losses
     if losses == "scale-free" and cfg["objective"] == "consistency":
-        label = f"{losses} ({cfg.get('consistency_norm', 'mean-variance')})"
-    if cfg["objective"] == "consistency" and cfg.get("augment", "interpolate") != "interpolate":
+        label = f"{losses} ({saved_setting(cfg, 'consistency_norm')})"
+    if cfg["objective"] == "consistency" and saved_setting(cfg, "augment") != "interpolate":
         label += ", whole-pixel copies"
-    if cfg.get("encoder_frame", "observed") != "observed":
-        label += f", {cfg['encoder_frame']} encoder"
+    if saved_setting(cfg, "encoder_frame") != "observed":
+        label += f", {saved_setting(cfg, 'encoder_frame')} encoder"
     return label
 
 
@@ -143,21 +144,38 @@ def doubling(short: Path, long: Path) -> dict:
     return {"short": short.name, "long": long.name, "valid_L_fid": [a, b], "gain": gain}
 
 
+#: curve colours: (colour map, what the legend says) per kind of run (`curve_family`)
+CURVE_FAMILIES = {
+    "paper-2023": ("Greens", "green paper-2023"),
+    "mean-variance": ("Oranges", "orange scale-free mean-variance"),
+    "whitened": ("Blues", "blue scale-free whitened"),
+    "whole-pixel": ("Reds", "red whitened with whole-pixel copies"),
+    "restframe": ("Purples", "purple restframe encoder"),
+}
+
+
+def curve_family(cfg: dict) -> str:
+    """Which CURVE_FAMILIES colour a run's curves get (its TrainConfig dict; a setting it lacks
+    is read as the code then trained: `model.train.saved_setting`)."""
+    if saved_setting(cfg, "encoder_frame") == "restframe":
+        return "restframe"
+    if saved_setting(cfg, "losses") == "paper-2023":
+        return "paper-2023"
+    if saved_setting(cfg, "augment") == "pixel-shift":
+        return "whole-pixel"
+    return saved_setting(cfg, "consistency_norm")
+
+
 def plot_curves(runs: list[Path], floor: float, path: Path) -> None:
     """Three panels: validation L_fid of the fidelity and similarity runs (against the floor),
-    then validation L_fid and mean |s − s_aug| of the consistency runs, coloured by loss family
-    (greens paper-2023, oranges scale-free mean-variance, blues scale-free whitened)."""
+    then validation L_fid and mean |s − s_aug| of the consistency runs, coloured by
+    `curve_family`. The shift is each run's own validation: with its own copies (whole-pixel
+    or interpolated) and in its own latent units, so compare a curve's shape, not its height
+    across runs (the tables hold the scale-free figures on one yardstick)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    cmaps = {"paper-2023": "Greens", "mean-variance": "Oranges", "whitened": "Blues"}
-
-    def family(cfg: dict) -> str:
-        if cfg.get("losses", "paper-2023") == "paper-2023":
-            return "paper-2023"
-        return cfg.get("consistency_norm", "mean-variance")
 
     cfgs = {run: json.loads((run / "config.json").read_text())["train"] for run in runs}
     fig, ax = plt.subplots(1, 3, figsize=(16, 4.6))
@@ -165,10 +183,12 @@ def plot_curves(runs: list[Path], floor: float, path: Path) -> None:
     for run in runs:
         cfg, rows = cfgs[run], metrics_of(run)
         consistency = cfg["objective"] == "consistency"
-        key = (consistency, family(cfg))
+        key = (consistency, curve_family(cfg))
         k = seen[key] = seen.get(key, 0) + 1
-        n = sum(1 for r in runs if (cfgs[r]["objective"] == "consistency", family(cfgs[r])) == key)
-        colour = plt.get_cmap(cmaps[key[1]])(0.35 + 0.6 * k / max(n, 1))
+        n = sum(
+            1 for r in runs if (cfgs[r]["objective"] == "consistency", curve_family(cfgs[r])) == key
+        )
+        colour = plt.get_cmap(CURVE_FAMILIES[key[1]][0])(0.35 + 0.6 * k / max(n, 1))
         ep = [r["epoch"] for r in rows]
         fid = [r["valid_fidelity"] for r in rows]
         if not consistency:
@@ -179,15 +199,16 @@ def plot_curves(runs: list[Path], floor: float, path: Path) -> None:
     ax[0].axhline(floor, color="k", ls="--", lw=1, label="floor: L_fid of the truth")
     ax[0].set(xlabel="epoch", ylabel="validation L_fid", yscale="log", ylim=(0.3, 5))
     ax[0].set_title("fidelity and similarity runs")
-    ax[1].set(xlabel="epoch", ylabel="validation L_fid", ylim=(1.08, 1.4))
+    ax[1].set(xlabel="epoch", ylabel="validation L_fid", ylim=(1.05, 1.4))
     ax[1].set_title("consistency runs (from a similarity run)")
-    ax[2].set(xlabel="epoch", ylabel="validation mean |s - s_aug|", ylim=(0, None))
+    ax[2].set(xlabel="epoch", ylabel="validation mean |s - s_aug| (own copies)", ylim=(0, None))
     ax[2].set_title("consistency runs: redshift shift")
     ax[0].legend(fontsize=7)
     ax[2].legend(fontsize=7, ncol=2, loc="upper right")
+    present = [f for f in CURVE_FAMILIES if any(curve_family(c) == f for c in cfgs.values())]
     fig.suptitle(
-        "Convergence on the SYNTHETIC population (bagpipes + real SDSS noise); "
-        "green paper-2023, orange scale-free mean-variance, blue scale-free whitened"
+        "Convergence on the SYNTHETIC population (bagpipes + real SDSS noise)\n"
+        + ", ".join(CURVE_FAMILIES[f][1] for f in present)
     )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -257,6 +278,9 @@ def main() -> None:
     ap.add_argument("--runs", type=Path, nargs="+", required=True)
     ap.add_argument("--pair", action="append", default=[], help="SHORT:LONG run folders")
     ap.add_argument("--docs", type=Path, default=None)
+    ap.add_argument(
+        "--figure", type=Path, default=None, help="also draw the curves of these runs here (PNG)"
+    )
     ap.add_argument("--baseline", default=None, help="name of the fidelity run ratios are against")
     args = ap.parse_args()
     release = load_release("dr16")
@@ -308,6 +332,9 @@ def main() -> None:
     for p in pairs:
         verdict = "converged" if p["gain"] < DOUBLING_BAR else "NOT converged"
         print(f"doubling {p['short']} -> {p['long']}: valid L_fid gain {p['gain']:.1%} ({verdict})")
+    if args.figure:
+        plot_curves(args.runs, floors["valid"]["L_fid_truth"], args.figure)
+        print(f"wrote {args.figure}")
     if args.docs:
         args.docs.mkdir(parents=True, exist_ok=True)
         plot_curves(args.runs, floors["valid"]["L_fid_truth"], args.docs / "convergence.png")
