@@ -40,40 +40,27 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from model.checkpoint import load_model  # noqa: E402
-from model.data import list_shards  # noqa: E402
 from model.embed import embed_stream, iter_shard_batches  # noqa: E402
-from model.evaluate import evaluate_run  # noqa: E402
 from model.interpretability import scale_free_shift, singular_ratio  # noqa: E402
+from workflows.science import on_every_row  # noqa: E402
 
 SPLITS = ("train", "valid", "test")
 
 
-def measure(run: Path, real: Path, seed: int = 0) -> dict:
+def measure(run: Path, real: Path) -> dict:
     """The sim-to-real figures of one run on every row of the shards folder `real`."""
-    parts = []
     with tempfile.TemporaryDirectory() as tmp:  # evaluate's metrics.json, not kept
-        for split in SPLITS:
-            if not list_shards(real, split):  # an empty split of a small sample adds nothing
-                continue
-            parts.append(
-                evaluate_run(
-                    run, shards_dir=real, split=split, out_dir=Path(tmp) / split,
-                    seed=seed, figures=False, device="cpu",
-                )
-            )  # fmt: skip
-    n = sum(p["n"] for p in parts)
-    l_fid = sum(p["L_fid"] * p["n"] for p in parts) / n
-    shift = sum(p["latent_shift"] * p["n"] for p in parts) / n
+        m = on_every_row(run, real, Path(tmp))
     model, _ = load_model(run)
     table = embed_stream(model, iter_shard_batches(real, SPLITS), torch.device("cpu"))
     latents = table["s"].astype(np.float64)
     return {
         "run": str(run),
-        "n": n,
-        "L_fid": l_fid,
+        "n": m["n"],
+        "L_fid": m["L_fid"],
         "median_chi2": float(np.median(table["chi2"])),
-        "latent_shift": shift,
-        "scale_free_shift": scale_free_shift(latents, shift, seed)["scale_free_shift"],
+        "latent_shift": m["latent_shift"],
+        "scale_free_shift": scale_free_shift(latents, m["latent_shift"])["scale_free_shift"],
         "sv_ratio": singular_ratio(latents),
     }
 
@@ -82,7 +69,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--real", type=Path, required=True, help="shards folder of real galaxies")
     ap.add_argument("--runs", type=Path, nargs="+", required=True)
-    ap.add_argument("--seed", type=int, default=0, help="seeds the augmentation redshifts")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     rows = []
@@ -91,7 +77,7 @@ def main() -> None:
         "|---|---:|---:|---:|---:|---:|"
     )
     for run in args.runs:
-        r = measure(run, args.real, args.seed)
+        r = measure(run, args.real)
         rows.append(r)
         print(
             f"| {run.name} | {r['n']} | {r['L_fid']:.3f} | {r['median_chi2']:.2f} "

@@ -49,12 +49,36 @@ def echo_fidelity_floor(rows: list[dict], pop_dir: Path, rel, echo: Say = print)
     )
 
 
+def on_every_row(
+    run: Path, shards_dir: Path, out_root: Path, figures_split: str | None = None
+) -> dict:
+    """Table 1's L_fid and mean |s − s_aug| of `run` over every row of `shards_dir` (each split
+    evaluated into OUT_ROOT/eval-real-<split>, the means weighted by its rows), and n.
+
+    For shards the run was not trained on (the real galaxies beside a population-trained model):
+    all their splits are unseen data. `figures_split` also draws that split's figures."""
+    from model.evaluate import EvaluateError, evaluate_run
+
+    parts = []
+    for split in ("train", "valid", "test"):
+        try:
+            parts.append(
+                evaluate_run(
+                    run, shards_dir=shards_dir, split=split,
+                    out_dir=out_root / f"eval-real-{split}", figures=split == figures_split,
+                )
+            )  # fmt: skip
+        except EvaluateError as e:  # an empty split of a tiny sample: nothing to add
+            log.info("%s on %s %s: %s", run.name, shards_dir, split, e)
+    n = sum(p["n"] for p in parts)
+    return {k: sum(p[k] * p["n"] for p in parts) / n for k in ("L_fid", "latent_shift")} | {"n": n}
+
+
 def population_science(
     runs: list[Path], pop_dir: Path, real_shards: Path, rel, step: Say = log.info, echo: Say = print
 ) -> dict:
     """What the population-trained models know: kNN R² of log sSFR and z from the latents, the
     scale-free shift, each model on every real galaxy the demo fetched, a latent map."""
-    from model.evaluate import EvaluateError, evaluate_run
     from model.interpretability import (
         encode_split,
         interpretability,
@@ -106,23 +130,7 @@ def population_science(
     echo(f"latent maps coloured by log sSFR and z: {maps}")
 
     step("sim to real: the same models on every real galaxy the demo fetched")
-    real = {}
-    for run in runs:
-        parts = []
-        for split in ("train", "valid", "test"):
-            try:
-                parts.append(
-                    evaluate_run(
-                        run, shards_dir=real_shards, split=split,
-                        out_dir=run / f"eval-real-{split}", figures=split == "test",
-                    )
-                )  # fmt: skip
-            except EvaluateError as e:  # an empty split of a tiny sample: nothing to add
-                log.info("%s on real %s: %s", run.name, split, e)
-        n = sum(p["n"] for p in parts)
-        real[run.name] = {
-            k: sum(p[k] * p["n"] for p in parts) / n for k in ("L_fid", "latent_shift")
-        } | {"n": n}
+    real = {run.name: on_every_row(run, real_shards, run, figures_split="test") for run in runs}
     echo("")
     echo("The same models on the REAL bundled SDSS galaxies (never trained on):")
     echo(f"| {'run':<11} |   L_fid | mean abs(s − s_aug) |  n |")
