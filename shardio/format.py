@@ -18,6 +18,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from shardio.sink import FailSafeFile
+
 FORMAT = "specetl-shard"
 #: 2: exact string ids, the release's object key, per-row ``ra``/``dec``, and the split keyed
 #: on the sky position (etl.splits). build-shards rebuilds shards of an older version rather
@@ -182,11 +184,14 @@ class ShardWriter:
         self._scalars: dict[str, list[np.ndarray]] = {
             k: [] for k in self.datasets if k not in ("flux", "ivar")
         }
-        # no chunk cache: a write that fails (a full disk) then fails in append(), where it is
-        # handled, not at a later cache eviction or at close, after which HDF5 (2.0 here) was
-        # seen to crash the process. At real sizes nothing changes: a 256-row chunk of float32
-        # flux (4 MB) is larger than the default 1 MB cache, so it bypassed the cache anyway.
-        self._h5 = h5py.File(self.tmp, "w", rdcc_nbytes=0)
+        # HDF5 writes through a FailSafeFile, never to the disk itself: HDF5 (2.0 here) crashes
+        # the process closing a file after a failed write (a full disk). The sink records the
+        # failure and append()/close() raise it here. No chunk cache, so a failed chunk write
+        # is met in the append() that made it, not at a later eviction or at close. At real
+        # sizes that changes nothing: a 256-row chunk of float32 flux (4 MB) is larger than the
+        # default 1 MB cache, so it bypassed the cache anyway.
+        self._sink = FailSafeFile(self.tmp)
+        self._h5 = h5py.File(self._sink, "w", rdcc_nbytes=0)
         for name in ("flux", "ivar"):
             self._h5.create_dataset(
                 name,
@@ -223,6 +228,7 @@ class ShardWriter:
             ds = self._h5[name]
             ds.resize(self.rows + n, axis=0)
             ds[self.rows :] = data
+            self._sink.raise_error()
         for name, parts in self._scalars.items():
             if name == "specobjid" and self.datasets[name] == ID_DTYPE:
                 width = int(np.char.str_len(np.asarray(columns[name]).astype(str)).max(initial=0))
@@ -240,8 +246,8 @@ class ShardWriter:
             data = np.concatenate(parts) if parts else np.zeros(0, dtype=self.datasets[name])
             self._h5.create_dataset(name, data=data).attrs["units"] = DATASET_UNITS.get(name, "")
         self._h5.close()
-        with open(self.tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+        self._sink.fsync()  # raises the failed write's error, if one failed
+        self._sink.close()
         digest = sha256_file(self.tmp)
         os.replace(self.tmp, self.path)
         return digest
@@ -253,7 +259,6 @@ class ShardWriter:
         try:
             if self._h5.id.valid:
                 self._h5.close()
-        except (OSError, RuntimeError):
-            pass  # closing after a failed write (a full disk) can fail again; the file goes anyway
         finally:
+            self._sink.close()
             self.tmp.unlink(missing_ok=True)
