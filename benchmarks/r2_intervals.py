@@ -10,6 +10,10 @@ straddles 0 means the test split cannot tell the two apart.
     python benchmarks/r2_intervals.py --pop /work/conv/pop --reference R/fid-120 \
         --run R/conw-w100-48 --run R/sim-sf-80 --json r2.json
 
+`--split valid` measures the same differences on the validation split instead, which is what a
+setting is chosen by (k is chosen on that split too, so its R² are a little optimistic, alike for
+every model); the test split is for reporting only.
+
 A model may also be a stage of spender 0.3 that `benchmarks/spender_compare.py` trained,
 written `spender:WORK/spender-converged/con` (needs the `compare` extra), so the side-by-side's
 R² gaps get the same test:
@@ -60,14 +64,16 @@ def encoder_of(spec: str, shards: Path) -> tuple[str, Callable[[str], tuple]]:
     return run.name, lambda split: encode_split(run, shards, split)[:2]
 
 
-def predictions(spec: str, shards: Path, truth_cat: dict) -> tuple[str, dict, dict]:
-    """(label, {param: test predictions}, truths by split) of a model's latents."""
+def predictions(
+    spec: str, shards: Path, truth_cat: dict, split: str = "test"
+) -> tuple[str, dict, dict]:
+    """(label, {param: predictions on `split`}, truths by split) of a model's latents."""
     label, encode = encoder_of(spec, shards)
     lat, truths = {}, {}
-    for split in SPLITS:
-        s, ids = encode(split)
-        lat[split], truths[split] = s, truths_for(truth_cat, ids)
-    return label, {p: knn_test_predictions(lat, truths, p)[0] for p in TARGETS}, truths
+    for name in SPLITS:
+        s, ids = encode(name)
+        lat[name], truths[name] = s, truths_for(truth_cat, ids)
+    return label, {p: knn_test_predictions(lat, truths, p, split)[0] for p in TARGETS}, truths
 
 
 def main() -> None:
@@ -77,22 +83,30 @@ def main() -> None:
     ap.add_argument("--run", action="append", required=True, help="run folder or spender:STAGE")
     ap.add_argument("--n-boot", type=int, default=2000)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument(
+        "--split",
+        choices=("test", "valid"),
+        default="test",
+        help="split the R² are measured on: test to report, valid to choose settings by",
+    )
     args = ap.parse_args()
     release = load_release("dr16")
     shards = args.pop / release.name / "shards"
     truth_cat = read_truth_catalog(args.pop / release.name / "catalog.fits")
-    ref_label, ref, truths = predictions(args.reference, shards, truth_cat)
-    out = {"reference": ref_label, "n_test": len(truths["test"]["TRUE_Z"]), "runs": {}}
+    sp = args.split
+    ref_label, ref, truths = predictions(args.reference, shards, truth_cat, sp)
+    n = len(truths[sp]["TRUE_Z"])
+    out = {"reference": ref_label, "split": sp, f"n_{sp}": n, "runs": {}}
     print(
-        f"R²(run) − R²({ref_label}) on the same {out['n_test']} SYNTHETIC test galaxies,"
+        f"R²(run) − R²({ref_label}) on the same {n} SYNTHETIC {sp}-split galaxies,"
         f" 95% paired bootstrap interval ({args.n_boot} draws)"
     )
     for run in args.run:
-        label, pred, truths_run = predictions(run, shards, truth_cat)
+        label, pred, truths_run = predictions(run, shards, truth_cat, sp)
         rows = {}
         for p in TARGETS:
-            y = truths_run["test"][p]
-            assert (y == truths["test"][p]).all(), "runs must share the test split"
+            y = truths_run[sp][p]
+            assert (y == truths[sp][p]).all(), f"runs must share the {sp} split"
             rows[p] = paired_r2_bootstrap(y, pred[p], ref[p], n_boot=args.n_boot)
             r = rows[p]
             more = r["lo"] > 0  # the run knows more of it than the reference

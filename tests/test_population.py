@@ -178,6 +178,12 @@ def test_knn_r2_and_scale_free_shift_measure_what_they_claim():
     truths = {s: {p: t for p in ps.TARGETS} for s, t in truth.items()}
     assert ps.interpretability(informative, truths)["TRUE_Z"]["r2"] > 0.9
     assert ps.interpretability(useless, truths)["TRUE_Z"]["r2"] < 0.1
+    # the validation split's predictions (what settings are chosen by) use the same k
+    on_valid, k_valid = ps.knn_test_predictions(informative, truths, "TRUE_Z", "valid")
+    on_test, k_test = ps.knn_test_predictions(informative, truths, "TRUE_Z")
+    assert k_valid == k_test and len(on_valid) == 200
+    assert np.corrcoef(on_valid, truth["valid"])[0, 1] > 0.95
+    assert abs(np.corrcoef(on_valid, truth["test"])[0, 1]) < 0.3  # not the test split's
     # scale-free: shrinking every latent by 10 leaves the ratio unchanged
     s = informative["test"]
     a, b = ps.scale_free_shift(s, 0.1), ps.scale_free_shift(s / 10, 0.01)
