@@ -26,6 +26,7 @@ import torch
 from model.checkpoint import load_model
 from model.data import list_shards
 from model.embed import iter_shard_batches, read_rows
+from model.objectives import latent_sv_ratio
 
 #: the true parameters the latents are asked to predict: catalogue column -> label
 TARGETS = {
@@ -154,9 +155,9 @@ def paired_r2_bootstrap(
 
 def singular_ratio(latents: np.ndarray) -> float:
     """Smaller / larger singular value of the centred latents (n, 2): 1 when both dimensions are
-    used alike, 0 when the latents lie on a line (a one-dimensional latent space)."""
-    sv = np.linalg.svd(latents - latents.mean(0), compute_uv=False)
-    return float(sv[-1] / sv[0])
+    used alike, 0 when the latents lie on a line (a one-dimensional latent space). The measure
+    training logs each epoch (`model.objectives.latent_sv_ratio`), on numpy latents."""
+    return latent_sv_ratio(torch.from_numpy(np.asarray(latents, dtype=np.float64)))
 
 
 def scale_free_shift(latents: np.ndarray, latent_shift: float, seed: int = 0) -> dict:
