@@ -202,7 +202,10 @@ def run_tasks(
     pre = Preprocessor(release)
     with dask_client(scheduler, workers) as client:
         n_workers = max(1, len(client.scheduler_info().get("workers", {})))
-        pre_f = client.scatter(pre, broadcast=True)
+        # a task's result, not scattered data: if a worker process dies (killed, out of memory)
+        # Dask recomputes it and reruns that worker's shards, where scattered data would be lost
+        # for good and every task after it cancelled
+        pre_f = client.submit(_same, pre, pure=False)
         # the Release itself holds mapping proxies (not picklable): ship the attrs it implies
         attrs = shard_attrs(release, "")
         queue = list(reversed(todo))
@@ -236,7 +239,7 @@ def run_tasks(
                 except BuildError:
                     raise
                 except Exception as err:
-                    raise BuildError(f"shard {task.path}: task failed ({err})") from err
+                    raise BuildError(f"shard {task.path}: {_task_failure(err)}") from err
                 fut.release()
                 bar.update(1)
                 if out.get("disk_full"):
@@ -250,3 +253,21 @@ def run_tasks(
             bar.close()
         if stop:
             raise DiskFull(stop)
+
+
+def _same(obj: object) -> object:
+    """The object itself: a task whose result Dask can recompute on another worker."""
+    return obj
+
+
+def _task_failure(err: BaseException) -> str:
+    """What went wrong with a shard task, in words: a worker process that kept dying (Dask gave
+    up after its allowed failures) is not a bug in the task."""
+    from distributed import KilledWorker
+
+    if isinstance(err, KilledWorker):
+        return (
+            "the worker process died each time it ran this shard (killed? out of memory? "
+            "see its log); the finished shards are kept: rerun to go on"
+        )
+    return f"task failed ({type(err).__name__}: {err})"

@@ -428,6 +428,41 @@ def test_sigkill_midrun_then_rerun(tmp_path):
     assert int(m.group(1)) > 0 and int(m.group(2)) > 0  # finished work was kept, the rest done
 
 
+@pytest.mark.slow
+def test_a_worker_process_killed_midrun_is_replaced_and_the_build_completes(tmp_path):
+    """SIGKILL of the Dask worker process (the out-of-memory killer's way), not of the build:
+    the nanny starts a new worker, Dask reruns what the dead one held (the preprocessor is a
+    task result, recomputable, not scattered data), and the same run finishes every shard."""
+    import psutil
+
+    from_real.make_corpus(tmp_path, 3000, seed=2)
+    shards_dir = tmp_path / "dr16" / "shards"
+    cmd = [str(Path(sys.executable).parent / "specetl"), "build-shards", "--data-dir",
+           str(tmp_path), "--shard-size", "100", "--workers", "1"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline, killed = time.time() + 120, []
+    while time.time() < deadline and not killed and proc.poll() is None:
+        if len(list(shards_dir.glob("*/shard-*.h5"))) >= 3:
+            workers = [
+                c
+                for c in psutil.Process(proc.pid).children(recursive=True)
+                if "spawn_main" in " ".join(c.cmdline()) and "resource_tracker" not in c.cmdline()
+            ]
+            for w in workers:
+                w.kill()
+                killed.append(w.pid)
+        time.sleep(0.05)
+    out, err = proc.communicate(timeout=300)
+    assert killed, "no worker process was found to kill"
+    assert proc.returncode == 0, err[-3000:]
+    assert verify_shards(shards_dir) == []
+    rows = shard_rows(shards_dir)
+    cat = read_catalog(tmp_path / "dr16" / "catalog.fits")
+    assert sorted(rows) == sorted(cat["SPECOBJID"].tolist())  # each accepted object exactly once
+    listed = {e["path"] for e in read_index(shards_dir)["shards"]}
+    assert {f"{p.parent.name}/{p.name}" for p in shards_dir.glob("*/*")} == listed
+
+
 def test_cli_build_shards_prints_counts_per_reason(tmp_path):
     from click.testing import CliRunner
 
