@@ -13,6 +13,8 @@ import logging
 import os
 from collections.abc import Iterator
 
+from distributed.diagnostics.plugin import WorkerPlugin
+
 log = logging.getLogger(__name__)
 
 
@@ -48,6 +50,8 @@ def dask_client(
                 LocalCluster(**cluster_kw, dashboard_address=None, silence_logs=logging.WARNING)
             )
             client = stack.enter_context(Client(cluster))
+            if not threads:
+                client.register_plugin(QuietShutdown(), name="specetl-quiet-shutdown")
         yield client
 
 
@@ -69,6 +73,39 @@ def _ctrl_c_for_this_process_only() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+#: what a worker logs, with a traceback, when its heartbeat meets a scheduler that is closing
+HEARTBEAT_FAILED = "Failed to communicate with scheduler during heartbeat"
+
+
+class QuietShutdown(WorkerPlugin):
+    """A worker plugin: drop the heartbeat traceback a worker logs while the cluster shuts down.
+
+    When a run ends, the scheduler can close while a worker's heartbeat is in flight; the worker
+    then logs HEARTBEAT_FAILED at ERROR with three chained tracebacks into the user's terminal,
+    after a run that succeeded. The record is dropped only while that worker is itself closing;
+    a running worker that loses its scheduler still says so.
+    """
+
+    def setup(self, worker) -> None:
+        self._filter = _HeartbeatAtShutdown(worker)
+        logging.getLogger("distributed.worker").addFilter(self._filter)
+
+    def teardown(self, worker) -> None:
+        logging.getLogger("distributed.worker").removeFilter(self._filter)
+
+
+class _HeartbeatAtShutdown(logging.Filter):
+    def __init__(self, worker) -> None:
+        super().__init__()
+        self.worker = worker
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(HEARTBEAT_FAILED):
+            return True
+        status = getattr(getattr(self.worker, "status", None), "name", "running")
+        return status in ("init", "running", "paused")  # keep it unless the worker is closing
 
 
 def usable_cores() -> int:
