@@ -34,9 +34,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from etl.build import build_shards  # noqa: E402
+from etl.build import build_shards, read_index  # noqa: E402
 from etl.release import load_release  # noqa: E402
-from etl.synthetic.from_real import make_corpus  # noqa: E402
+from etl.synthetic.from_real import PER_PLATE, make_corpus  # noqa: E402
 from model.train import TrainConfig, train  # noqa: E402
 
 
@@ -105,6 +105,14 @@ def main() -> None:
     if not (data / release.name / "catalog.fits").exists():
         make_corpus(data, args.n, release=release.name, processes=4)
     shards = build_shards(release, data, progress=False).shards_dir
+    splits = {e["split"] for e in read_index(shards)["shards"]}
+    if not {"train", "valid"} <= splits:  # a small --n for a CPU dry run
+        ap.error(
+            f"--n {args.n}: the corpus's shards are all in {sorted(splits)}; training needs train "
+            f"and valid shards. The splits go by sky position and a plate of up to {PER_PLATE} "
+            "spectra covers few positions, so a corpus of one or two plates can miss a split: "
+            "use --n 5000 or more (the default 20000 is fine)"
+        )
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (dry run)"
     results = {}
     for name, cache in (("streaming", False), ("cache-on-device", True)):
