@@ -463,6 +463,16 @@ def test_a_worker_process_killed_midrun_is_replaced_and_the_build_completes(tmp_
     assert {f"{p.parent.name}/{p.name}" for p in shards_dir.glob("*/*")} == listed
 
 
+def test_a_worker_that_dies_every_time_is_named_as_such():
+    from distributed import KilledWorker
+
+    from etl.shard_task import _task_failure
+
+    dead = _task_failure(KilledWorker("shard-train/shard-00001.h5", "tcp://127.0.0.1:1", 3))
+    assert "worker process died each time" in dead and "rerun" in dead
+    assert _task_failure(ValueError("bad row")) == "task failed (ValueError: bad row)"
+
+
 def test_cli_build_shards_prints_counts_per_reason(tmp_path):
     from click.testing import CliRunner
 
