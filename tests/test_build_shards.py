@@ -388,6 +388,18 @@ def test_build_on_corpus_then_growth_rewrites_only_touched_shards(tmp_path):
     assert len(shard_rows(shards_dir)) == 2500
 
 
+def assert_complete_build(release_dir: Path) -> None:
+    """After an interrupted build finished: shards verify, every catalogue object is in exactly
+    one shard, and the folder holds exactly the shards the index lists (nothing left over)."""
+    shards_dir = release_dir / "shards"
+    assert verify_shards(shards_dir) == []
+    rows = shard_rows(shards_dir)
+    cat = read_catalog(release_dir / "catalog.fits")
+    assert sorted(rows) == sorted(cat["SPECOBJID"].tolist())  # each accepted object exactly once
+    listed = {e["path"] for e in read_index(shards_dir)["shards"]}
+    assert {f"{p.parent.name}/{p.name}" for p in shards_dir.glob("*/*")} == listed
+
+
 @pytest.mark.slow
 def test_sigkill_midrun_then_rerun(tmp_path):
     from_real.make_corpus(tmp_path, 3000, seed=2)
@@ -417,12 +429,7 @@ def test_sigkill_midrun_then_rerun(tmp_path):
     time.sleep(1)  # let the orphaned worker notice its scheduler is gone
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert verify_shards(shards_dir) == []
-    rows = shard_rows(shards_dir)
-    cat = read_catalog(tmp_path / "dr16" / "catalog.fits")
-    assert sorted(rows) == sorted(cat["SPECOBJID"].tolist())  # each accepted object exactly once
-    listed = {e["path"] for e in read_index(shards_dir)["shards"]}
-    assert {f"{p.parent.name}/{p.name}" for p in shards_dir.glob("*/*")} == listed
+    assert_complete_build(tmp_path / "dr16")
     m = re.search(r"\((\d+) written, (\d+) unchanged\)", done.stdout)
     assert m, done.stdout
     assert int(m.group(1)) > 0 and int(m.group(2)) > 0  # finished work was kept, the rest done
@@ -455,12 +462,7 @@ def test_a_worker_process_killed_midrun_is_replaced_and_the_build_completes(tmp_
     out, err = proc.communicate(timeout=300)
     assert killed, "no worker process was found to kill"
     assert proc.returncode == 0, err[-3000:]
-    assert verify_shards(shards_dir) == []
-    rows = shard_rows(shards_dir)
-    cat = read_catalog(tmp_path / "dr16" / "catalog.fits")
-    assert sorted(rows) == sorted(cat["SPECOBJID"].tolist())  # each accepted object exactly once
-    listed = {e["path"] for e in read_index(shards_dir)["shards"]}
-    assert {f"{p.parent.name}/{p.name}" for p in shards_dir.glob("*/*")} == listed
+    assert_complete_build(tmp_path / "dr16")
 
 
 def test_a_worker_that_dies_every_time_is_named_as_such():
