@@ -25,7 +25,7 @@ from etl.release import Release
 from etl.shard_index import BuildError
 from etl.spectrum import Preprocessor, SpectrumRejected
 from shardio import CHUNK_ROWS, FORMAT, FORMAT_VERSION, ShardWriter
-from shardio.format import ATTR_UNITS
+from shardio.format import ATTR_UNITS, sha256_file
 
 # --- the task (runs on a worker) ----------------------------------------------------------------
 
@@ -143,7 +143,7 @@ def _build_one_shard(
         if writer is not None:  # a shard whose candidates were all rejected has no file
             digest = writer.close()
             try:
-                _link_no_clobber(staging, final)
+                _link_no_clobber(staging, final, digest)
             finally:
                 staging.unlink(missing_ok=True)
             size = final.stat().st_size
@@ -164,17 +164,21 @@ def _build_one_shard(
     return {"entry": entry, "rejected": rejected}
 
 
-def _link_no_clobber(src: Path, dst: Path) -> None:
-    """Give ``src`` the name ``dst`` unless ``dst`` exists (then BuildError): no silent overwrite."""
+def _link_no_clobber(src: Path, dst: Path, digest: str) -> None:
+    """Give ``src`` (sha256 ``digest``) the name ``dst`` unless ``dst`` exists (then BuildError):
+    no silent overwrite. A ``dst`` with the same bytes is this task's own shard from an attempt
+    whose worker was killed after linking it (Dask reran the task; shards are deterministic)."""
     try:
         os.link(src, dst)
     except FileExistsError:
+        if sha256_file(dst) == digest:
+            return
         raise BuildError(f"{dst}: exists already (is another build running?)") from None
     except OSError as err:
         if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
             raise
         # file systems without hard links: check-then-rename (the folder lock covers the race)
-        if dst.exists():
+        if dst.exists() and sha256_file(dst) != digest:
             raise BuildError(f"{dst}: exists already (is another build running?)") from None
         os.replace(src, dst)
     fsync_dir(dst.parent)

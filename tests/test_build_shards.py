@@ -465,6 +465,23 @@ def test_a_worker_process_killed_midrun_is_replaced_and_the_build_completes(tmp_
     assert_complete_build(tmp_path / "dr16")
 
 
+def test_a_rerun_task_finding_its_own_shard_keeps_it_and_a_different_one_is_refused(tmp_path):
+    """A worker killed after linking its shard: Dask reruns the task, which meets the same bytes
+    under the final name (accepted); different bytes there are still never overwritten."""
+    from etl.shard_index import BuildError
+    from etl.shard_task import _link_no_clobber
+    from shardio.format import sha256_file
+
+    final, staging = tmp_path / "shard-00001.h5", tmp_path / ".shard-00001.h5.1.part"
+    final.write_bytes(b"shard bytes")
+    staging.write_bytes(b"shard bytes")
+    _link_no_clobber(staging, final, sha256_file(staging))
+    staging.write_bytes(b"other bytes")
+    with pytest.raises(BuildError, match="exists already"):
+        _link_no_clobber(staging, final, sha256_file(staging))
+    assert final.read_bytes() == b"shard bytes"
+
+
 def test_a_worker_that_dies_every_time_is_named_as_such():
     from distributed import KilledWorker
 
