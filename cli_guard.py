@@ -63,8 +63,27 @@ class Device(click.ParamType):
         return text
 
 
+class Widths(click.ParamType):
+    """Comma-separated layer widths, each an integer >= 1: ``64,256,1024`` → (64, 256, 1024)."""
+
+    name = "widths"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[int, ...]:
+        if isinstance(value, tuple):
+            return value
+        parts = [p.strip() for p in str(value).split(",")]
+        if not all(p.isdigit() and int(p) >= 1 for p in parts):
+            self.fail(
+                f"{value!r} is not comma-separated widths >= 1 (e.g. 64,256,1024)", param, ctx
+            )
+        return tuple(int(p) for p in parts)
+
+
 LEARNING_RATE = PositiveFiniteFloat()
 DEVICE = Device()
+WIDTHS = Widths()
 
 
 def one_line(err: BaseException) -> str:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import click
 
-from cli_guard import DEVICE, LEARNING_RATE
+from cli_guard import DEVICE, LEARNING_RATE, WIDTHS
 
 
 def setup_logging(verbose: int) -> None:
@@ -195,6 +195,22 @@ def train_options(command: Callable) -> Callable:
             "window covers; the validation choice, ~1.7x per CPU consistency step), or "
             "observed pixels (the paper's; invariance to redshift must be learnt). An "
             "observed-frame run can --init a restframe one.",
+        ),
+        click.option(
+            "--decoder-activation",
+            type=click.Choice(["leaky-relu", "speculator"]),
+            default="leaky-relu",
+            show_default=True,
+            help="Decoder activations: leaky-relu (piecewise linear in the latents) or "
+            "speculator (smooth learnt gates, Alsing et al. 2020; spender 0.3's decoder, whose "
+            "output adds 1).",
+        ),
+        click.option(
+            "--decoder-mlp",
+            type=WIDTHS,
+            default=None,
+            help="Decoder hidden widths, comma-separated (default: the preset's 256,512,1024; "
+            "spender 0.3's decoder is 64,256,1024).",
         ),
         click.option(
             "--preset",

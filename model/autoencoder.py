@@ -30,6 +30,12 @@ LOGLAM0, DLOGLAM, NPIX = 3.578, 1e-4, 3921
 #: frames the encoder can read a spectrum in (see the module docstring); the first is the default
 ENCODER_FRAMES = ("observed", "restframe")
 
+#: the decoder's activations: "leaky-relu" (specetl's, piecewise linear in the latents) or
+#: "speculator" (smooth and gated, Alsing et al. 2020, ApJS 249, 5; spender's decoder uses it,
+#: and its last layer adds 1, so an untrained decoder already emits a spectrum near the median
+#: normalisation of 1). The first is the default
+DECODER_ACTIVATIONS = ("leaky-relu", "speculator")
+
 
 def default_wave_obs() -> np.ndarray:
     """The SDSS observed-frame grid in Å, (3921,) float64; training reads it from the shards."""
@@ -54,6 +60,8 @@ class ModelConfig:
     # "observed" or "restframe" (ENCODER_FRAMES). The frame changes no weight's shape, so a
     # restframe encoder can start from an observed-frame run's weights (--init)
     encoder_frame: str = "observed"
+    # DECODER_ACTIVATIONS; a checkpoint without the key was made with "leaky-relu"
+    decoder_activation: str = "leaky-relu"
 
     def to_dict(self) -> dict:
         """Plain-python dict (lists, not tuples) for JSON and weights_only checkpoints."""
@@ -146,15 +154,40 @@ class Encoder(nn.Module):
         return self.mlp(feats)
 
 
+class SpeculatorActivation(nn.Module):
+    """a(x) = [γ + (1 − γ)·sigmoid(β·x)]·x per feature, with learnt β, γ (Alsing et al. 2020).
+
+    γ = 1 is the identity, β → ∞ with γ = 0 a ReLU: a smooth gate whose shape each feature
+    learns, so a decoder built from it is smooth in the latents."""
+
+    def __init__(self, n_features: int) -> None:
+        super().__init__()
+        self.beta = nn.Parameter(torch.randn(n_features))
+        self.gamma = nn.Parameter(torch.randn(n_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.gamma + (1 - self.gamma) * torch.sigmoid(self.beta * x)) * x
+
+
 class Decoder(nn.Module):
     """Latents (B, S) → restframe spectrum (B, n_rest) on `wave_rest`."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.mlp = _mlp([cfg.n_latent, *cfg.decoder_mlp, cfg.n_rest], 0.0, nn.LeakyReLU)
+        sizes = [cfg.n_latent, *cfg.decoder_mlp, cfg.n_rest]
+        if cfg.decoder_activation == "leaky-relu":
+            self.mlp = _mlp(sizes, 0.0, nn.LeakyReLU)
+            self.offset = 0.0
+        else:  # "speculator": every layer activated, the output too, plus 1
+            layers: list[nn.Module] = []
+            for a, b in zip(sizes[:-1], sizes[1:], strict=True):
+                layers += [nn.Linear(a, b), SpeculatorActivation(b)]
+            self.mlp = nn.Sequential(*layers)
+            self.offset = 1.0
 
     def forward(self, s: torch.Tensor) -> torch.Tensor:
-        return self.mlp(s)
+        x = self.mlp(s)
+        return x + self.offset if self.offset else x
 
 
 def redshift(
@@ -204,6 +237,15 @@ class SpectrumAutoencoder(nn.Module):
 
     def __init__(self, cfg: ModelConfig, wave_obs: np.ndarray | torch.Tensor | None = None) -> None:
         super().__init__()
+        if cfg.encoder_frame not in ENCODER_FRAMES:
+            raise ValueError(
+                f"encoder_frame must be one of {ENCODER_FRAMES}, not {cfg.encoder_frame!r}"
+            )
+        if cfg.decoder_activation not in DECODER_ACTIVATIONS:
+            raise ValueError(
+                f"decoder_activation must be one of {DECODER_ACTIVATIONS}, "
+                f"not {cfg.decoder_activation!r}"
+            )
         self.cfg = cfg
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
@@ -211,10 +253,6 @@ class SpectrumAutoencoder(nn.Module):
         self.register_buffer("wave_obs", torch.as_tensor(np.asarray(wo), dtype=torch.float32))
         wr = torch.linspace(cfg.wave_rest_min, cfg.wave_rest_max, cfg.n_rest, dtype=torch.float64)
         self.register_buffer("wave_rest", wr.float())
-        if cfg.encoder_frame not in ENCODER_FRAMES:
-            raise ValueError(
-                f"encoder_frame must be one of {ENCODER_FRAMES}, not {cfg.encoder_frame!r}"
-            )
         grid = None
         if cfg.encoder_frame == "restframe":
             grid = torch.from_numpy(restframe_encoder_grid(cfg, self.wave_obs.double().numpy()))
@@ -245,6 +283,8 @@ class SpectrumAutoencoder(nn.Module):
 __all__ = [
     "ModelConfig",
     "ENCODER_FRAMES",
+    "DECODER_ACTIVATIONS",
+    "SpeculatorActivation",
     "PRESETS",
     "PRESET_BATCH",
     "ConvBlock",

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from model.augment import AUGMENT_MODES
 from model.autoencoder import (
+    DECODER_ACTIVATIONS,
     ENCODER_FRAMES,
     PRESET_BATCH,
     PRESETS,
@@ -112,6 +113,10 @@ class TrainConfig:
     # (placed at λ/(1+z) first: redshift-aware by construction; with "pixel-shift" the choice
     # on the validation split of docs/convergence.md, rounds 6-7) or "observed" (the paper's)
     encoder_frame: str = "restframe"
+    # the decoder's activations (model.autoencoder.DECODER_ACTIVATIONS) and hidden widths
+    # (None: the preset's). "speculator" with widths (64, 256, 1024) is spender 0.3's decoder
+    decoder_activation: str = "leaky-relu"
+    decoder_mlp: tuple[int, ...] | None = None
     verify_shards: bool = True
     device: str = "auto"
     progress: bool = True
@@ -140,6 +145,15 @@ class TrainConfig:
             raise TrainError(
                 f"--encoder-frame must be one of {ENCODER_FRAMES}, not {self.encoder_frame!r}"
             )
+        if self.decoder_activation not in DECODER_ACTIVATIONS:
+            raise TrainError(
+                f"--decoder-activation must be one of {DECODER_ACTIVATIONS}, "
+                f"not {self.decoder_activation!r}"
+            )
+        if self.decoder_mlp is not None:
+            self.decoder_mlp = tuple(int(n) for n in self.decoder_mlp)
+            if not self.decoder_mlp or min(self.decoder_mlp) < 1:
+                raise TrainError(f"--decoder-mlp needs widths >= 1, not {self.decoder_mlp!r}")
         family = LOSS_FAMILIES[self.losses]
         if self.k0 is None:
             self.k0 = family["k0"]
@@ -214,8 +228,11 @@ def train(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict:
     valid_shards = list_shards(cfg.shards, "valid", verify=cfg.verify_shards and main)
     wave_obs = read_wave_obs(train_shards[0])
     mcfg = PRESETS[cfg.preset]
+    decoder = {"decoder_activation": cfg.decoder_activation}
+    if cfg.decoder_mlp is not None:
+        decoder["decoder_mlp"] = list(cfg.decoder_mlp)
     mcfg = ModelConfig.from_dict(
-        {**mcfg.to_dict(), "npix": len(wave_obs), "encoder_frame": cfg.encoder_frame}
+        {**mcfg.to_dict(), "npix": len(wave_obs), "encoder_frame": cfg.encoder_frame, **decoder}
     )
 
     torch.manual_seed(cfg.seed)  # parameter init, identical on every rank
@@ -470,6 +487,8 @@ _RESUME_KEYS = (
     "z_aug_max",
     "augment",
     "encoder_frame",
+    "decoder_activation",
+    "decoder_mlp",
     "cache_on_device",
 )
 
@@ -503,7 +522,10 @@ def saved_setting(saved: dict, name: str) -> object:
 
 
 def _check_resume(saved: dict, cfg: TrainConfig) -> None:
-    diff = [k for k in _RESUME_KEYS if saved_setting(saved, k) != getattr(cfg, k)]
+    def same(a: object, b: object) -> bool:  # a JSON round trip turns tuples into lists
+        return (tuple(a) if isinstance(a, list) else a) == (tuple(b) if isinstance(b, list) else b)
+
+    diff = [k for k in _RESUME_KEYS if not same(saved_setting(saved, k), getattr(cfg, k))]
     if diff:
         pairs = ", ".join(f"{k}: {saved_setting(saved, k)!r} → {getattr(cfg, k)!r}" for k in diff)
         # --resume replays the interrupted run exactly (its LR schedule spans the epochs it was

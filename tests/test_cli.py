@@ -78,7 +78,7 @@ def test_choices_and_defaults_are_the_models_own():
     import dataclasses
 
     from model.augment import AUGMENT_MODES
-    from model.autoencoder import ENCODER_FRAMES, PRESETS
+    from model.autoencoder import DECODER_ACTIVATIONS, ENCODER_FRAMES, PRESETS
     from model.latent_density import DENSITY_CHOICES
     from model.objectives import LOSS_FAMILIES, OBJECTIVES
     from model.scalefree import CONSISTENCY_NORMS, SIM_FORMS
@@ -91,6 +91,7 @@ def test_choices_and_defaults_are_the_models_own():
         "consistency_norm": CONSISTENCY_NORMS,
         "augment": AUGMENT_MODES,
         "encoder_frame": ENCODER_FRAMES,
+        "decoder_activation": DECODER_ACTIVATIONS,
         "preset": tuple(PRESETS),
     }
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
