@@ -191,20 +191,26 @@ class ShardWriter:
         # sizes that changes nothing: a 256-row chunk of float32 flux (4 MB) is larger than the
         # default 1 MB cache, so it bypassed the cache anyway.
         self._sink = FailSafeFile(self.tmp)
-        self._h5 = h5py.File(self._sink, "w", rdcc_nbytes=0)
-        for name in ("flux", "ivar"):
-            self._h5.create_dataset(
-                name,
-                shape=(0, self.npix),
-                maxshape=(None, self.npix),
-                dtype=ROW_DATASETS[name],
-                chunks=(max(1, chunk_rows), self.npix),
-                compression=compression,
-            )
-        self._h5.create_dataset("wave_obs", data=np.asarray(wave_obs, dtype=np.float64))
-        for name in ("flux", "ivar", "wave_obs"):
-            self._h5[name].attrs["units"] = DATASET_UNITS[name]
-        self._h5.attrs.update(dict(attrs))
+        self._h5: h5py.File | None = None
+        try:
+            self._h5 = h5py.File(self._sink, "w", rdcc_nbytes=0)
+            for name in ("flux", "ivar"):
+                self._h5.create_dataset(
+                    name,
+                    shape=(0, self.npix),
+                    maxshape=(None, self.npix),
+                    dtype=ROW_DATASETS[name],
+                    chunks=(max(1, chunk_rows), self.npix),
+                    compression=compression,
+                )
+            self._h5.create_dataset("wave_obs", data=np.asarray(wave_obs, dtype=np.float64))
+            for name in ("flux", "ivar", "wave_obs"):
+                self._h5[name].attrs["units"] = DATASET_UNITS[name]
+            self._h5.attrs.update(dict(attrs))
+        except BaseException:
+            # no `with` block owns the writer yet: give back the descriptor and the temp file
+            self._discard()
+            raise
 
     def append(self, columns: Mapping[str, np.ndarray]) -> None:
         """Append a block of rows (every per-row dataset, see :func:`row_datasets`, and the
@@ -256,8 +262,12 @@ class ShardWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._discard()
+
+    def _discard(self) -> None:
+        """Close whatever is open and delete the temp file (a no-op after close())."""
         try:
-            if self._h5.id.valid:
+            if self._h5 is not None and self._h5.id.valid:
                 self._h5.close()
         finally:
             self._sink.close()

@@ -400,6 +400,22 @@ def test_shard_writer_survives_a_device_filling_under_hdf5(tmp_path, tmpfs, rows
     assert list(folder.iterdir()) == []
 
 
+def test_a_shard_writer_that_fails_to_open_leaves_no_file_and_no_descriptor(tmp_path):
+    """HDF5 refusing the header (here an attribute it has no type for) raises before any `with`
+    owns the writer: the temp file and its descriptor must go with the error."""
+    import numpy as np
+
+    def open_fds() -> set[str]:
+        return set(os.listdir("/proc/self/fd"))
+
+    wave = np.linspace(3784.0, 9332.0, 3921)
+    before = open_fds()
+    with pytest.raises(TypeError):
+        ShardWriter(tmp_path / "s.h5", wave, {"release": None})
+    assert list(tmp_path.iterdir()) == []
+    assert open_fds() <= before
+
+
 def test_disk_full_is_recognised_as_python_and_hdf5_say_it():
     from etl.diskspace import DiskFull, is_disk_full
 
