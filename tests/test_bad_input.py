@@ -415,6 +415,16 @@ CASES = [
         )
         for name, value in (("nan", "nan"), ("negative", "-1"), ("inf", "inf"), ("text", "x"))
     ),
+    *(
+        _c(
+            f"train-decoder-mlp-{name}",
+            lambda w, f, v=value: (
+                ["train", "--shards", str(w.shards), "--run", str(f / "r")] + ["--decoder-mlp", v]
+            ),
+            "--decoder-mlp",
+        )
+        for name, value in (("zero", "64,0"), ("text", "64,x"), ("empty", ""), ("float", "1.5"))
+    ),
     _c(
         "train-epochs-zero",
         lambda w, f: ["train", "--shards", str(w.shards), "--run", str(f / "r"), "--epochs", "0"],
