@@ -2,7 +2,8 @@
 
 Objects are grouped by coadd; each coadd is read once and its selected rows go through
 :class:`etl.desi.preprocess.DesiPreprocessor` together (arm join and resample are vectorised over
-rows). Splits come from the same sky-cell key as SDSS (:func:`etl.splits.split_of`, the
+rows). The preprocessed rows stream into their split's next shard, so memory is one coadd plus
+one shard per split whatever the catalogue's size. Splits come from the same sky-cell key as SDSS (:func:`etl.splits.split_of`, the
 manifest's ``[splits]``, identical to the SDSS manifests'), so a galaxy observed by both lands
 in one split. Shards are format v2 (docs/shard-format.md) with the object key
 (``targetid`` int64; ``survey``, ``program`` ASCII, listed by the ``object_key_text``
@@ -113,13 +114,15 @@ def build_desi_shards(
                 return result
         pre = DesiPreprocessor(release)
         n = len(catalog["TARGETID"])
-        flux = np.zeros((n, release.grid.npix), dtype=np.float32)
-        ivar = np.zeros_like(flux)
-        norm = np.zeros(n, dtype=np.float32)
-        ok = np.zeros(n, dtype=bool)
+        split = split_of(catalog["RA"], catalog["DEC"], np.zeros(n, dtype=np.int64), release.splits)
+        writers = {
+            name: _SplitShards(release, shards_dir, catalog, name, shard_size, comp)
+            for name in SPLITS
+        }
         result = BuildResult(shards_dir)
-        for key, rows in groups.items():
+        for key, rows in groups.items():  # coadds in (survey, program, healpix) order
             label = release.coadd_relpath(*key)
+            rows = rows[np.argsort(catalog["TARGETID"][rows], kind="stable")]
             try:
                 coadd = read_coadd(paths[key], release.coadd.arms, release.coadd.table_hdu)
             except (CoaddError, OSError) as err:
@@ -134,6 +137,7 @@ def build_desi_shards(
             if not len(rows):
                 continue
             gf, gi = pre.to_grid(coadd.arm_rows(at))
+            del coadd  # one coadd's arrays at a time
             for j, i in enumerate(rows):
                 obj = str(catalog["TARGETID"][i])
                 try:
@@ -141,13 +145,10 @@ def build_desi_shards(
                 except SpectrumRejected as err:
                     result.rejected.append(_reject(catalog, i, err.reason, err.detail))
                     continue
-                flux[i], ivar[i], norm[i], ok[i] = out.flux, out.ivar, out.norm, True
-        split = split_of(catalog["RA"], catalog["DEC"], np.zeros(n, dtype=np.int64), release.splits)
-        entries = _write_shards(
-            release, shards_dir, catalog, split, ok, flux, ivar, norm, shard_size, comp
-        )
+                writers[split[i]].add(int(i), out.flux, out.ivar, out.norm)
+        entries = [e for name in SPLITS for e in writers[name].finish()]
+        result.accepted = sum(w.accepted for w in writers.values())
         result.shards, result.written = entries, len(entries)
-        result.accepted = int(ok.sum())
         result.seconds = time.perf_counter() - t0
         report = {
             "release": release.name,
@@ -181,55 +182,82 @@ def _reject(catalog: dict, i: int, reason: str, detail: str) -> dict:
     return {"targetid": str(catalog["TARGETID"][i]), "reason": reason, "detail": detail}
 
 
-def _write_shards(
-    release: DesiRelease,
-    shards_dir: Path,
-    catalog: dict,
-    split: np.ndarray,
-    ok: np.ndarray,
-    flux: np.ndarray,
-    ivar: np.ndarray,
-    norm: np.ndarray,
-    shard_size: int,
-    compression: str | None,
-) -> list[dict]:
-    entries = []
-    for name in SPLITS:
-        rows = np.flatnonzero(ok & (split == name))
-        rows = rows[np.lexsort((catalog["PROGRAM"][rows], catalog["SURVEY"][rows],
-                                catalog["TARGETID"][rows]))]  # fmt: skip
-        for number, start in enumerate(range(0, len(rows), shard_size)):
-            part = rows[start : start + shard_size]
-            path = f"{name}/shard-{number:05d}.h5"
-            attrs = shard_attrs(release, name)  # type: ignore[arg-type]
-            attrs["object_key_text"] = json.dumps(["survey", "program"])
-            ids = catalog["TARGETID"][part]
-            columns = {
-                "flux": flux[part],
-                "ivar": ivar[part],
-                "z": catalog["Z"][part],
-                "zerr": catalog["Z_ERR"][part],
-                "norm": norm[part],
-                "specobjid": ids.astype(str),
-                "ra": catalog["RA"][part],
-                "dec": catalog["DEC"][part],
-                "targetid": ids.astype(np.int64),
-                "survey": catalog["SURVEY"][part].astype("S16"),
-                "program": catalog["PROGRAM"][part].astype("S16"),
+class _SplitShards:
+    """The accepted rows of one split, written out a shard at a time as they arrive.
+
+    At most ``shard_size`` preprocessed rows are held, so a build's memory is one coadd plus one
+    shard per split, whatever the catalogue's size (a DR1 catalogue of millions of targets would
+    not fit as one array). Shards are numbered in arrival order: coadds in (survey, program,
+    healpix) order, TARGETID order within a coadd."""
+
+    def __init__(
+        self,
+        release: DesiRelease,
+        shards_dir: Path,
+        catalog: dict,
+        name: str,
+        shard_size: int,
+        compression: str | None,
+    ) -> None:
+        self.release, self.shards_dir, self.catalog = release, shards_dir, catalog
+        self.name, self.shard_size, self.compression = name, shard_size, compression
+        self.entries: list[dict] = []
+        self.accepted = 0
+        self._rows: list[int] = []
+        self._flux: list[np.ndarray] = []
+        self._ivar: list[np.ndarray] = []
+        self._norm: list[float] = []
+
+    def add(self, row: int, flux: np.ndarray, ivar: np.ndarray, norm: float) -> None:
+        """One preprocessed catalogue row (flux, ivar on the release grid; its normalisation)."""
+        self._rows.append(row)
+        self._flux.append(np.asarray(flux, dtype=np.float32))
+        self._ivar.append(np.asarray(ivar, dtype=np.float32))
+        self._norm.append(float(norm))
+        self.accepted += 1
+        if len(self._rows) >= self.shard_size:
+            self._write()
+
+    def finish(self) -> list[dict]:
+        """Write the last, partial shard; the index entries of every shard of the split."""
+        if self._rows:
+            self._write()
+        return self.entries
+
+    def _write(self) -> None:
+        cat, part = self.catalog, np.asarray(self._rows)
+        path = f"{self.name}/shard-{len(self.entries):05d}.h5"
+        attrs = shard_attrs(self.release, self.name)  # type: ignore[arg-type]
+        attrs["object_key_text"] = json.dumps(["survey", "program"])
+        ids = cat["TARGETID"][part]
+        columns = {
+            "flux": np.stack(self._flux),
+            "ivar": np.stack(self._ivar),
+            "z": cat["Z"][part],
+            "zerr": cat["Z_ERR"][part],
+            "norm": np.asarray(self._norm, dtype=np.float32),
+            "specobjid": ids.astype(str),
+            "ra": cat["RA"][part],
+            "dec": cat["DEC"][part],
+            "targetid": ids.astype(np.int64),
+            "survey": cat["SURVEY"][part].astype("S16"),
+            "program": cat["PROGRAM"][part].astype("S16"),
+        }
+        digest = write_shard(
+            self.shards_dir / path, columns, self.release.wave_obs, attrs, self.compression
+        )
+        self.entries.append(
+            {
+                "path": path,
+                "split": self.name,
+                "rows": len(part),
+                "sha256": digest,
+                "bytes": (self.shards_dir / path).stat().st_size,
+                "specobjid_min": str(ids.min()),
+                "specobjid_max": str(ids.max()),
+                "candidate_min": str(ids.min()),
+                "candidates": len(part),
+                "inputs_sha256": "",
             }
-            digest = write_shard(shards_dir / path, columns, release.wave_obs, attrs, compression)
-            entries.append(
-                {
-                    "path": path,
-                    "split": name,
-                    "rows": len(part),
-                    "sha256": digest,
-                    "bytes": (shards_dir / path).stat().st_size,
-                    "specobjid_min": str(ids.min()),
-                    "specobjid_max": str(ids.max()),
-                    "candidate_min": str(ids.min()),
-                    "candidates": len(part),
-                    "inputs_sha256": "",
-                }
-            )
-    return entries
+        )
+        self._rows, self._flux, self._ivar, self._norm = [], [], [], []
