@@ -67,6 +67,10 @@ def losses_label(cfg: dict) -> str:
         label += ", whole-pixel copies"
     if saved_setting(cfg, "encoder_frame") != "observed":
         label += f", {saved_setting(cfg, 'encoder_frame')} encoder"
+    if saved_setting(cfg, "decoder_activation") != "leaky-relu":
+        widths = saved_setting(cfg, "decoder_mlp")
+        label += f", {saved_setting(cfg, 'decoder_activation')} decoder"
+        label += f" {'/'.join(map(str, widths))}" if widths else ""
     return label
 
 

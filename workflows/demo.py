@@ -251,6 +251,7 @@ def _settings_differ(
         "consistency_weight",
         "augment",
         "encoder_frame",
+        "decoder_activation",
     ):
         wanted.setdefault(name, getattr(defaults, name))
     diff = [
