@@ -97,6 +97,10 @@ def test_a_run_with_spenders_decoder_trains_reloads_and_resumes_as_itself(shards
     # a checkpoint written before the setting existed loads with the default decoder
     old = {k: v for k, v in saved.items() if k != "decoder_activation"}
     assert ModelConfig.from_dict(old).decoder_activation == "leaky-relu"
+    # the demo does not reuse a run made with another decoder
+    from workflows.demo import _settings_differ
+
+    assert "decoder_activation speculator -> leaky-relu" in _settings_differ(ckpt, 2, 8, shards)
     # --init across decoders is a different network
     with pytest.raises(TrainError, match="model config differs"):
         train(TrainConfig(**base, run=str(tmp_path / "relu"), init=str(run), objective="fidelity"))
