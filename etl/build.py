@@ -105,7 +105,16 @@ def build_shards(
     if getattr(release, "family", "") == "desi":  # coadds of many targets: etl/desi/build.py
         from etl.desi.build import build_desi_shards
 
-        return build_desi_shards(release, data_dir, shard_size, compression, rebuild)  # type: ignore[arg-type]
+        return build_desi_shards(
+            release,  # type: ignore[arg-type]
+            data_dir,
+            shard_size,
+            compression,
+            rebuild,
+            workers=workers,
+            scheduler=scheduler,
+            progress=progress,
+        )
     t0 = time.perf_counter()
     root = release_dir(data_dir, release)
     shards_dir = root / "shards"

@@ -37,7 +37,7 @@ def _real_fetch_and_build(dr1, tmp_path: Path) -> Path:
         report = fetch(dr1, data, catalog_source=str(DESI / "redrock-special-dark-27247.fits"),
                        base_url=m.base_url, config=FAST)  # fmt: skip
     assert report.ok
-    result = build_shards(dr1, data)
+    result = build_shards(dr1, data, workers=1)
     assert result.accepted == 1 and not result.rejected
     return data / "desi-dr1" / "shards"
 
@@ -53,7 +53,7 @@ def test_real_fixture_fetch_build_carries_the_ids_exactly(dr1, tmp_path):
         assert (h5["survey"][0], h5["program"][0]) == (b"special", b"dark")
         assert h5["z"][0] == pytest.approx(0.0072697, abs=1e-7)
         assert h5["flux"].shape == (1, 4360) and (h5["ivar"][0] > 0).sum() > 3500
-    again = build_shards(dr1, tmp_path / "data")  # unchanged inputs: nothing rewritten
+    again = build_shards(dr1, tmp_path / "data", workers=1)  # unchanged inputs: none rewritten
     assert again.written == 0 and again.kept == 1
 
 
@@ -139,7 +139,7 @@ def test_desi_build_memory_stays_flat_as_the_catalogue_grows(dr1, tmp_path):
         data, zall = _synthetic_release_fetched(dr1, tmp_path / str(n_coadds), n_coadds)
         tracemalloc.start()
         try:
-            result = build_shards(dr1, data, shard_size=4)
+            result = build_shards(dr1, data, shard_size=4, workers=1)
             peaks[n_coadds] = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
@@ -158,5 +158,46 @@ def test_desi_build_memory_stays_flat_as_the_catalogue_grows(dr1, tmp_path):
             with h5py.File(shards[12] / e["path"]) as h5:
                 ids += h5["targetid"][:].tolist()
         assert ids == sorted(ids)  # synthetic_sky numbers targets coadd after coadd
-    again = build_shards(dr1, shards[12].parent.parent, shard_size=4, rebuild=True)
+    # the same bytes again on two Dask worker processes (the build above ran in this one)
+    again = build_shards(dr1, shards[12].parent.parent, shard_size=4, rebuild=True, workers=2)
     assert [e["sha256"] for e in again.shards] == [e["sha256"] for e in index["shards"]]
+
+
+def test_bad_coadds_and_a_stray_target_are_counted_and_the_rest_is_built(dr1, tmp_path):
+    """SYNTHETIC coadds of real spectra, built on two Dask workers: a truncated coadd, a missing
+    one and a catalogue target its coadd does not hold are each rejected by name and counted,
+    every other target is built; once the files are back, the rerun builds them all."""
+    data, zall = _synthetic_release_fetched(dr1, tmp_path, 4)
+    root = data / "desi-dr1"
+    coadds = sorted((root / "coadds").rglob("coadd-*.fits"))
+    truncated, missing = coadds[0], coadds[1]
+    saved = {p: p.read_bytes() for p in (truncated, missing)}
+    truncated.write_bytes(saved[truncated][:5000])
+    missing.unlink()
+    catalog = Table.read(root / "catalog.fits")
+    original = catalog.copy()
+    stray = int(catalog["TARGETID"][-1])
+    catalog["TARGETID"][-1] = 7  # a target no coadd holds
+    catalog.write(root / "catalog.fits", overwrite=True)
+
+    result = build_shards(dr1, data, shard_size=4, workers=2)
+    report = json.loads((root / "shards" / "build-report.json").read_text())
+    by_reason = report["rejected_by_reason"]
+    assert by_reason == {"unreadable coadd": 6, "missing coadd": 6, "not in coadd": 1}
+    assert result.accepted == len(zall) - 13 == report["accepted"]
+    (stray_row,) = [r for r in report["rejected"] if r["reason"] == "not in coadd"]
+    assert stray_row["targetid"] == "7" and stray_row["detail"].endswith(".fits")
+    assert all(truncated.name in r["detail"] for r in report["rejected"]
+               if r["reason"] == "unreadable coadd")  # fmt: skip
+
+    for p, blob in saved.items():
+        p.write_bytes(blob)
+    original.write(root / "catalog.fits", overwrite=True)
+    again = build_shards(dr1, data, shard_size=4, workers=2)
+    assert again.accepted == len(zall) and not again.rejected
+    assert stray in {int(t) for e in again.shards for t in _ids(root / "shards" / e["path"])}
+
+
+def _ids(path: Path) -> list[int]:
+    with h5py.File(path) as h5:
+        return h5["targetid"][:].tolist()

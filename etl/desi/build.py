@@ -21,9 +21,13 @@ import hashlib
 import json
 import logging
 import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from etl.atomic import write_json_atomic
 from etl.catalog import CatalogError
@@ -84,9 +88,17 @@ def build_desi_shards(
     shard_size: int | None = None,
     compression: str = "none",
     rebuild: bool = False,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    progress: bool = False,
     **_ignored: object,
 ) -> BuildResult:
-    """Build ``DATA/<release>/shards/`` from ``catalog.fits`` and ``coadds/``."""
+    """Build ``DATA/<release>/shards/`` from ``catalog.fits`` and ``coadds/``.
+
+    The coadds are preprocessed on Dask (``workers`` local processes, default the usable cores,
+    or the cluster at ``scheduler``), in this process when ``workers`` is 1 and there is no
+    scheduler; the shards are the same bytes either way.
+    """
     t0 = time.perf_counter()
     root = Path(data_dir) / release.name
     shards_dir = root / "shards"
@@ -112,7 +124,6 @@ def build_desi_shards(
                 result = BuildResult.from_index(shards_dir)
                 result.seconds = time.perf_counter() - t0
                 return result
-        pre = DesiPreprocessor(release)
         n = len(catalog["TARGETID"])
         split = split_of(catalog["RA"], catalog["DEC"], np.zeros(n, dtype=np.int64), release.splits)
         writers = {
@@ -120,32 +131,26 @@ def build_desi_shards(
             for name in SPLITS
         }
         result = BuildResult(shards_dir)
+        jobs = []
         for key, rows in groups.items():  # coadds in (survey, program, healpix) order
-            label = release.coadd_relpath(*key)
             rows = rows[np.argsort(catalog["TARGETID"][rows], kind="stable")]
-            try:
-                coadd = read_coadd(paths[key], release.coadd.arms, release.coadd.table_hdu)
-            except (CoaddError, OSError) as err:
-                reason = "missing coadd" if not paths[key].is_file() else "unreadable coadd"
-                for i in rows:
-                    result.rejected.append(_reject(catalog, i, reason, f"{label}: {err}"))
-                continue
-            at = coadd.rows_of(catalog["TARGETID"][rows])
-            for i in rows[at < 0]:
-                result.rejected.append(_reject(catalog, i, "not in coadd", label))
-            rows, at = rows[at >= 0], at[at >= 0]
-            if not len(rows):
-                continue
-            gf, gi = pre.to_grid(coadd.arm_rows(at))
-            del coadd  # one coadd's arrays at a time
-            for j, i in enumerate(rows):
-                obj = str(catalog["TARGETID"][i])
-                try:
-                    out = pre.finish(gf[j], gi[j], float(catalog["Z"][i]), obj)
-                except SpectrumRejected as err:
-                    result.rejected.append(_reject(catalog, i, err.reason, err.detail))
-                    continue
-                writers[split[i]].add(int(i), out.flux, out.ivar, out.norm)
+            jobs.append(
+                CoaddJob(
+                    str(paths[key]),
+                    release.coadd_relpath(*key),
+                    rows,
+                    catalog["TARGETID"][rows],
+                    np.asarray(catalog["Z"][rows], dtype=np.float64),
+                )
+            )
+        layout = (tuple(release.coadd.arms), release.coadd.table_hdu)
+        done = _preprocessed(DesiPreprocessor(release), layout, jobs, workers, scheduler)
+        for out in tqdm(done, total=len(jobs), unit="coadd", desc="build-shards",
+                        disable=None if progress else True):  # fmt: skip
+            for i, reason, detail in out.rejected:
+                result.rejected.append(_reject(catalog, i, reason, detail))
+            for j, i in enumerate(out.rows):
+                writers[split[i]].add(int(i), out.flux[j], out.ivar[j], out.norm[j])
         entries = [e for name in SPLITS for e in writers[name].finish()]
         result.accepted = sum(w.accepted for w in writers.values())
         result.shards, result.written = entries, len(entries)
@@ -175,6 +180,109 @@ def build_desi_shards(
         sweep(shards_dir, {e["path"] for e in entries})
     log.info("%s", result.summary())
     return result
+
+
+@dataclass
+class CoaddJob:
+    """One coadd to preprocess: its file, its label, and the catalogue rows it should hold."""
+
+    path: str
+    label: str
+    rows: np.ndarray  # catalogue row numbers, TARGETID order
+    targetids: np.ndarray
+    z: np.ndarray
+
+
+@dataclass
+class CoaddRows:
+    """What one coadd gave: accepted rows (catalogue row numbers, flux, ivar on the release grid,
+    normalisation) and the rejected ones as (row, reason, detail)."""
+
+    rows: list[int] = field(default_factory=list)
+    flux: np.ndarray | None = None
+    ivar: np.ndarray | None = None
+    norm: list[float] = field(default_factory=list)
+    rejected: list[tuple[int, str, str]] = field(default_factory=list)
+
+
+def preprocess_coadd(
+    pre: DesiPreprocessor, layout: tuple[tuple[str, ...], str], job: CoaddJob
+) -> CoaddRows:
+    """Read one coadd and preprocess its selected rows; a bad file or row is a rejection, never
+    an exception. ``layout``: (arms, table HDU) of the release's coadds. A Dask task."""
+    out = CoaddRows()
+    try:
+        coadd = read_coadd(job.path, *layout)
+    except (CoaddError, OSError) as err:
+        reason = "missing coadd" if not Path(job.path).is_file() else "unreadable coadd"
+        out.rejected = [(int(i), reason, f"{job.label}: {err}") for i in job.rows]
+        return out
+    at = coadd.rows_of(job.targetids)
+    out.rejected = [(int(i), "not in coadd", job.label) for i in job.rows[at < 0]]
+    keep = at >= 0
+    if not keep.any():
+        return out
+    grid_flux, grid_ivar = pre.to_grid(coadd.arm_rows(at[keep]))
+    del coadd  # one coadd's arrays at a time
+    good = []
+    kept = zip(job.rows[keep], job.targetids[keep], job.z[keep], strict=True)
+    for j, (i, tid, z) in enumerate(kept):
+        try:
+            spec = pre.finish(grid_flux[j], grid_ivar[j], float(z), str(tid))
+        except SpectrumRejected as err:
+            out.rejected.append((int(i), err.reason, err.detail))
+            continue
+        grid_flux[j], grid_ivar[j] = spec.flux, spec.ivar
+        out.rows.append(int(i))
+        out.norm.append(float(spec.norm))
+        good.append(j)
+    out.flux, out.ivar = grid_flux[good], grid_ivar[good]
+    return out
+
+
+def _preprocessed(
+    pre: DesiPreprocessor,
+    layout: tuple[tuple[str, ...], str],
+    jobs: list[CoaddJob],
+    workers: int | None,
+    scheduler: str | None,
+) -> Iterator[CoaddRows]:
+    """:func:`preprocess_coadd` of every job, yielded in the jobs' order (so the shards do not
+    depend on which worker was fastest). On Dask at most two coadds per worker are in flight
+    or waiting to be consumed, so memory stays flat however many coadds there are."""
+    if workers == 1 and not scheduler:
+        for job in jobs:
+            yield preprocess_coadd(pre, layout, job)
+        return
+    from distributed import Future
+
+    from etl.cluster import dask_client
+    from etl.shard_task import _same, _task_failure
+
+    with dask_client(scheduler, workers) as client:
+        n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+        # a task's result, not scattered data: a worker that dies takes nothing with it
+        pre_f = client.submit(_same, pre, pure=False)
+        todo = iter(jobs)
+        inflight: deque[tuple[CoaddJob, Future]] = deque()
+
+        def submit() -> None:
+            job = next(todo, None)
+            if job is not None:
+                fut = client.submit(preprocess_coadd, pre_f, layout, job, pure=False)
+                inflight.append((job, fut))
+
+        for _ in range(2 * n_workers):
+            submit()
+        while inflight:
+            job, fut = inflight.popleft()
+            try:
+                out = fut.result()
+            except Exception as err:
+                raise BuildError(f"coadd {job.label}: {_task_failure(err)}") from err
+            fut.release()
+            submit()
+            yield out
 
 
 def _reject(catalog: dict, i: int, reason: str, detail: str) -> dict:
