@@ -1,0 +1,94 @@
+"""DESI `build-shards`: one process against Dask worker processes, on the same coadds.
+
+SYNTHETIC coadds: each holds ROWS copies of the real galaxy of the bundled coadd
+``sample/desi/coadd-special-dark-27247.fits`` (its real spectrum and every HDU, through
+etl.desi.assemble), under new TARGETIDs, at positions spread over the sky so that every split gets
+targets. The catalogue is the real redrock row of that galaxy (read by the product's own reader,
+etl.desi.catalog.iter_desi_table), repeated with those ids and positions and selected by the
+release's cuts (DesiSelector). Each build is a full rebuild of the same inputs; the script checks
+that both give the same shard bytes, then prints spectra/s and the ratio measured in this run.
+
+Usage:  python benchmarks/desi_build.py [--coadds 24] [--rows 200] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+from etl.build import build_shards  # noqa: E402
+from etl.catalog import commit_selection  # noqa: E402
+from etl.desi.assemble import assemble_coadd  # noqa: E402
+from etl.desi.catalog import DesiSelector, iter_desi_table  # noqa: E402
+from etl.release import load_release  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+COADD = REPO / "sample" / "desi" / "coadd-special-dark-27247.fits"
+REDROCK = REPO / "sample" / "desi" / "redrock-special-dark-27247.fits"
+
+
+def make_release_data(data: Path, n_coadds: int, rows: int) -> int:
+    """Write DATA/desi-dr1/{catalog.fits, coadds/} as `specetl fetch` would; returns targets."""
+    release = load_release("desi-dr1")
+    root = data / release.name
+    (real,) = list(iter_desi_table(REDROCK, release))
+    chunk: dict[str, list] = {k: [] for k in real}
+    rng = np.random.default_rng(0)
+    for k in range(n_coadds):
+        pixel = 1000 + 37 * k
+        ids = 10**15 + k * rows + np.arange(rows)
+        ra = rng.uniform(0, 360, rows)
+        dec = np.degrees(np.arcsin(rng.uniform(-0.3, 0.9, rows)))
+        key = ("main", "dark", pixel)
+        assemble_coadd(COADD, [0] * rows, root / "coadds" / release.coadd_relpath(*key),
+                       targetids=ids, ra=ra, dec=dec,
+                       header={"SURVEY": "main", "PROGRAM": "dark", "HPXPIXEL": pixel})  # fmt: skip
+        for name, column in real.items():
+            chunk[name].append(np.repeat(column, rows))
+        chunk["TARGETID"][-1], chunk["TARGET_RA"][-1], chunk["TARGET_DEC"][-1] = ids, ra, dec
+        chunk["SURVEY"][-1] = np.full(rows, "main")
+        chunk["HPXPIXEL"][-1] = np.full(rows, pixel)
+    selector = DesiSelector(release, "SYNTHETIC")
+    selector.add({k: np.concatenate(v) for k, v in chunk.items()})
+    catalog, summary = selector.result()
+    commit_selection(catalog, summary, root, None, "TARGETID")
+    return len(catalog["TARGETID"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--coadds", type=int, default=24)
+    ap.add_argument("--rows", type=int, default=200, help="targets per coadd")
+    ap.add_argument("--workers", type=int, default=2, help="Dask worker processes")
+    args = ap.parse_args()
+    release = load_release("desi-dr1")
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        n = make_release_data(data, args.coadds, args.rows)
+        print(
+            f"SYNTHETIC: {args.coadds} coadds x {args.rows} copies of a real galaxy = {n} targets"
+        )
+        times, digests = {}, {}
+        for workers in (1, args.workers):
+            t0 = time.perf_counter()
+            result = build_shards(release, data, rebuild=True, workers=workers, progress=False)
+            times[workers] = time.perf_counter() - t0
+            digests[workers] = [e["sha256"] for e in result.shards]
+            label = "one process" if workers == 1 else f"Dask, {workers} worker processes"
+            print(f"  {label:<28} {times[workers]:7.2f} s  {result.accepted / times[workers]:7.0f}"
+                  f" spectra/s  ({result.accepted} accepted, {len(result.shards)} shards)")  # fmt: skip
+        same = digests[1] == digests[args.workers]
+        print(f"  same shard bytes: {same}")
+        print(f"  ratio (Dask / one process): {times[1] / times[args.workers]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
