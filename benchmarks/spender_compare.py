@@ -113,7 +113,7 @@ from model.train import k1_schedule  # noqa: E402
 
 BATCH = 64
 Z_AUG_MAX = 0.5
-SEED = 0
+SEED = 0  # the evaluation's (augmentation redshifts), whatever seed a spender chain trained with
 STAGES = ("fid", "sim", "con")
 OBJECTIVE = {"fid": "fidelity", "sim": "similarity", "con": "consistency"}
 #: stage -> (epochs, peak LR, stage it is initialised from or None)
@@ -226,9 +226,16 @@ def _epoch_means(sums: dict[str, float], n: int, prefix: str) -> dict[str, float
 
 
 def train_spender_stage(
-    stage_dir: Path, stage: str, epochs: int, lr: float, init: Path | None, shards: Path
+    stage_dir: Path,
+    stage: str,
+    epochs: int,
+    lr: float,
+    init: Path | None,
+    shards: Path,
+    seed: int = SEED,
 ) -> None:
-    """Train one stage into `stage_dir` (metrics.jsonl, best.pt, last.pt, done.json)."""
+    """Train one stage into `stage_dir` (metrics.jsonl, best.pt, last.pt, done.json); `seed`
+    sets the initial weights, the batch order and the stage's random draws."""
     if (stage_dir / "done.json").is_file():
         print(f"spender {stage_dir.name}: done, skipped", flush=True)
         return
@@ -237,11 +244,11 @@ def train_spender_stage(
     valid_shards = list_shards(shards, "valid", verify=False)
     wave_obs = read_wave_obs(train_shards[0])
     wave_rest = _wave_rest()
-    torch.manual_seed(SEED)
+    torch.manual_seed(seed)
     ae, inst = build_spender(wave_obs, wave_rest)
     if init is not None:
         ae.load_state_dict(torch.load(init / "best.pt", weights_only=True)["model"])
-    stream = ShardStream(train_shards, BATCH, SEED, shuffle=True)
+    stream = ShardStream(train_shards, BATCH, seed, shuffle=True)
     valid = ShardStream(valid_shards, BATCH, shuffle=False)
     total_steps = len(stream) * epochs
     opt = torch.optim.Adam(ae.parameters(), lr=lr)
@@ -258,7 +265,7 @@ def train_spender_stage(
         print(f"spender {stage_dir.name}: resumed at epoch {start}", flush=True)
     for epoch in range(start, epochs):
         stream.set_epoch(epoch)
-        gen = torch.Generator().manual_seed(SEED * 1_000_003 + epoch * 101 + 1000)
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch * 101 + 1000)
         ae.train()
         sums: dict[str, float] = {}
         n, step = 0, epoch * len(stream)
@@ -301,6 +308,7 @@ def train_spender_stage(
         torch.save(state, stage_dir / "last.tmp")
         (stage_dir / "last.tmp").replace(stage_dir / "last.pt")
     done = {"stage": stage, "epochs": epochs, "lr": lr, "init": str(init) if init else None}
+    done["seed"] = seed
     (stage_dir / "done.json").write_text(json.dumps(done) + "\n")
 
 
@@ -341,15 +349,20 @@ def load_spender(stage_dir: Path, shards: Path) -> SpenderAsSpecetl:
     return SpenderAsSpecetl(ae, inst).eval()
 
 
+def spender_root(work: Path, budget: str, seed: int = SEED) -> Path:
+    """WORK/spender-BUDGET for the seed-0 chain, WORK/spender-BUDGET-sN for seed N."""
+    return work / (f"spender-{budget}" if seed == SEED else f"spender-{budget}-s{seed}")
+
+
 def train_spender_chain(
-    work: Path, budget: str, shards: Path, stages: tuple[str, ...] = STAGES
+    work: Path, budget: str, shards: Path, stages: tuple[str, ...] = STAGES, seed: int = SEED
 ) -> dict[str, Path]:
-    """Train the spender stages `stages` (in that order) of `budget` under WORK/spender-BUDGET."""
-    root = work / f"spender-{budget}"
+    """Train the spender stages `stages` (in that order) of `budget` under spender_root()."""
+    root = spender_root(work, budget, seed)
     for stage in stages:
         epochs, lr, parent = BUDGETS[budget][stage]
         init = root / parent if parent else None
-        train_spender_stage(root / stage, stage, epochs, lr, init, shards)
+        train_spender_stage(root / stage, stage, epochs, lr, init, shards, seed)
     return {s: root / s for s in STAGES}
 
 
@@ -495,6 +508,11 @@ def main() -> None:
         "--stages", nargs="+", choices=STAGES, default=list(STAGES),
         help="spender stages to train, in this order (e.g. two processes: 'sim con' and 'fid')",
     )  # fmt: skip
+    ap.add_argument(
+        "--seed", type=int, default=SEED,
+        help="spender's training seed (weights, batch order); N > 0 trains and reads "
+        "WORK/spender-BUDGET-sN. The evaluation's own draws stay seed 0",
+    )  # fmt: skip
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--train-only", action="store_true")
     mode.add_argument("--no-train", action="store_true")
@@ -515,13 +533,15 @@ def main() -> None:
         family = json.loads((Path(given["con"]) / "config.json").read_text())["train"]["losses"]
         specetl_runs[family] = {s: Path(given[s]) for s in STAGES}
     if args.no_train:
-        spender_runs = {s: args.work / f"spender-{args.budget}" / s for s in STAGES}
+        spender_runs = {s: spender_root(args.work, args.budget, args.seed) / s for s in STAGES}
         if args.budget == "small":
             for fam in args.losses:
                 specetl_runs[fam] = {s: args.work / f"specetl-small-{fam}" / s for s in STAGES}
     else:
         args.work.mkdir(parents=True, exist_ok=True)
-        spender_runs = train_spender_chain(args.work, args.budget, shards, tuple(args.stages))
+        spender_runs = train_spender_chain(
+            args.work, args.budget, shards, tuple(args.stages), args.seed
+        )
         if args.budget == "small":
             for fam in args.losses:
                 specetl_runs[fam] = train_specetl_chain(args.work, fam, shards)
