@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -59,7 +60,9 @@ def encoder_of(spec: str, shards: Path) -> tuple[str, Callable[[str], tuple]]:
 
         stage = Path(spec.removeprefix("spender:"))
         model = load_spender(stage, shards)
-        return f"spender-{stage.name}", lambda split: encode_rows(model, shards, split)
+        seed = re.search(r"-(s\d+)$", stage.parent.name)  # spender_compare --seed N's chains
+        label = f"spender-{stage.name}" + (f"-{seed.group(1)}" if seed else "")
+        return label, lambda split: encode_rows(model, shards, split)
     run = Path(spec)
     return run.name, lambda split: encode_split(run, shards, split)[:2]
 
