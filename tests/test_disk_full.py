@@ -361,6 +361,42 @@ def test_build_on_a_real_small_file_system(tmp_path, tmpfs, size):
     assert {f"{p.parent.name}/{p.name}" for p in shards.glob("*/*")} == listed
 
 
+def test_desi_build_on_a_real_small_file_system(tmp_path, tmpfs):
+    """DESI shards (SYNTHETIC coadds of real spectra, built on a Dask worker) on a tmpfs too small
+    for them: one "disk full" line, no index over files the build did not finish, no partial
+    file; with space, the rerun builds every target."""
+    from desi_support import synthetic_sky
+
+    from etl.fetch import fetch
+    from etl.mirror import ArchiveMirror
+    from etl.release import load_release
+
+    mount, resize = tmpfs
+    dr1 = load_release("desi-dr1")
+    data = tmp_path / "data"
+    with ArchiveMirror(None, dr1, prefix="/public") as m:
+        zall = synthetic_sky(dr1, n_coadds=4, per_coadd=6, tmp=tmp_path, mirror=m)
+        zall.write(tmp_path / "zall-SYNTHETIC.fits")
+        catalog = str(tmp_path / "zall-SYNTHETIC.fits")
+        assert fetch(dr1, data, catalog_source=catalog, base_url=m.base_url).ok
+    shards = mount(data / "desi-dr1" / "shards", "300k")  # ~140 kB a 4-row shard
+    args = ["build-shards", "--release", "desi-dr1", "--data-dir", str(data)]
+    args += ["--shard-size", "4", "--workers", "1"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    (line,) = [ln for ln in res.output.splitlines() if "disk full" in ln]
+    assert line.startswith("Error: disk full") and "rerun" in line
+    assert not (shards / "index.json").exists()
+    assert not [p for p in shards.rglob(".*") if p.name != ".lock"]
+    resize(shards, "64m")
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith(f"{len(zall)} spectra in ")
+    assert verify_shards(shards) == []
+    listed = {e["path"] for e in read_index(shards)["shards"]}
+    assert {f"{p.parent.name}/{p.name}" for p in shards.glob("*/*")} == listed
+
+
 _WRITE_UNTIL_FULL = """
 import errno, sys
 import numpy as np

@@ -36,6 +36,7 @@ from etl.desi.coadd import CoaddError, read_coadd
 from etl.desi.fetch import coadd_groups
 from etl.desi.manifest import DesiRelease
 from etl.desi.preprocess import DesiPreprocessor
+from etl.diskspace import DiskFull, is_disk_full
 from etl.reports import BuildResult
 from etl.shard_index import (
     INDEX_NAME,
@@ -124,6 +125,9 @@ def build_desi_shards(
                 result = BuildResult.from_index(shards_dir)
                 result.seconds = time.perf_counter() - t0
                 return result
+        # the shards are rewritten under the names the old index lists: drop it first, so that
+        # a build cut short (killed, a full disk) leaves no index over files it did not write
+        (shards_dir / INDEX_NAME).unlink(missing_ok=True)
         n = len(catalog["TARGETID"])
         split = split_of(catalog["RA"], catalog["DEC"], np.zeros(n, dtype=np.int64), release.splits)
         writers = {
@@ -145,13 +149,23 @@ def build_desi_shards(
             )
         layout = (tuple(release.coadd.arms), release.coadd.table_hdu)
         done = _preprocessed(DesiPreprocessor(release), layout, jobs, workers, scheduler)
-        for out in tqdm(done, total=len(jobs), unit="coadd", desc="build-shards",
-                        disable=None if progress else True):  # fmt: skip
-            for i, reason, detail in out.rejected:
-                result.rejected.append(_reject(catalog, i, reason, detail))
-            for j, i in enumerate(out.rows):
-                writers[split[i]].add(int(i), out.flux[j], out.ivar[j], out.norm[j])
-        entries = [e for name in SPLITS for e in writers[name].finish()]
+        try:
+            for out in tqdm(done, total=len(jobs), unit="coadd", desc="build-shards",
+                            disable=None if progress else True):  # fmt: skip
+                for i, reason, detail in out.rejected:
+                    result.rejected.append(_reject(catalog, i, reason, detail))
+                for j, i in enumerate(out.rows):
+                    writers[split[i]].add(int(i), out.flux[j], out.ivar[j], out.norm[j])
+            entries = [e for name in SPLITS for e in writers[name].finish()]
+        except OSError as err:
+            if not is_disk_full(err):
+                raise
+            written = sum(len(w.entries) for w in writers.values())
+            raise DiskFull(
+                shards_dir,
+                f"build-shards stopped after {written} shard(s); no index.json and no partial "
+                "file remain (the writer removes its own): free space and rerun",
+            ) from None
         result.accepted = sum(w.accepted for w in writers.values())
         result.shards, result.written = entries, len(entries)
         result.seconds = time.perf_counter() - t0
