@@ -275,7 +275,8 @@ def evaluate_cmd(
     "spectra_mode",
     is_flag=True,
     help="Embed the spec-lite files (or folders of spec-*.fits) given as arguments instead of "
-    "shards: same preprocessing, scored against the run's outlier model.",
+    "shards: same preprocessing, scored against the run's outlier model. For a DESI run: coadd "
+    "files (or folders of coadd-*.fits), every target --catalog lists.",
 )
 @click.argument("paths", nargs=-1, metavar="[PATH ...]", type=click.Path(exists=True))
 @click.option(
@@ -283,7 +284,8 @@ def evaluate_cmd(
     type=EXISTING_FILE,
     default=None,
     help="With --spectra: CSV/FITS with SPECOBJID, PLATE, MJD, FIBERID, RA, DEC, CLASS, Z (a "
-    "selection saved by the explorer page has them) whose Z replaces each file's HDU 2 redshift.",
+    "selection saved by the explorer page has them) whose Z replaces each file's HDU 2 redshift. "
+    "DESI coadds: the redrock file or a zall table (TARGETID, Z), required.",
 )
 @click.option(
     "--release",
@@ -350,7 +352,12 @@ def embed_cmd(
             )
             for e in errors:
                 click.echo(f"skipped {e}", err=True)
-            click.echo(f"{path}: {len(files) - len(errors)} of {len(files)} spectra embedded")
+            from astropy.io import fits
+
+            rows = int(fits.getheader(path, 1)["NAXIS2"])  # a DESI coadd holds many spectra
+            click.echo(
+                f"{path}: {rows} spectra embedded from {len(files)} file(s), {len(errors)} skipped"
+            )
         else:
             path = embed_shards(run_dir, out, shards, split, device, batch_size, density=density)
             click.echo(f"{path}: split {split} embedded")

@@ -116,6 +116,26 @@ def test_desi_through_train_and_embed(dr1, tmp_path):
     assert str(table["specobjid"][i]) == str(REAL)
     assert Table.read(out)["TARGETID"].dtype.kind == "i"
 
+    # the real coadd embedded from its own file with its real redrock table: the same
+    # preprocessing as build-shards, so the latents of its shard row
+    from click.testing import CliRunner
+
+    from cli import main
+
+    coadd = DESI / "coadd-special-dark-27247.fits"
+    base = ["embed", "--run", str(run), "--device", "cpu", "--spectra", str(coadd)]
+    res = CliRunner().invoke(main, [*base, "--out", str(tmp_path / "coadd.fits"),
+                                    "--catalog", str(DESI / "redrock-special-dark-27247.fits")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "1 spectra embedded from 1 file(s), 0 skipped" in res.output
+    got, got_header = read_embedding(tmp_path / "coadd.fits")
+    assert [int(t) for t in got["targetid"]] == [REAL] and got_header["RELEASE"] == "desi-dr1"
+    assert (str(got["survey"][0]), str(got["program"][0])) == ("special", "dark")
+    assert np.allclose(got["s"][0], table["s"][i], atol=1e-5)
+    assert np.isclose(got["chi2"][0], table["chi2"][i], rtol=1e-4)
+    res = CliRunner().invoke(main, [*base, "--out", str(tmp_path / "none.fits")])
+    assert res.exit_code == 1 and "hold no redshift" in res.output, res.output
+
 
 def _synthetic_release_fetched(dr1, tmp: Path, n_coadds: int) -> tuple[Path, Table]:
     data = tmp / "data"

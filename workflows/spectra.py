@@ -152,6 +152,77 @@ def preprocess_spectra(
     return rows, errors
 
 
+def preprocess_desi_coadds(
+    paths: Sequence[str | Path], release, catalog: str | Path | None
+) -> tuple[list[dict], list[str]]:
+    """Read and preprocess every target of DESI coadd files that `catalog` lists (a coadd holds
+    no redshift: the catalogue is the coadd's redrock file or a zall table, DESI's column
+    names). The same steps as `build-shards` (etl.desi.build.preprocess_coadd), so a target
+    embedded from its coadd gets the latents its shard row gets. One error line per file or
+    target that cannot be used."""
+    from etl.desi.build import CoaddJob, preprocess_coadd
+    from etl.desi.catalog import iter_desi_table
+    from etl.desi.coadd import CoaddError, read_coadd
+    from etl.desi.preprocess import DesiPreprocessor
+    from model.embed import EmbedError
+
+    if catalog is None:
+        raise EmbedError(
+            f"{release.name}: DESI coadds hold no redshift; pass --catalog with the targets' "
+            "TARGETID and Z (the coadd's redrock file, or a zall table)"
+        )
+    cat: dict[int, dict] = {}
+    for chunk in iter_desi_table(catalog, release):
+        for k, tid in enumerate(chunk["TARGETID"]):
+            cat.setdefault(int(tid), {c: v[k] for c, v in chunk.items()})
+    pre = DesiPreprocessor(release)
+    layout = (tuple(release.coadd.arms), release.coadd.table_hdu)
+    rows, errors = [], []
+    for p in map(Path, paths):
+        try:
+            held = read_coadd(p, *layout).targetid
+            header = _primary_header(p)
+        except (CoaddError, OSError) as e:
+            errors.append(f"{p}: {e}")
+            log.warning("%s: skipped: %s", p, e)
+            continue
+        tids = np.array([t for t in held if int(t) in cat], dtype=np.int64)
+        if not len(tids):
+            errors.append(f"{p}: none of its {len(held)} targets is in {catalog}")
+            continue
+        z = np.array([float(cat[int(t)]["Z"]) for t in tids])
+        out = preprocess_coadd(pre, layout, CoaddJob(str(p), p.name, np.arange(len(tids)), tids, z))
+        for i, reason, detail in out.rejected:
+            errors.append(f"{p}: targetid {tids[i]}: {reason} ({detail})")
+            log.warning("%s: targetid %s skipped: %s (%s)", p, tids[i], reason, detail)
+        for j, i in enumerate(out.rows):
+            meta = cat[int(tids[i])]
+            rows.append(
+                {
+                    "flux": out.flux[j],
+                    "ivar": out.ivar[j],
+                    "z": np.float32(meta["Z"]),
+                    "specobjid": str(int(tids[i])),
+                    "targetid": int(tids[i]),
+                    # a tile redrock file has no SURVEY/PROGRAM: the coadd's header has them
+                    "survey": str(meta.get("SURVEY", header.get("SURVEY", ""))),
+                    "program": str(meta.get("PROGRAM", header.get("PROGRAM", ""))),
+                    "ra": float(meta["TARGET_RA"]),
+                    "dec": float(meta["TARGET_DEC"]),
+                    "split": "none",
+                    "class": str(meta.get("SPECTYPE", "")),
+                    "file": str(p),
+                }
+            )
+    return rows, errors
+
+
+def _primary_header(path: Path) -> dict:
+    from astropy.io import fits
+
+    return dict(fits.getheader(path, 0))
+
+
 def _batches(rows: list[dict], batch_size: int) -> Iterator[dict[str, np.ndarray]]:
     for a in range(0, len(rows), batch_size):
         part = rows[a : a + batch_size]
@@ -159,12 +230,13 @@ def _batches(rows: list[dict], batch_size: int) -> Iterator[dict[str, np.ndarray
 
 
 def spectrum_files(paths: Sequence[str | Path]) -> list[Path]:
-    """The files named, a folder standing for its spec-*.fits (recursively, sorted)."""
-    return [
-        f
-        for p in (Path(x) for x in paths)
-        for f in (sorted(p.rglob("spec-*.fits")) if p.is_dir() else [p])
-    ]
+    """The files named, a folder standing for its spec-*.fits (SDSS) and coadd-*.fits (DESI),
+    recursively, sorted."""
+
+    def found(folder: Path) -> list[Path]:
+        return sorted({*folder.rglob("spec-*.fits"), *folder.rglob("coadd-*.fits")})
+
+    return [f for p in (Path(x) for x in paths) for f in (found(p) if p.is_dir() else [p])]
 
 
 def embed_spectra(
@@ -178,7 +250,8 @@ def embed_spectra(
     batch_size: int = 256,
     density: str = "auto",
 ) -> tuple[Path, list[str]]:
-    """`specetl embed --spectra`: embed and score spec-lite files; returns (FITS path, errors).
+    """`specetl embed --spectra`: embed and score spec-lite files (or DESI coadds: every target
+    `catalog` lists); returns (FITS path, errors).
 
     z comes from each file's HDU 2, or from `catalog` (matched on the release's object key). The
     files go through the same grid/mask/normalise as the shards (the release of the run's
@@ -201,7 +274,10 @@ def embed_spectra(
     shards_dir = shards_of_run(run, ckpt, shards_dir)
     rel = _release_of(run, release, shards_dir)
     check_pixels(ckpt, rel.grid.npix, f"embed {run} with release {rel.name}", shards_dir)
-    rows, errors = preprocess_spectra(paths, rel, catalog)
+    if getattr(rel, "family", "") == "desi":  # coadds of many targets, z from the catalogue
+        rows, errors = preprocess_desi_coadds(paths, rel, catalog)
+    else:
+        rows, errors = preprocess_spectra(paths, rel, catalog)
     if not rows:
         raise EmbedError(f"none of the {len(paths)} spectra could be preprocessed")
     om = ensure_outlier_model(run, shards_dir, model, dev, batch_size, density=density)
