@@ -64,13 +64,14 @@ def main() -> None:
         ax.set_xlabel(f"ΔR² {LABELS.get(param, param)}")
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(range(len(runs)), list(reversed(runs)))
-    axes[0].legend(loc="lower left", fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(docs), fontsize=8, frameon=False)
     refs = sorted({d["reference"] for d in docs})
     fig.suptitle(
         args.title or f"R²(run) − R²({', '.join(refs)}), 95% paired bootstrap (SYNTHETIC)",
         fontsize=10,
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=110)
     print(f"wrote {args.out}")
