@@ -6,7 +6,8 @@ etl.desi.assemble), under new TARGETIDs, at positions spread over the sky so tha
 targets. The catalogue is the real redrock row of that galaxy (read by the product's own reader,
 etl.desi.catalog.iter_desi_table), repeated with those ids and positions and selected by the
 release's cuts (DesiSelector). Each build is a full rebuild of the same inputs; the script checks
-that both give the same shard bytes, then prints spectra/s and the ratio measured in this run.
+that both give the same shard bytes, then prints spectra/s and the ratio measured in this run,
+and the share of a one-process build that is preprocessing (what workers can take over).
 
 Usage:  python benchmarks/desi_build.py [--coadds 24] [--rows 200] [--workers 2]
 """
@@ -63,6 +64,24 @@ def make_release_data(data: Path, n_coadds: int, rows: int) -> int:
     return len(catalog["TARGETID"])
 
 
+def preprocess_only(release, data: Path) -> float:
+    """Seconds to read and preprocess every coadd in this process, without writing shards."""
+    from etl.desi.build import CoaddJob, preprocess_coadd, read_desi_catalog
+    from etl.desi.fetch import coadd_groups
+    from etl.desi.preprocess import DesiPreprocessor
+
+    root = data / release.name
+    catalog = read_desi_catalog(root / "catalog.fits")
+    pre = DesiPreprocessor(release)
+    layout = (tuple(release.coadd.arms), release.coadd.table_hdu)
+    t0 = time.perf_counter()
+    for key, rows in coadd_groups(catalog).items():
+        path = str(root / "coadds" / release.coadd_relpath(*key))
+        z = np.asarray(catalog["Z"][rows], dtype=np.float64)
+        preprocess_coadd(pre, layout, CoaddJob(path, "", rows, catalog["TARGETID"][rows], z))
+    return time.perf_counter() - t0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--coadds", type=int, default=24)
@@ -85,6 +104,10 @@ def main() -> None:
             label = "one process" if workers == 1 else f"Dask, {workers} worker processes"
             print(f"  {label:<28} {times[workers]:7.2f} s  {result.accepted / times[workers]:7.0f}"
                   f" spectra/s  ({result.accepted} accepted, {len(result.shards)} shards)")  # fmt: skip
+        # the share of a one-process build that workers can take over: preprocess_coadd alone
+        pre_seconds = preprocess_only(release, data)
+        print(f"  preprocess_coadd alone       {pre_seconds:7.2f} s  "
+              f"({pre_seconds / times[1]:.0%} of the one-process build)")  # fmt: skip
         same = digests[1] == digests[args.workers]
         print(f"  same shard bytes: {same}")
         print(f"  ratio (Dask / one process): {times[1] / times[args.workers]:.2f}x")
