@@ -407,23 +407,20 @@ CASES = [
     # train
     *(
         _c(
-            f"train-lr-{name}",
-            lambda w, f, v=value: (
-                ["train", "--shards", str(w.shards), "--run", str(f / "r")] + ["--lr", v]
+            f"train-{option[2:]}-{name}",
+            lambda w, f, o=option, v=value: (
+                ["train", "--shards", str(w.shards), "--run", str(f / "r")] + [o, v]
             ),
-            "--lr",
+            option,
         )
-        for name, value in (("nan", "nan"), ("negative", "-1"), ("inf", "inf"), ("text", "x"))
-    ),
-    *(
-        _c(
-            f"train-decoder-mlp-{name}",
-            lambda w, f, v=value: (
-                ["train", "--shards", str(w.shards), "--run", str(f / "r")] + ["--decoder-mlp", v]
+        for option, cases in (
+            ("--lr", (("nan", "nan"), ("negative", "-1"), ("inf", "inf"), ("text", "x"))),
+            (
+                "--decoder-mlp",
+                (("zero", "64,0"), ("text", "64,x"), ("empty", ""), ("float", "1.5")),
             ),
-            "--decoder-mlp",
         )
-        for name, value in (("zero", "64,0"), ("text", "64,x"), ("empty", ""), ("float", "1.5"))
+        for name, value in cases
     ),
     _c(
         "train-epochs-zero",
