@@ -160,7 +160,7 @@ def preprocess_desi_coadds(
     names). The same steps as `build-shards` (etl.desi.build.preprocess_coadd), so a target
     embedded from its coadd gets the latents its shard row gets. One error line per file or
     target that cannot be used."""
-    from etl.desi.build import CoaddJob, preprocess_coadd
+    from etl.desi.build import CoaddJob, preprocess_coadd_rows
     from etl.desi.catalog import iter_desi_table
     from etl.desi.coadd import CoaddError, read_coadd
     from etl.desi.preprocess import DesiPreprocessor
@@ -180,18 +180,19 @@ def preprocess_desi_coadds(
     rows, errors = [], []
     for p in map(Path, paths):
         try:
-            held = read_coadd(p, *layout).targetid
+            coadd = read_coadd(p, *layout)
             header = _primary_header(p)
         except (CoaddError, OSError) as e:
             errors.append(f"{p}: {e}")
             log.warning("%s: skipped: %s", p, e)
             continue
-        tids = np.array([t for t in held if int(t) in cat], dtype=np.int64)
+        tids = np.array([t for t in coadd.targetid if int(t) in cat], dtype=np.int64)
         if not len(tids):
-            errors.append(f"{p}: none of its {len(held)} targets is in {catalog}")
+            errors.append(f"{p}: none of its {len(coadd.targetid)} targets is in {catalog}")
             continue
         z = np.array([float(cat[int(t)]["Z"]) for t in tids])
-        out = preprocess_coadd(pre, layout, CoaddJob(str(p), p.name, np.arange(len(tids)), tids, z))
+        job = CoaddJob(str(p), p.name, np.arange(len(tids)), tids, z)
+        out = preprocess_coadd_rows(pre, coadd, job)  # the coadd is read once
         for i, reason, detail in out.rejected:
             errors.append(f"{p}: targetid {tids[i]}: {reason} ({detail})")
             log.warning("%s: targetid %s skipped: %s (%s)", p, tids[i], reason, detail)

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from etl.atomic import write_json_atomic
 from etl.catalog import CatalogError
 from etl.desi.catalog import DESI_COLUMNS
-from etl.desi.coadd import CoaddError, read_coadd
+from etl.desi.coadd import CoaddArms, CoaddError, read_coadd
 from etl.desi.fetch import coadd_groups
 from etl.desi.manifest import DesiRelease
 from etl.desi.preprocess import DesiPreprocessor
@@ -224,20 +224,23 @@ def preprocess_coadd(
 ) -> CoaddRows:
     """Read one coadd and preprocess its selected rows; a bad file or row is a rejection, never
     an exception. ``layout``: (arms, table HDU) of the release's coadds. A Dask task."""
-    out = CoaddRows()
     try:
         coadd = read_coadd(job.path, *layout)
     except (CoaddError, OSError) as err:
         reason = "missing coadd" if not Path(job.path).is_file() else "unreadable coadd"
-        out.rejected = [(int(i), reason, f"{job.label}: {err}") for i in job.rows]
-        return out
+        return CoaddRows(rejected=[(int(i), reason, f"{job.label}: {err}") for i in job.rows])
+    return preprocess_coadd_rows(pre, coadd, job)
+
+
+def preprocess_coadd_rows(pre: DesiPreprocessor, coadd: CoaddArms, job: CoaddJob) -> CoaddRows:
+    """:func:`preprocess_coadd` on a coadd already read (``job.path`` is not opened again)."""
+    out = CoaddRows()
     at = coadd.rows_of(job.targetids)
     out.rejected = [(int(i), "not in coadd", job.label) for i in job.rows[at < 0]]
     keep = at >= 0
     if not keep.any():
         return out
     grid_flux, grid_ivar = pre.to_grid(coadd.arm_rows(at[keep]))
-    del coadd  # one coadd's arrays at a time
     good = []
     kept = zip(job.rows[keep], job.targetids[keep], job.z[keep], strict=True)
     for j, (i, tid, z) in enumerate(kept):
