@@ -82,6 +82,7 @@ class Widths(click.ParamType):
 
 
 LEARNING_RATE = PositiveFiniteFloat()
+POSITIVE_FINITE = PositiveFiniteFloat()
 DEVICE = Device()
 WIDTHS = Widths()
 

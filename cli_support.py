@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import click
 
-from cli_guard import DEVICE, LEARNING_RATE, WIDTHS
+from cli_guard import DEVICE, LEARNING_RATE, POSITIVE_FINITE, WIDTHS
 
 
 def setup_logging(verbose: int) -> None:
@@ -184,6 +184,15 @@ def train_options(command: Callable) -> Callable:
             "step; line widths and noise untouched), or linear interpolation (broadens lines by "
             "up to half a pixel). Training's validation uses the same copies; specetl evaluate "
             "uses interpolate.",
+        ),
+        click.option(
+            "--z-aug-max",
+            type=POSITIVE_FINITE,
+            default=0.5,
+            show_default=True,
+            help="Consistency's copies are moved to z_new ~ U[0, Z_AUG_MAX] (at most 1: beyond "
+            "that a copy keeps little of a low-z galaxy's window). Smaller keeps Hα (6563 Å, "
+            "out of the grid above z 0.42) in every copy. specetl evaluate always uses 0.5.",
         ),
         click.option(
             "--encoder-frame",

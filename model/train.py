@@ -63,6 +63,10 @@ from model.scalefree import CONSISTENCY_NORMS, SIM_FORMS
 log = logging.getLogger(__name__)
 
 
+#: the largest z_aug_max: a z≈0.1 galaxy moved to z 1 keeps a third of its restframe window
+Z_AUG_MAX_LIMIT = 1.0
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a training run (stored in config.json and every checkpoint)."""
@@ -102,6 +106,7 @@ class TrainConfig:
     # L_c has no gradient where |s − s_aug| >> σ_s (the sigmoid saturates), so a small target
     # σ_s is only reachable by tightening it while the shifts shrink
     sigma_s_start: float | None = None
+    # consistency's copies are moved to z_new ~ U[0, z_aug_max] (training and its validation)
     z_aug_max: float = 0.5
     # how the consistency term's copies are moved in redshift (model.augment.AUGMENT_MODES), in
     # training and in its validation (which picks best.pt, so it must judge what is trained):
@@ -138,6 +143,10 @@ class TrainConfig:
             raise TrainError(
                 f"--consistency-norm must be one of {CONSISTENCY_NORMS}, "
                 f"not {self.consistency_norm!r}"
+            )
+        if not (math.isfinite(self.z_aug_max) and 0 < self.z_aug_max <= Z_AUG_MAX_LIMIT):
+            raise TrainError(
+                f"--z-aug-max must be in (0, {Z_AUG_MAX_LIMIT:g}], not {self.z_aug_max!r}"
             )
         if self.augment not in AUGMENT_MODES:
             raise TrainError(f"--augment must be one of {AUGMENT_MODES}, not {self.augment!r}")

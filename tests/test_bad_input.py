@@ -415,6 +415,8 @@ CASES = [
         )
         for option, cases in (
             ("--lr", (("nan", "nan"), ("negative", "-1"), ("inf", "inf"), ("text", "x"))),
+            ("--z-aug-max", (("nan", "nan"), ("zero", "0"), ("above-one", "1.5"))),
+            ("--consistency-weight", (("nan", "nan"), ("inf", "inf"))),
             (
                 "--decoder-mlp",
                 (("zero", "64,0"), ("text", "64,x"), ("empty", ""), ("float", "1.5")),

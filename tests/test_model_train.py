@@ -308,6 +308,38 @@ def test_latent_sv_ratio_tells_a_line_from_a_cloud():
     assert latent_sv_ratio(torch.cat([cloud, torch.full((3, 2), float("inf"))])) > 0.8
 
 
+def test_z_aug_max_reaches_every_copy_and_resume_keeps_it(shards, tmp_path, monkeypatch):
+    """`specetl train --z-aug-max` sets the range of the copies' redshifts in training and in
+    its validation, is recorded in the run, and --resume refuses another value."""
+    from click.testing import CliRunner
+
+    import model.objectives
+    from cli import main
+
+    drawn: list[tuple[float, float]] = []
+    real_augment = model.objectives.redshift_augment
+
+    def recording_augment(x, w, z, wave_obs, generator, z_max, mode):
+        out = real_augment(x, w, z, wave_obs, generator, z_max, mode)
+        drawn.append((z_max, float(out[2].max())))
+        return out
+
+    monkeypatch.setattr(model.objectives, "redshift_augment", recording_augment)
+    run = tmp_path / "con"
+    args = ["train", "--shards", str(shards), "--run", str(run), "--objective", "consistency"]
+    args += ["--epochs", "1", "--batch-size", "8", "--seed", "1", "--z-aug-max", "0.2"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    assert len(drawn) > 2 and {z_max for z_max, _ in drawn} == {0.2}
+    assert 0.1 < max(top for _, top in drawn) <= 0.2 + 1e-3  # pixel-shift rounds to a pixel
+    assert json.loads((run / "config.json").read_text())["train"]["z_aug_max"] == 0.2
+    args[args.index("0.2")] = "0.3"
+    res = CliRunner().invoke(main, [*args, "--resume"])
+    assert res.exit_code != 0 and "z_aug_max" in res.output
+    with pytest.raises(TrainError, match=r"--z-aug-max must be in \(0, 1\]"):
+        TrainConfig(shards="s", run="r", z_aug_max=1.5)
+
+
 def test_consistency_trains_with_pixel_shift_copies():
     """--augment pixel-shift reaches the consistency term (the copies sit a whole number of
     pixels away), and an unknown mode is refused by the config."""
