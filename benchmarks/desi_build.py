@@ -73,12 +73,11 @@ def preprocess_only(release, data: Path) -> float:
     root = data / release.name
     catalog = read_desi_catalog(root / "catalog.fits")
     pre = DesiPreprocessor(release)
-    layout = (tuple(release.coadd.arms), release.coadd.table_hdu)
     t0 = time.perf_counter()
     for key, rows in coadd_groups(catalog).items():
         path = str(root / "coadds" / release.coadd_relpath(*key))
         z = np.asarray(catalog["Z"][rows], dtype=np.float64)
-        preprocess_coadd(pre, layout, CoaddJob(path, "", rows, catalog["TARGETID"][rows], z))
+        preprocess_coadd(pre, release.coadd, CoaddJob(path, "", rows, catalog["TARGETID"][rows], z))
     return time.perf_counter() - t0
 
 

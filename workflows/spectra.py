@@ -176,11 +176,10 @@ def preprocess_desi_coadds(
         for k, tid in enumerate(chunk["TARGETID"]):
             cat.setdefault(int(tid), {c: v[k] for c, v in chunk.items()})
     pre = DesiPreprocessor(release)
-    layout = (tuple(release.coadd.arms), release.coadd.table_hdu)
     rows, errors = [], []
     for p in map(Path, paths):
         try:
-            coadd = read_coadd(p, *layout)
+            coadd = read_coadd(p, release.coadd.arms, release.coadd.table_hdu)
             header = _primary_header(p)
         except (CoaddError, OSError) as e:
             errors.append(f"{p}: {e}")

@@ -34,7 +34,7 @@ from etl.catalog import CatalogError
 from etl.desi.catalog import DESI_COLUMNS
 from etl.desi.coadd import CoaddArms, CoaddError, read_coadd
 from etl.desi.fetch import coadd_groups
-from etl.desi.manifest import DesiRelease
+from etl.desi.manifest import CoaddLayout, DesiRelease
 from etl.desi.preprocess import DesiPreprocessor
 from etl.diskspace import DiskFull, is_disk_full
 from etl.reports import BuildResult
@@ -147,8 +147,7 @@ def build_desi_shards(
                     np.asarray(catalog["Z"][rows], dtype=np.float64),
                 )
             )
-        layout = (tuple(release.coadd.arms), release.coadd.table_hdu)
-        done = _preprocessed(DesiPreprocessor(release), layout, jobs, workers, scheduler)
+        done = _preprocessed(DesiPreprocessor(release), release.coadd, jobs, workers, scheduler)
         try:
             for out in tqdm(done, total=len(jobs), unit="coadd", desc="build-shards",
                             disable=None if progress else True):  # fmt: skip
@@ -219,13 +218,11 @@ class CoaddRows:
     rejected: list[tuple[int, str, str]] = field(default_factory=list)
 
 
-def preprocess_coadd(
-    pre: DesiPreprocessor, layout: tuple[tuple[str, ...], str], job: CoaddJob
-) -> CoaddRows:
+def preprocess_coadd(pre: DesiPreprocessor, layout: CoaddLayout, job: CoaddJob) -> CoaddRows:
     """Read one coadd and preprocess its selected rows; a bad file or row is a rejection, never
-    an exception. ``layout``: (arms, table HDU) of the release's coadds. A Dask task."""
+    an exception. ``layout``: the release's coadd HDUs (``release.coadd``). A Dask task."""
     try:
-        coadd = read_coadd(job.path, *layout)
+        coadd = read_coadd(job.path, layout.arms, layout.table_hdu)
     except (CoaddError, OSError) as err:
         reason = "missing coadd" if not Path(job.path).is_file() else "unreadable coadd"
         return CoaddRows(rejected=[(int(i), reason, f"{job.label}: {err}") for i in job.rows])
@@ -259,7 +256,7 @@ def preprocess_coadd_rows(pre: DesiPreprocessor, coadd: CoaddArms, job: CoaddJob
 
 def _preprocessed(
     pre: DesiPreprocessor,
-    layout: tuple[tuple[str, ...], str],
+    layout: CoaddLayout,
     jobs: list[CoaddJob],
     workers: int | None,
     scheduler: str | None,
