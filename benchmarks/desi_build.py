@@ -6,8 +6,10 @@ etl.desi.assemble), under new TARGETIDs, at positions spread over the sky so tha
 targets. The catalogue is the real redrock row of that galaxy (read by the product's own reader,
 etl.desi.catalog.iter_desi_table), repeated with those ids and positions and selected by the
 release's cuts (DesiSelector). Each build is a full rebuild of the same inputs; the script checks
-that both give the same shard bytes, then prints spectra/s and the ratio measured in this run,
-and the share of a one-process build that is preprocessing (what workers can take over).
+that both give the same shard bytes, then prints spectra/s and the ratio measured in this run.
+Every shard is one task that reads its coadds' rows, preprocesses and writes (etl.desi.build), so
+the workers do the whole build; the script also prints the time to read and preprocess every
+coadd once in this process, without writing, against the one-process build.
 
 Usage:  python benchmarks/desi_build.py [--coadds 24] [--rows 200] [--workers 2]
 """
@@ -103,9 +105,10 @@ def main() -> None:
             label = "one process" if workers == 1 else f"Dask, {workers} worker processes"
             print(f"  {label:<28} {times[workers]:7.2f} s  {result.accepted / times[workers]:7.0f}"
                   f" spectra/s  ({result.accepted} accepted, {len(result.shards)} shards)")  # fmt: skip
-        # the share of a one-process build that workers can take over: preprocess_coadd alone
+        # reading and preprocessing alone, each coadd once: the rest of a one-process build is
+        # writing the shards (and a coadd's second read where its rows straddle shards)
         pre_seconds = preprocess_only(release, data)
-        print(f"  preprocess_coadd alone       {pre_seconds:7.2f} s  "
+        print(f"  read + preprocess, no writes {pre_seconds:7.2f} s  "
               f"({pre_seconds / times[1]:.0%} of the one-process build)")  # fmt: skip
         same = digests[1] == digests[args.workers]
         print(f"  same shard bytes: {same}")

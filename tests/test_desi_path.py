@@ -183,6 +183,37 @@ def test_desi_build_memory_stays_flat_as_the_catalogue_grows(dr1, tmp_path):
     assert [e["sha256"] for e in again.shards] == [e["sha256"] for e in index["shards"]]
 
 
+def test_shards_are_planned_from_the_catalogue_alone():
+    """Each split's rows, coadd after coadd, are cut into shards of at most shard_size rows
+    before anything is read, so every shard can be written by its own task; a coadd whose rows
+    straddle a boundary is read by both shards, each for its own rows only."""
+    from etl.desi.build import CoaddJob, plan_shards
+
+    rng = np.random.default_rng(0)
+    split = rng.choice(np.array(["train", "valid", "test"]), size=40, p=[0.7, 0.15, 0.15])
+    jobs, start = [], 0
+    for k, n in enumerate((9, 1, 14, 0, 16)):  # an empty coadd group among them
+        rows = np.arange(start, start + n)
+        jobs.append(CoaddJob(f"c{k}.fits", f"c{k}", rows, 1000 + rows, np.full(n, 0.1)))
+        start += n
+    plans = plan_shards(jobs, split, shard_size=5)
+    assert sorted(np.concatenate([p.rows for p in plans]).tolist()) == list(range(40))
+    for name in ("train", "valid", "test"):
+        mine = [p for p in plans if p.split == name]
+        assert [p.path for p in mine] == [f"{name}/shard-{k:05d}.h5" for k in range(len(mine))]
+        assert all(1 <= len(p.rows) <= 5 and (split[p.rows] == name).all() for p in mine)
+        assert all(len(p.rows) == 5 for p in mine[:-1])  # only a split's last shard is short
+        in_order = [r for job in jobs for r in job.rows if split[r] == name]
+        assert np.concatenate([p.rows for p in mine]).tolist() == in_order
+        for p in mine:  # each coadd's piece keeps its targets and redshifts with its rows
+            for job in p.jobs:
+                assert (job.targetids == 1000 + job.rows).all() and len(job.z) == len(job.rows)
+    straddling = {job.label for p in plans for job in p.jobs}
+    assert sum(job.label == "c4" for p in plans for job in p.jobs) > 1 and "c3" not in straddling
+    again = plan_shards(jobs, split, 5)  # the catalogue alone decides
+    assert [(p.path, p.rows.tolist()) for p in again] == [(p.path, p.rows.tolist()) for p in plans]
+
+
 def test_bad_coadds_and_a_stray_target_are_counted_and_the_rest_is_built(dr1, tmp_path):
     """SYNTHETIC coadds of real spectra, built on two Dask workers: a truncated coadd, a missing
     one and a catalogue target its coadd does not hold are each rejected by name and counted,

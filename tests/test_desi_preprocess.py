@@ -119,3 +119,18 @@ def test_a_real_galaxy_through_the_whole_preprocessing():
     assert out.flux.shape == (release.grid.npix,) and np.isfinite(out.norm) and out.norm > 0
     assert (out.ivar > 0).sum() > 0.9 * release.grid.npix - 200  # sky lines masked, little else
     assert not np.any(np.isnan(out.flux))
+
+
+def test_reading_some_targets_of_a_real_coadd_gives_exactly_their_rows(sv3):
+    """A shard that needs a few targets of a coadd reads only their rows: the same values as
+    the whole file's rows, in the coadd's own order; a target the coadd lacks is simply absent."""
+    want = sv3.targetid[[4, 1]]  # asked out of order
+    part = read_coadd(SV3, ARMS, targetids=np.array([*want, 7]))
+    assert part.targetid.tolist() == sv3.targetid[[1, 4]].tolist()
+    for arm in ARMS:
+        whole, some = sv3.arms[arm], part.arms[arm]
+        assert np.array_equal(some[0], whole[0])  # the wavelengths are the arm's, unchanged
+        for a, b in zip(some[1:], whole[1:], strict=True):
+            assert a.shape == (2, len(whole[0])) and np.array_equal(a, b[[1, 4]])
+    none = read_coadd(SV3, ARMS, targetids=np.array([7]))
+    assert len(none.targetid) == 0 and none.arms["B"][1].shape == (0, len(sv3.arms["B"][0]))

@@ -1,9 +1,13 @@
 """``specetl build-shards`` for a DESI release: fetched coadds -> shards of the same format.
 
-Objects are grouped by coadd; each coadd is read once and its selected rows go through
-:class:`etl.desi.preprocess.DesiPreprocessor` together (arm join and resample are vectorised over
-rows). The preprocessed rows stream into their split's next shard, so memory is one coadd plus
-one shard per split whatever the catalogue's size. Splits come from the same sky-cell key as SDSS (:func:`etl.splits.split_of`, the
+The shards are planned from the catalogue alone: each split's targets, coadds in (survey,
+program, healpix) order and TARGETID order within a coadd, are cut into shards of
+``shard_size`` rows (:func:`plan_shards`). Each shard is then one task: it reads the coadds its
+rows are in, runs them through :class:`etl.desi.preprocess.DesiPreprocessor` together (arm join
+and resample are vectorised over rows) and writes the shard itself, on Dask workers or in this
+process. Memory is one shard plus one coadd per worker whatever the catalogue's size, this
+process only collects index entries, and the bytes do not depend on the number of workers.
+Splits come from the same sky-cell key as SDSS (:func:`etl.splits.split_of`, the
 manifest's ``[splits]``, identical to the SDSS manifests'), so a galaxy observed by both lands
 in one split. Shards are format v2 (docs/shard-format.md) with the object key
 (``targetid`` int64; ``survey``, ``program`` ASCII, listed by the ``object_key_text``
@@ -130,11 +134,6 @@ def build_desi_shards(
         (shards_dir / INDEX_NAME).unlink(missing_ok=True)
         n = len(catalog["TARGETID"])
         split = split_of(catalog["RA"], catalog["DEC"], np.zeros(n, dtype=np.int64), release.splits)
-        writers = {
-            name: _SplitShards(release, shards_dir, catalog, name, shard_size, comp)
-            for name in SPLITS
-        }
-        result = BuildResult(shards_dir)
         jobs = []
         for key, rows in groups.items():  # coadds in (survey, program, healpix) order
             rows = rows[np.argsort(catalog["TARGETID"][rows], kind="stable")]
@@ -147,25 +146,28 @@ def build_desi_shards(
                     np.asarray(catalog["Z"][rows], dtype=np.float64),
                 )
             )
-        done = _preprocessed(DesiPreprocessor(release), release.coadd, jobs, workers, scheduler)
+        plans = plan_shards(jobs, split, shard_size)
+        result = BuildResult(shards_dir)
+        entries: list[dict] = []
+        pre = DesiPreprocessor(release)
+        attrs = {name: _attrs(release, name) for name in SPLITS}
+        done = _written(pre, release, catalog, plans, shards_dir, attrs, comp, workers, scheduler)
         try:
-            for out in tqdm(done, total=len(jobs), unit="coadd", desc="build-shards",
+            for out in tqdm(done, total=len(plans), unit="shard", desc="build-shards",
                             disable=None if progress else True):  # fmt: skip
                 for i, reason, detail in out.rejected:
                     result.rejected.append(_reject(catalog, i, reason, detail))
-                for j, i in enumerate(out.rows):
-                    writers[split[i]].add(int(i), out.flux[j], out.ivar[j], out.norm[j])
-            entries = [e for name in SPLITS for e in writers[name].finish()]
+                if out.entry is not None:
+                    entries.append(out.entry)
+                    result.accepted += out.entry["rows"]
         except OSError as err:
             if not is_disk_full(err):
                 raise
-            written = sum(len(w.entries) for w in writers.values())
             raise DiskFull(
                 shards_dir,
-                f"build-shards stopped after {written} shard(s); no index.json and no partial "
-                "file remain (the writer removes its own): free space and rerun",
+                f"build-shards stopped after {len(entries)} shard(s); no index.json and no "
+                "partial file remain (the writer removes its own): free space and rerun",
             ) from None
-        result.accepted = sum(w.accepted for w in writers.values())
         result.shards, result.written = entries, len(entries)
         result.seconds = time.perf_counter() - t0
         report = {
@@ -222,7 +224,7 @@ def preprocess_coadd(pre: DesiPreprocessor, layout: CoaddLayout, job: CoaddJob) 
     """Read one coadd and preprocess its selected rows; a bad file or row is a rejection, never
     an exception. ``layout``: the release's coadd HDUs (``release.coadd``). A Dask task."""
     try:
-        coadd = read_coadd(job.path, layout.arms, layout.table_hdu)
+        coadd = read_coadd(job.path, layout.arms, layout.table_hdu, job.targetids)
     except (CoaddError, OSError) as err:
         reason = "missing coadd" if not Path(job.path).is_file() else "unreadable coadd"
         return CoaddRows(rejected=[(int(i), reason, f"{job.label}: {err}") for i in job.rows])
@@ -254,19 +256,157 @@ def preprocess_coadd_rows(pre: DesiPreprocessor, coadd: CoaddArms, job: CoaddJob
     return out
 
 
-def _preprocessed(
+@dataclass
+class ShardPlan:
+    """One shard to write: its split, its path under the shards folder, and the coadds it reads,
+    each with only the catalogue rows this shard takes from it (at most ``shard_size`` rows in
+    all, coadds in (survey, program, healpix) order, TARGETID order within a coadd)."""
+
+    split: str
+    path: str
+    jobs: list[CoaddJob]
+
+    @property
+    def rows(self) -> np.ndarray:
+        return np.concatenate([job.rows for job in self.jobs])
+
+
+@dataclass
+class ShardOutcome:
+    """What one shard task did: its index entry (None when every row was rejected) and the
+    rejected rows as (catalogue row, reason, detail)."""
+
+    entry: dict | None
+    rejected: list[tuple[int, str, str]]
+
+
+def plan_shards(jobs: list[CoaddJob], split: np.ndarray, shard_size: int) -> list[ShardPlan]:
+    """Cut each split's catalogue rows, in the jobs' order, into shards of ``shard_size`` rows.
+
+    The plan depends on the catalogue alone, not on which rows the preprocessing rejects or on
+    which worker is fastest, so every shard can be written by its own task and the bytes are the
+    same on one process or many. A shard holding rejected rows is short by as many.
+    """
+    plans: list[ShardPlan] = []
+    for name in SPLITS:
+        current: list[CoaddJob] = []
+        room = shard_size
+        for job in jobs:
+            mine = np.flatnonzero(split[job.rows] == name)
+            while len(mine):
+                take, mine = mine[:room], mine[room:]
+                current.append(
+                    CoaddJob(job.path, job.label, job.rows[take], job.targetids[take], job.z[take])
+                )
+                room -= len(take)
+                if room == 0:
+                    plans.append(ShardPlan(name, _shard_path(name, plans), current))
+                    current, room = [], shard_size
+        if current:
+            plans.append(ShardPlan(name, _shard_path(name, plans), current))
+    return plans
+
+
+def _shard_path(split: str, plans: list[ShardPlan]) -> str:
+    return f"{split}/shard-{sum(p.split == split for p in plans):05d}.h5"
+
+
+def write_planned_shard(
     pre: DesiPreprocessor,
     layout: CoaddLayout,
-    jobs: list[CoaddJob],
+    plan: ShardPlan,
+    columns: dict[str, np.ndarray],
+    shards_dir: str,
+    wave_obs: np.ndarray,
+    attrs: dict,
+    compression: str | None,
+) -> ShardOutcome:
+    """Preprocess a shard's rows coadd by coadd and write the shard (atomically). A Dask task.
+
+    ``columns``: the catalogue columns of ``plan.rows``, in that order. Memory is this shard's
+    rows plus one coadd. A full disk raises OSError (the writer leaves no partial file)."""
+    rejected: list[tuple[int, str, str]] = []
+    kept: list[int] = []
+    flux: list[np.ndarray] = []
+    ivar: list[np.ndarray] = []
+    norm: list[float] = []
+    for job in plan.jobs:
+        out = preprocess_coadd(pre, layout, job)
+        rejected += out.rejected
+        if out.rows:
+            kept += out.rows
+            flux.append(out.flux)
+            ivar.append(out.ivar)
+            norm += out.norm
+    if not kept:
+        return ShardOutcome(None, rejected)
+    where = {int(r): k for k, r in enumerate(plan.rows)}
+    at = np.array([where[r] for r in kept])
+    ids = columns["TARGETID"][at]
+    data = {
+        "flux": np.concatenate(flux).astype(np.float32, copy=False),
+        "ivar": np.concatenate(ivar).astype(np.float32, copy=False),
+        "z": columns["Z"][at],
+        "zerr": columns["Z_ERR"][at],
+        "norm": np.asarray(norm, dtype=np.float32),
+        "specobjid": ids.astype(str),
+        "ra": columns["RA"][at],
+        "dec": columns["DEC"][at],
+        "targetid": ids.astype(np.int64),
+        "survey": columns["SURVEY"][at].astype("S16"),
+        "program": columns["PROGRAM"][at].astype("S16"),
+    }
+    target = Path(shards_dir) / plan.path
+    digest = write_shard(target, data, wave_obs, attrs, compression)
+    entry = {
+        "path": plan.path,
+        "split": plan.split,
+        "rows": len(at),
+        "sha256": digest,
+        "bytes": target.stat().st_size,
+        "specobjid_min": str(ids.min()),
+        "specobjid_max": str(ids.max()),
+        "candidate_min": str(ids.min()),
+        "candidates": len(at),
+        "inputs_sha256": "",
+    }
+    return ShardOutcome(entry, rejected)
+
+
+def _attrs(release: DesiRelease, split: str) -> dict:
+    attrs = shard_attrs(release, split)  # type: ignore[arg-type]
+    attrs["object_key_text"] = json.dumps(["survey", "program"])
+    return attrs
+
+
+_SHARD_COLUMNS = ("TARGETID", "Z", "Z_ERR", "RA", "DEC", "SURVEY", "PROGRAM")
+
+
+def _written(
+    pre: DesiPreprocessor,
+    release: DesiRelease,
+    catalog: dict,
+    plans: list[ShardPlan],
+    shards_dir: Path,
+    attrs: dict[str, dict],
+    compression: str | None,
     workers: int | None,
     scheduler: str | None,
-) -> Iterator[CoaddRows]:
-    """:func:`preprocess_coadd` of every job, yielded in the jobs' order (so the shards do not
-    depend on which worker was fastest). On Dask at most two coadds per worker are in flight
-    or waiting to be consumed, so memory stays flat however many coadds there are."""
+) -> Iterator[ShardOutcome]:
+    """:func:`write_planned_shard` of every plan, yielded in the plans' order.
+
+    The workers read, preprocess and write; this process only hands out plans and collects
+    index entries, so it is not the bottleneck however many workers there are. On Dask at most
+    two shards per worker are in flight or waiting to be consumed, so memory stays flat."""
+
+    def task_args(plan: ShardPlan) -> tuple:
+        rows = plan.rows
+        columns = {c: catalog[c][rows] for c in _SHARD_COLUMNS}
+        return plan, columns, str(shards_dir), release.wave_obs, attrs[plan.split], compression
+
     if workers == 1 and not scheduler:
-        for job in jobs:
-            yield preprocess_coadd(pre, layout, job)
+        for plan in plans:
+            yield write_planned_shard(pre, release.coadd, *task_args(plan))
         return
     from distributed import Future
 
@@ -277,23 +417,28 @@ def _preprocessed(
         n_workers = max(1, len(client.scheduler_info().get("workers", {})))
         # a task's result, not scattered data: a worker that dies takes nothing with it
         pre_f = client.submit(_same, pre, pure=False)
-        todo = iter(jobs)
-        inflight: deque[tuple[CoaddJob, Future]] = deque()
+        todo = iter(plans)
+        inflight: deque[tuple[ShardPlan, Future]] = deque()
 
         def submit() -> None:
-            job = next(todo, None)
-            if job is not None:
-                fut = client.submit(preprocess_coadd, pre_f, layout, job, pure=False)
-                inflight.append((job, fut))
+            plan = next(todo, None)
+            if plan is not None:
+                args = task_args(plan)
+                fut = client.submit(write_planned_shard, pre_f, release.coadd, *args, pure=False)
+                inflight.append((plan, fut))
 
         for _ in range(2 * n_workers):
             submit()
         while inflight:
-            job, fut = inflight.popleft()
+            plan, fut = inflight.popleft()
             try:
                 out = fut.result()
+            except OSError as err:
+                if is_disk_full(err):
+                    raise
+                raise BuildError(f"shard {plan.path}: {_task_failure(err)}") from err
             except Exception as err:
-                raise BuildError(f"coadd {job.label}: {_task_failure(err)}") from err
+                raise BuildError(f"shard {plan.path}: {_task_failure(err)}") from err
             fut.release()
             submit()
             yield out
@@ -302,84 +447,3 @@ def _preprocessed(
 def _reject(catalog: dict, i: int, reason: str, detail: str) -> dict:
     log.info("targetid %s: %s (%s)", catalog["TARGETID"][i], reason, detail)
     return {"targetid": str(catalog["TARGETID"][i]), "reason": reason, "detail": detail}
-
-
-class _SplitShards:
-    """The accepted rows of one split, written out a shard at a time as they arrive.
-
-    At most ``shard_size`` preprocessed rows are held, so a build's memory is one coadd plus one
-    shard per split, whatever the catalogue's size (a DR1 catalogue of millions of targets would
-    not fit as one array). Shards are numbered in arrival order: coadds in (survey, program,
-    healpix) order, TARGETID order within a coadd."""
-
-    def __init__(
-        self,
-        release: DesiRelease,
-        shards_dir: Path,
-        catalog: dict,
-        name: str,
-        shard_size: int,
-        compression: str | None,
-    ) -> None:
-        self.release, self.shards_dir, self.catalog = release, shards_dir, catalog
-        self.name, self.shard_size, self.compression = name, shard_size, compression
-        self.entries: list[dict] = []
-        self.accepted = 0
-        self._rows: list[int] = []
-        self._flux: list[np.ndarray] = []
-        self._ivar: list[np.ndarray] = []
-        self._norm: list[float] = []
-
-    def add(self, row: int, flux: np.ndarray, ivar: np.ndarray, norm: float) -> None:
-        """One preprocessed catalogue row (flux, ivar on the release grid; its normalisation)."""
-        self._rows.append(row)
-        self._flux.append(np.asarray(flux, dtype=np.float32))
-        self._ivar.append(np.asarray(ivar, dtype=np.float32))
-        self._norm.append(float(norm))
-        self.accepted += 1
-        if len(self._rows) >= self.shard_size:
-            self._write()
-
-    def finish(self) -> list[dict]:
-        """Write the last, partial shard; the index entries of every shard of the split."""
-        if self._rows:
-            self._write()
-        return self.entries
-
-    def _write(self) -> None:
-        cat, part = self.catalog, np.asarray(self._rows)
-        path = f"{self.name}/shard-{len(self.entries):05d}.h5"
-        attrs = shard_attrs(self.release, self.name)  # type: ignore[arg-type]
-        attrs["object_key_text"] = json.dumps(["survey", "program"])
-        ids = cat["TARGETID"][part]
-        columns = {
-            "flux": np.stack(self._flux),
-            "ivar": np.stack(self._ivar),
-            "z": cat["Z"][part],
-            "zerr": cat["Z_ERR"][part],
-            "norm": np.asarray(self._norm, dtype=np.float32),
-            "specobjid": ids.astype(str),
-            "ra": cat["RA"][part],
-            "dec": cat["DEC"][part],
-            "targetid": ids.astype(np.int64),
-            "survey": cat["SURVEY"][part].astype("S16"),
-            "program": cat["PROGRAM"][part].astype("S16"),
-        }
-        digest = write_shard(
-            self.shards_dir / path, columns, self.release.wave_obs, attrs, self.compression
-        )
-        self.entries.append(
-            {
-                "path": path,
-                "split": self.name,
-                "rows": len(part),
-                "sha256": digest,
-                "bytes": (self.shards_dir / path).stat().st_size,
-                "specobjid_min": str(ids.min()),
-                "specobjid_max": str(ids.max()),
-                "candidate_min": str(ids.min()),
-                "candidates": len(part),
-                "inputs_sha256": "",
-            }
-        )
-        self._rows, self._flux, self._ivar, self._norm = [], [], [], []

@@ -56,18 +56,29 @@ def hdu_index(fits: FitsFile) -> dict[str, int]:
         i += 1
 
 
-def read_image(fits: FitsFile, hdu: int) -> np.ndarray:
-    """An image HDU as a native-endian array (BSCALE/BZERO applied exactly for integers)."""
-    header, pos, size, _ = fits._hdu(hdu)
+def image_shape(fits: FitsFile, hdu: int) -> tuple[int, ...]:
+    """The shape of an image HDU (slowest axis first), from its header alone."""
+    header = fits._hdu(hdu)[0]
     if _str(header, "XTENSION") not in ("IMAGE", "") and hdu:
         raise CoaddError(f"HDU{hdu} is not an image")
     naxis = _int(header, "NAXIS")
-    shape = tuple(_int(header, f"NAXIS{a}") for a in range(naxis, 0, -1))
+    return tuple(_int(header, f"NAXIS{a}") for a in range(naxis, 0, -1))
+
+
+def read_image(fits: FitsFile, hdu: int, rows: np.ndarray | None = None) -> np.ndarray:
+    """An image HDU as a native-endian array (BSCALE/BZERO applied exactly for integers);
+    ``rows``: only these rows of an image of one row per spectrum, as a 2-D array (the others
+    are never touched, so a mapped file's pages for them are not read)."""
+    header, pos, size, _ = fits._hdu(hdu)
+    shape = image_shape(fits, hdu)
     dtype = np.dtype(_BITPIX[_int(header, "BITPIX")])
     if pos + size > len(fits._buf):
         raise CoaddError(f"HDU{hdu} is truncated")
     data = np.frombuffer(fits._buf, dtype=dtype, count=size // dtype.itemsize, offset=pos)
-    data = data.reshape(shape).astype(dtype.newbyteorder("="))
+    data = data.reshape(shape)
+    if rows is not None:
+        data = np.atleast_2d(data)[rows]  # a copy of those rows only
+    data = data.astype(dtype.newbyteorder("="))
     zero = float(_value(header.get("BZERO", "0")))
     scale = float(_value(header.get("BSCALE", "1")))
     if dtype.kind in "iu" and scale == 1.0 and zero:
@@ -78,39 +89,52 @@ def read_image(fits: FitsFile, hdu: int) -> np.ndarray:
     return data
 
 
-def read_coadd(path: str | Path, arms: tuple[str, ...], table_hdu: str = "FIBERMAP") -> CoaddArms:
-    """Read TARGETID (FIBERMAP) and each arm's wave, flux, ivar, mask from a coadd file."""
+def read_coadd(
+    path: str | Path,
+    arms: tuple[str, ...],
+    table_hdu: str = "FIBERMAP",
+    targetids: np.ndarray | None = None,
+) -> CoaddArms:
+    """Read TARGETID (FIBERMAP) and each arm's wave, flux, ivar, mask from a coadd file;
+    ``targetids``: only the rows of these targets (those the coadd holds, in its own order), so
+    a shard that needs a few targets of a coadd reads a few rows, not the whole file."""
     try:
         with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             # mapped, not read: an archive's whole coadd is mostly *_RESOLUTION, never touched
             fits = FitsFile(mm)  # type: ignore[arg-type]
             try:
-                return _read(fits, arms, table_hdu)  # every array returned is a copy
+                return _read(fits, arms, table_hdu, targetids)  # every array returned is a copy
             finally:
                 fits._buf.release()  # the map can close only once no view of it is left
     except (FitsError, OSError, ValueError) as err:  # CoaddError included
         raise CoaddError(f"{Path(path).name}: {err}") from None
 
 
-def _read(fits: FitsFile, arms: tuple[str, ...], table_hdu: str) -> CoaddArms:
+def _read(
+    fits: FitsFile, arms: tuple[str, ...], table_hdu: str, targetids: np.ndarray | None
+) -> CoaddArms:
     index = hdu_index(fits)
     if table_hdu not in index:
         raise CoaddError(f"no {table_hdu} HDU")
     (tid_name,) = DESI_ALIASES["TARGETID"]
     tid = fits.table(index[table_hdu], [tid_name])[tid_name].astype(np.int64)
+    rows = None if targetids is None else np.flatnonzero(np.isin(tid, targetids))
     out = {}
     for arm in arms:
-        parts = []
-        for kind in ("WAVELENGTH", "FLUX", "IVAR", "MASK"):
-            name = f"{arm}_{kind}"
+        names = [f"{arm}_{kind}" for kind in ("WAVELENGTH", "FLUX", "IVAR", "MASK")]
+        for name in names:
             if name not in index:
                 raise CoaddError(f"no {name} HDU")
-            parts.append(read_image(fits, index[name]))
-        wave, flux, ivar, mask = parts
-        flux, ivar, mask = (np.atleast_2d(a) for a in (flux, ivar, mask))
-        if flux.shape != ivar.shape or flux.shape != mask.shape or flux.shape[1] != len(wave):
+        # checked on the headers, before any row is read: a subset must not hide a bad file
+        shapes = [image_shape(fits, index[name]) for name in names]
+        per_row = [(1,) * (2 - len(s)) + s for s in shapes[1:]]  # a 1-row coadd may be 1-D
+        if len(shapes[0]) != 1 or len(set(per_row)) != 1 or per_row[0][1:] != shapes[0]:
             raise CoaddError(f"arm {arm}: HDU shapes disagree")
-        if flux.shape[0] != len(tid):
-            raise CoaddError(f"arm {arm}: {flux.shape[0]} rows, FIBERMAP {len(tid)}")
+        if per_row[0][0] != len(tid):
+            raise CoaddError(f"arm {arm}: {per_row[0][0]} rows, FIBERMAP {len(tid)}")
+        wave = read_image(fits, index[names[0]])
+        flux, ivar, mask = (
+            np.atleast_2d(read_image(fits, index[name], rows)) for name in names[1:]
+        )
         out[arm] = (wave.astype(np.float64), flux, ivar, mask)
-    return CoaddArms(tid.copy(), out)
+    return CoaddArms((tid if rows is None else tid[rows]).copy(), out)
