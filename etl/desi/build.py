@@ -100,9 +100,9 @@ def build_desi_shards(
 ) -> BuildResult:
     """Build ``DATA/<release>/shards/`` from ``catalog.fits`` and ``coadds/``.
 
-    The coadds are preprocessed on Dask (``workers`` local processes, default the usable cores,
-    or the cluster at ``scheduler``), in this process when ``workers`` is 1 and there is no
-    scheduler; the shards are the same bytes either way.
+    Each shard is read, preprocessed and written by one task on Dask (``workers`` local
+    processes, default the usable cores, or the cluster at ``scheduler``), in this process when
+    ``workers`` is 1 and there is no scheduler; the shards are the same bytes either way.
     """
     t0 = time.perf_counter()
     root = Path(data_dir) / release.name
@@ -149,9 +149,7 @@ def build_desi_shards(
         plans = plan_shards(jobs, split, shard_size)
         result = BuildResult(shards_dir)
         entries: list[dict] = []
-        pre = DesiPreprocessor(release)
-        attrs = {name: _attrs(release, name) for name in SPLITS}
-        done = _written(pre, release, catalog, plans, shards_dir, attrs, comp, workers, scheduler)
+        done = _written(release, catalog, plans, shards_dir, comp, workers, scheduler)
         try:
             for out in tqdm(done, total=len(plans), unit="shard", desc="build-shards",
                             disable=None if progress else True):  # fmt: skip
@@ -383,12 +381,10 @@ _SHARD_COLUMNS = ("TARGETID", "Z", "Z_ERR", "RA", "DEC", "SURVEY", "PROGRAM")
 
 
 def _written(
-    pre: DesiPreprocessor,
     release: DesiRelease,
     catalog: dict,
     plans: list[ShardPlan],
     shards_dir: Path,
-    attrs: dict[str, dict],
     compression: str | None,
     workers: int | None,
     scheduler: str | None,
@@ -398,6 +394,8 @@ def _written(
     The workers read, preprocess and write; this process only hands out plans and collects
     index entries, so it is not the bottleneck however many workers there are. On Dask at most
     two shards per worker are in flight or waiting to be consumed, so memory stays flat."""
+    pre = DesiPreprocessor(release)
+    attrs = {name: _attrs(release, name) for name in SPLITS}
 
     def task_args(plan: ShardPlan) -> tuple:
         rows = plan.rows
