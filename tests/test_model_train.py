@@ -336,6 +336,10 @@ def test_z_aug_max_reaches_every_copy_and_resume_keeps_it(shards, tmp_path, monk
     args[args.index("0.2")] = "0.3"
     res = CliRunner().invoke(main, [*args, "--resume"])
     assert res.exit_code != 0 and "z_aug_max" in res.output
+    from workflows.demo import _settings_differ  # the demo does not reuse it for a 0.5 run
+
+    ckpt = load_checkpoint(run / "last.pt")
+    assert "z_aug_max 0.2 -> 0.5" in _settings_differ(ckpt, 1, 8, shards)
     with pytest.raises(TrainError, match=r"--z-aug-max must be in \(0, 1\]"):
         TrainConfig(shards="s", run="r", z_aug_max=1.5)
 

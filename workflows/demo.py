@@ -252,6 +252,7 @@ def _settings_differ(
         "augment",
         "encoder_frame",
         "decoder_activation",
+        "z_aug_max",
     ):
         wanted.setdefault(name, getattr(defaults, name))
     diff = [
