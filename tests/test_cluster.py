@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -48,3 +49,19 @@ def test_local_worker_processes_get_the_plugin():
 
     with dask_client(None, 1) as client:
         assert [v for v in client.run(filters).values()] == [["_HeartbeatAtShutdown"]]
+
+
+@pytest.mark.slow
+def test_local_workers_keep_glibcs_adaptive_allocator(monkeypatch):
+    """distributed starts workers with MALLOC_TRIM_THRESHOLD_ set, which makes every large numpy
+    allocation a fresh mapping (page faults: numpy-heavy tasks ran ~2x slower on a worker than
+    in the driver); the local cluster unsets it unless the user's environment sets it."""
+    # a value in the environment wins (distributed's rule), and distributed's nanny also writes
+    # its value into the starting process's environment: start from an environment without it
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+
+    def trim() -> str | None:
+        return os.environ.get("MALLOC_TRIM_THRESHOLD_")
+
+    with dask_client(None, 1) as client:
+        assert list(client.run(trim).values()) == [None]
