@@ -214,6 +214,50 @@ def test_shards_are_planned_from_the_catalogue_alone():
     assert [(p.path, p.rows.tolist()) for p in again] == [(p.path, p.rows.tolist()) for p in plans]
 
 
+def test_a_killed_build_keeps_its_finished_shards_and_a_touched_coadd_rewrites_its_own(
+    dr1, tmp_path, monkeypatch
+):
+    """SYNTHETIC coadds of real spectra. A build stopped after three shards leaves no index but a
+    journal; the rerun writes only the rest, and the shards are the bytes of an uninterrupted
+    build. A coadd that changes on disk rewrites only the shards that hold its targets."""
+    import os
+
+    import etl.desi.build as desi_build
+
+    data, zall = _synthetic_release_fetched(dr1, tmp_path, 4)
+    shards = data / "desi-dr1" / "shards"
+    clean = build_shards(dr1, data, shard_size=4, workers=1)
+    want = {e["path"]: e["sha256"] for e in clean.shards}
+    real_write, calls = desi_build.write_planned_shard, []
+
+    def write(*args):
+        calls.append(args[2].path)
+        if len(calls) == 4 and stop:
+            raise RuntimeError("killed")  # the fourth shard never finishes
+        return real_write(*args)
+
+    monkeypatch.setattr(desi_build, "write_planned_shard", write)
+    stop = True
+    with pytest.raises(RuntimeError, match="killed"):
+        build_shards(dr1, data, shard_size=4, rebuild=True, workers=1)
+    assert not (shards / "index.json").exists()
+    assert len((shards / ".journal.jsonl").read_text().splitlines()) == 3
+    stop, calls[:] = False, []
+    again = build_shards(dr1, data, shard_size=4, workers=1)
+    assert (again.kept, again.written) == (3, len(want) - 3) and len(calls) == len(want) - 3
+    assert {e["path"]: e["sha256"] for e in again.shards} == want
+    assert again.accepted == len(zall) and not (shards / ".journal.jsonl").exists()
+    # one coadd touched: only the shards holding its targets are written again
+    coadd = sorted((data / "desi-dr1" / "coadds").rglob("coadd-*.fits"))[1]
+    st = coadd.stat()
+    os.utime(coadd, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    calls[:] = []
+    touched = build_shards(dr1, data, shard_size=4, workers=1)
+    assert 0 < len(calls) < len(want) and touched.written == len(calls)
+    assert touched.kept == len(want) - len(calls)
+    assert {e["path"]: e["sha256"] for e in touched.shards} == want  # same content, same bytes
+
+
 def test_bad_coadds_and_a_stray_target_are_counted_and_the_rest_is_built(dr1, tmp_path):
     """SYNTHETIC coadds of real spectra, built on two Dask workers: a truncated coadd, a missing
     one and a catalogue target its coadd does not hold are each rejected by name and counted,

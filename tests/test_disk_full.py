@@ -387,11 +387,13 @@ def test_desi_build_on_a_real_small_file_system(tmp_path, tmpfs):
     (line,) = [ln for ln in res.output.splitlines() if "disk full" in ln]
     assert line.startswith("Error: disk full") and "rerun" in line
     assert not (shards / "index.json").exists()
-    assert not [p for p in shards.rglob(".*") if p.name != ".lock"]
+    assert not [p for p in shards.rglob(".*") if p.name not in (".lock", ".journal.jsonl")]
+    finished = (shards / ".journal.jsonl").read_text().splitlines()
     resize(shards, "64m")
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     assert res.output.startswith(f"{len(zall)} spectra in ")
+    assert finished and f"{len(finished)} unchanged" in res.output  # kept, not rewritten
     assert verify_shards(shards) == []
     listed = {e["path"] for e in read_index(shards)["shards"]}
     assert {f"{p.parent.name}/{p.name}" for p in shards.glob("*/*")} == listed

@@ -21,9 +21,11 @@ the fetch). Writes are atomic and the index is written last, as for SDSS.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -44,11 +46,13 @@ from etl.diskspace import DiskFull, is_disk_full
 from etl.reports import BuildResult
 from etl.shard_index import (
     INDEX_NAME,
+    JOURNAL_NAME,
     REPORT_NAME,
     BuildError,
     index_document,
     locked,
     read_index,
+    read_journal,
     sweep,
     usable,
 )
@@ -118,6 +122,7 @@ def build_desi_shards(
         release, root / "catalog.fits", sorted(paths.values()), f"{shard_size}:{comp}"
     )
     with locked(shards_dir):
+        old: dict = {}
         if not rebuild:
             try:
                 old = read_index(shards_dir)
@@ -130,7 +135,8 @@ def build_desi_shards(
                 result.seconds = time.perf_counter() - t0
                 return result
         # the shards are rewritten under the names the old index lists: drop it first, so that
-        # a build cut short (killed, a full disk) leaves no index over files it did not write
+        # a build cut short (killed, a full disk) leaves no index over files it did not write;
+        # the journal and the old index's entries let the rerun keep every finished shard
         (shards_dir / INDEX_NAME).unlink(missing_ok=True)
         n = len(catalog["TARGETID"])
         split = split_of(catalog["RA"], catalog["DEC"], np.zeros(n, dtype=np.int64), release.splits)
@@ -147,26 +153,53 @@ def build_desi_shards(
                 )
             )
         plans = plan_shards(jobs, split, shard_size)
+        stamps = {str(p): _stamp(p) for p in paths.values()}
+        settings = f"{release.manifest_sha256}:{shard_size}:{comp}"
+        for plan in plans:
+            plan.inputs_sha256 = _plan_fingerprint(plan, catalog, stamps, settings)
+        journal_path = shards_dir / JOURNAL_NAME
+        kept = {} if rebuild else _reusable(shards_dir, old, read_journal(journal_path))
         result = BuildResult(shards_dir)
         entries: list[dict] = []
-        done = _written(release, catalog, plans, shards_dir, comp, workers, scheduler)
+        empty: list[dict] = []  # shards whose every target was rejected: no file
+
+        def kept_as_is(plan: ShardPlan) -> tuple | None:
+            hit = kept.get(plan.inputs_sha256)
+            return hit if hit and hit[0]["path"] == plan.path else None
+
+        todo = [p for p in plans if not kept_as_is(p)]
+        result.kept = len(plans) - len(todo)
+        log.info(
+            "%d shard(s) planned: %d unchanged, %d to write", len(plans), result.kept, len(todo)
+        )
+        done = _written(release, catalog, todo, shards_dir, comp, workers, scheduler)
         try:
-            for out in tqdm(done, total=len(plans), unit="shard", desc="build-shards",
-                            disable=None if progress else True):  # fmt: skip
-                for i, reason, detail in out.rejected:
-                    result.rejected.append(_reject(catalog, i, reason, detail))
-                if out.entry is not None:
-                    entries.append(out.entry)
-                    result.accepted += out.entry["rows"]
+            # closing(): a stop in this loop closes the Dask cluster the generator started
+            with contextlib.closing(done), open(journal_path, "a") as journal:
+                for plan in tqdm(plans, unit="shard", desc="build-shards",
+                                 disable=None if progress else True):  # fmt: skip
+                    hit = kept_as_is(plan)
+                    if hit:
+                        entry, rejects = hit
+                    else:
+                        out = next(done)
+                        entry = out.entry or _empty_entry(plan)
+                        rejects = [_reject(catalog, i, r, d, plan.path) for i, r, d in out.rejected]
+                        journal.write(json.dumps({"entry": entry, "rejected": rejects}) + "\n")
+                        journal.flush()
+                        os.fsync(journal.fileno())
+                    result.rejected += rejects
+                    (entries if entry["rows"] else empty).append(entry)
+                    result.accepted += entry["rows"]
         except OSError as err:
             if not is_disk_full(err):
                 raise
             raise DiskFull(
                 shards_dir,
-                f"build-shards stopped after {len(entries)} shard(s); no index.json and no "
-                "partial file remain (the writer removes its own): free space and rerun",
+                f"build-shards stopped after {len(entries)} shard(s); they are kept for the "
+                "rerun, and no index.json and no partial file remain: free space and rerun",
             ) from None
-        result.shards, result.written = entries, len(entries)
+        result.shards, result.written = entries, len(todo)
         result.seconds = time.perf_counter() - t0
         report = {
             "release": release.name,
@@ -175,8 +208,8 @@ def build_desi_shards(
             "rejected_count": len(result.rejected),
             "rejected_by_reason": result.rejected_by_reason,
             "shards": len(entries),
-            "shards_written": len(entries),
-            "shards_kept": 0,
+            "shards_written": result.written,
+            "shards_kept": result.kept,
             "seconds": round(result.seconds, 3),
             "rejected": result.rejected,
         }
@@ -185,12 +218,13 @@ def build_desi_shards(
             shard_size,
             compression,
             entries,
-            [],
+            empty,
             inputs_sha256=fingerprint,
         )
         write_json_atomic(shards_dir / REPORT_NAME, report)
         write_json_atomic(shards_dir / INDEX_NAME, index)
         sweep(shards_dir, {e["path"] for e in entries})
+        journal_path.unlink(missing_ok=True)
     log.info("%s", result.summary())
     return result
 
@@ -263,6 +297,7 @@ class ShardPlan:
     split: str
     path: str
     jobs: list[CoaddJob]
+    inputs_sha256: str = ""  #: set by the build (:func:`_plan_fingerprint`)
 
     @property
     def rows(self) -> np.ndarray:
@@ -366,7 +401,7 @@ def write_planned_shard(
         "specobjid_max": str(ids.max()),
         "candidate_min": str(ids.min()),
         "candidates": len(at),
-        "inputs_sha256": "",
+        "inputs_sha256": plan.inputs_sha256,
     }
     return ShardOutcome(entry, rejected)
 
@@ -442,6 +477,53 @@ def _written(
             yield out
 
 
-def _reject(catalog: dict, i: int, reason: str, detail: str) -> dict:
+def _reject(catalog: dict, i: int, reason: str, detail: str, shard: str) -> dict:
     log.info("targetid %s: %s (%s)", catalog["TARGETID"][i], reason, detail)
-    return {"targetid": str(catalog["TARGETID"][i]), "reason": reason, "detail": detail}
+    return {
+        "targetid": str(catalog["TARGETID"][i]),
+        "reason": reason,
+        "detail": detail,
+        "shard": shard,
+    }
+
+
+def _stamp(path: Path) -> str:
+    """A coadd's size and mtime (-1 when missing): what says it changed without reading it."""
+    st = path.stat() if path.is_file() else None
+    return f"{st.st_size if st else -1}:{st.st_mtime_ns if st else -1}"
+
+
+def _plan_fingerprint(plan: ShardPlan, catalog: dict, stamps: dict[str, str], settings: str) -> str:
+    """sha256 of what a shard is made of: its path, its targets' catalogue columns, its coadds'
+    size and mtime, and the release's settings. A shard with the same fingerprint is kept."""
+    h = hashlib.sha256(f"{settings}\n{plan.path}\n".encode())
+    rows = plan.rows
+    for column in _SHARD_COLUMNS:
+        h.update(np.ascontiguousarray(catalog[column][rows]).tobytes())
+    for job in plan.jobs:
+        h.update(f"{job.label}:{stamps[job.path]}\n".encode())
+    return h.hexdigest()
+
+
+def _reusable(shards_dir: Path, old_index: dict, journal: list[dict]) -> dict[str, tuple]:
+    """fingerprint -> (entry, its rejected rows) of every shard a previous build finished:
+    the old index's (rejections from its report) and a killed build's journal, still on disk
+    at the recorded size."""
+    old_rejects: dict[str, list[dict]] = {}
+    with contextlib.suppress(OSError, ValueError):
+        report = json.loads((shards_dir / REPORT_NAME).read_text())
+        for r in report.get("rejected", []):
+            old_rejects.setdefault(r.get("shard", ""), []).append(r)
+    found = [(e, old_rejects.get(e["path"], [])) for e in old_index.get("shards", [])]
+    found += [(e, old_rejects.get(e["path"], [])) for e in old_index.get("empty", [])]
+    found += [(j["entry"], j["rejected"]) for j in journal]
+    return {
+        e["inputs_sha256"]: (e, rejects)
+        for e, rejects in found
+        if e.get("inputs_sha256") and usable(shards_dir, e)
+    }
+
+
+def _empty_entry(plan: ShardPlan) -> dict:
+    """The record of a shard whose every target was rejected (no file)."""
+    return {"path": plan.path, "split": plan.split, "rows": 0, "inputs_sha256": plan.inputs_sha256}
