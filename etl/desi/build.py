@@ -14,9 +14,13 @@ in one split. Shards are format v2 (docs/shard-format.md) with the object key
 attribute) and ``specobjid`` = TARGETID as decimal text, so training and ``embed`` read them
 unchanged.
 
-A rerun whose inputs (catalogue, stored coadds, settings) are unchanged keeps every shard; any
-change rebuilds the release's shards (DESI coadds are few and large, so a build is cheap next to
-the fetch). Writes are atomic and the index is written last, as for SDSS.
+A rerun whose inputs (catalogue, stored coadds, settings) are unchanged keeps every shard
+without planning. Otherwise each planned shard's fingerprint (its targets' catalogue columns, its
+coadds' size and mtime, the settings) is matched against the old index and the journal of a
+build that was cut short, and only missing or changed shards are written: a killed build
+resumes, and a coadd that changed rewrites the shards holding its targets. A catalogue that
+gains or loses targets moves the later boundaries of that split, so those shards are rewritten.
+Writes are atomic and the index is written last, as for SDSS.
 """
 
 from __future__ import annotations
