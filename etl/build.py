@@ -49,6 +49,7 @@ from etl.shard_index import (
     next_numbers,
     read_index,
     read_journal,
+    reusable_shards,
     stop_build_on_full_disk,
     sweep,
     usable,
@@ -160,15 +161,7 @@ def build_shards(
         del catalog  # the tasks hold what is still needed
 
         # reuse: previous index first, then shards a killed run finished (journal)
-        reusable: dict[str, tuple[dict, list[dict]]] = {}
-        old_rejects: dict[str, list[dict]] = {}
-        for r in old_report.get("rejected", []):
-            old_rejects.setdefault(r.get("shard", ""), []).append(r)
-        for e in previous:
-            reusable.setdefault(e["inputs_sha256"], (e, old_rejects.get(e["path"], [])))
-        for j in journal:
-            e = j["entry"]
-            reusable.setdefault(e["inputs_sha256"], (e, j["rejected"]))
+        reusable = reusable_shards(previous, old_report, journal)
 
         result = BuildResult(shards_dir, replaced_format_version=replaced)
         todo: list[ShardTask] = []

@@ -60,6 +60,24 @@ def read_index(shards_dir: str | Path) -> dict:
     return doc
 
 
+def reusable_shards(
+    previous: list[dict], old_report: dict, journal: list[dict]
+) -> dict[str, tuple[dict, list[dict]]]:
+    """fingerprint (``inputs_sha256``) -> (index entry, its rejected rows) of every shard a
+    previous build finished: the previous index's entries (their rejections from its report)
+    first, then those a killed build journalled. Whether each file is still intact is the
+    caller's check (:func:`usable`)."""
+    old_rejects: dict[str, list[dict]] = {}
+    for r in old_report.get("rejected", []):
+        old_rejects.setdefault(r.get("shard", ""), []).append(r)
+    found: dict[str, tuple[dict, list[dict]]] = {}
+    for e in previous:
+        found.setdefault(e["inputs_sha256"], (e, old_rejects.get(e["path"], [])))
+    for j in journal:
+        found.setdefault(j["entry"]["inputs_sha256"], (j["entry"], j["rejected"]))
+    return found
+
+
 def read_journal(path: Path) -> list[dict]:
     """Results of a killed build's finished tasks; a torn last line is ignored."""
     out = []

@@ -57,6 +57,7 @@ from etl.shard_index import (
     locked,
     read_index,
     read_journal,
+    reusable_shards,
     sweep,
     usable,
 )
@@ -162,16 +163,25 @@ def build_desi_shards(
         for plan in plans:
             plan.inputs_sha256 = _plan_fingerprint(plan, catalog, stamps, settings)
         journal_path = shards_dir / JOURNAL_NAME
-        kept = {} if rebuild else _reusable(shards_dir, old, read_journal(journal_path))
+        kept = {}
+        if not rebuild:
+            old_report: dict = {}
+            with contextlib.suppress(OSError, ValueError):
+                old_report = json.loads((shards_dir / REPORT_NAME).read_text())
+            previous = old.get("shards", []) + old.get("empty", [])
+            kept = reusable_shards(previous, old_report, read_journal(journal_path))
         result = BuildResult(shards_dir)
         entries: list[dict] = []
         empty: list[dict] = []  # shards whose every target was rejected: no file
 
         def kept_as_is(plan: ShardPlan) -> tuple | None:
             hit = kept.get(plan.inputs_sha256)
-            return hit if hit and hit[0]["path"] == plan.path else None
+            same = hit and hit[0]["path"] == plan.path and usable(shards_dir, hit[0])
+            return hit if same else None
 
-        todo = [p for p in plans if not kept_as_is(p)]
+        # decided once: the loop below pairs each plan not kept with the next shard written
+        keep = {plan.path: kept_as_is(plan) for plan in plans}
+        todo = [p for p in plans if not keep[p.path]]
         result.kept = len(plans) - len(todo)
         log.info(
             "%d shard(s) planned: %d unchanged, %d to write", len(plans), result.kept, len(todo)
@@ -182,7 +192,7 @@ def build_desi_shards(
             with contextlib.closing(done), open(journal_path, "a") as journal:
                 for plan in tqdm(plans, unit="shard", desc="build-shards",
                                  disable=None if progress else True):  # fmt: skip
-                    hit = kept_as_is(plan)
+                    hit = keep[plan.path]
                     if hit:
                         entry, rejects = hit
                     else:
@@ -507,25 +517,6 @@ def _plan_fingerprint(plan: ShardPlan, catalog: dict, stamps: dict[str, str], se
     for job in plan.jobs:
         h.update(f"{job.label}:{stamps[job.path]}\n".encode())
     return h.hexdigest()
-
-
-def _reusable(shards_dir: Path, old_index: dict, journal: list[dict]) -> dict[str, tuple]:
-    """fingerprint -> (entry, its rejected rows) of every shard a previous build finished:
-    the old index's (rejections from its report) and a killed build's journal, still on disk
-    at the recorded size."""
-    old_rejects: dict[str, list[dict]] = {}
-    with contextlib.suppress(OSError, ValueError):
-        report = json.loads((shards_dir / REPORT_NAME).read_text())
-        for r in report.get("rejected", []):
-            old_rejects.setdefault(r.get("shard", ""), []).append(r)
-    found = [(e, old_rejects.get(e["path"], [])) for e in old_index.get("shards", [])]
-    found += [(e, old_rejects.get(e["path"], [])) for e in old_index.get("empty", [])]
-    found += [(j["entry"], j["rejected"]) for j in journal]
-    return {
-        e["inputs_sha256"]: (e, rejects)
-        for e, rejects in found
-        if e.get("inputs_sha256") and usable(shards_dir, e)
-    }
 
 
 def _empty_entry(plan: ShardPlan) -> dict:
