@@ -35,7 +35,7 @@ from pathlib import Path
 from etl.atomic import write_json_atomic
 from etl.catalog import CatalogError, read_catalog
 from etl.diskspace import is_disk_full
-from etl.plan import ShardTask, plan_shards, release_dir, settings_fingerprint
+from etl.plan import ShardTask, plan_shards, release_dir
 from etl.release import Release
 from etl.reports import BuildResult as BuildResult  # re-exported: etl.build's API
 from etl.shard_index import (
@@ -50,6 +50,7 @@ from etl.shard_index import (
     read_index,
     read_journal,
     reusable_shards,
+    settings_fingerprint,
     stop_build_on_full_disk,
     sweep,
     usable,

@@ -17,7 +17,6 @@ duplicate specobjid are rejected here, before any work.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +28,7 @@ import numpy as np
 from etl.catalog import id_sort_key
 from etl.paths import safe_name, under
 from etl.release import ObjectLayout, Release
-from etl.shard_index import INDEX_FORMAT_VERSION
+from etl.shard_index import settings_fingerprint
 from etl.splits import split_of, valid_position
 from shardio import SPLITS
 
@@ -79,19 +78,6 @@ class ShardTask:
 def release_dir(data_dir: str | Path, release: Release) -> Path:
     """DATA/<release>, checked to stay under DATA (UnsafePath otherwise)."""
     return under(data_dir, safe_name(release.name, "release name"))
-
-
-def settings_fingerprint(release: Release, compression: str | None) -> str:
-    """sha256 of everything besides the objects that decides a shard's bytes."""
-    from etl import __version__
-
-    settings = {
-        "manifest_sha256": release.manifest_sha256,
-        "specetl_version": __version__,
-        "format_version": INDEX_FORMAT_VERSION,
-        "compression": compression or "none",
-    }
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
 def _stat_block(paths: list[str]) -> list[tuple[int, int]]:

@@ -16,6 +16,7 @@ What makes a rerun crash-safe:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import re
@@ -58,6 +59,19 @@ def read_index(shards_dir: str | Path) -> dict:
     if doc.get("format") != INDEX_FORMAT:
         raise ShardError(f"{path}: not a specetl shard index")
     return doc
+
+
+def settings_fingerprint(release: Release, compression: str | None) -> str:
+    """sha256 of everything besides the objects that decides a shard's bytes."""
+    from etl import __version__
+
+    settings = {
+        "manifest_sha256": release.manifest_sha256,
+        "specetl_version": __version__,
+        "format_version": INDEX_FORMAT_VERSION,
+        "compression": compression or "none",
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
 def reusable_shards(

@@ -58,6 +58,7 @@ from etl.shard_index import (
     read_index,
     read_journal,
     reusable_shards,
+    settings_fingerprint,
     sweep,
     usable,
 )
@@ -159,7 +160,8 @@ def build_desi_shards(
             )
         plans = plan_shards(jobs, split, shard_size)
         stamps = {str(p): _stamp(p) for p in paths.values()}
-        settings = f"{release.manifest_sha256}:{shard_size}:{comp}"
+        # SDSS's settings (manifest, specetl and format versions, compression) and the size
+        settings = f"{settings_fingerprint(release, comp)}:{shard_size}"  # type: ignore[arg-type]
         for plan in plans:
             plan.inputs_sha256 = _plan_fingerprint(plan, catalog, stamps, settings)
         journal_path = shards_dir / JOURNAL_NAME
