@@ -116,6 +116,7 @@ def build_shards(
             workers=workers,
             scheduler=scheduler,
             progress=progress,
+            verify=verify,
         )
     t0 = time.perf_counter()
     root = release_dir(data_dir, release)

@@ -256,6 +256,16 @@ def test_a_killed_build_keeps_its_finished_shards_and_a_touched_coadd_rewrites_i
     assert 0 < len(calls) < len(want) and touched.written == len(calls)
     assert touched.kept == len(want) - len(calls)
     assert {e["path"]: e["sha256"] for e in touched.shards} == want  # same content, same bytes
+    # a flipped byte keeps the size: only --verify (sha256 of every kept shard) finds it
+    victim = shards / touched.shards[0]["path"]
+    raw = bytearray(victim.read_bytes())
+    raw[-100] ^= 0xFF
+    victim.write_bytes(bytes(raw))
+    assert build_shards(dr1, data, shard_size=4, workers=1).written == 0
+    calls[:] = []
+    checked = build_shards(dr1, data, shard_size=4, workers=1, verify=True)
+    assert checked.written == 1 and calls == [touched.shards[0]["path"]]
+    assert {e["path"]: e["sha256"] for e in checked.shards} == want
 
 
 def test_bad_coadds_and_a_stray_target_are_counted_and_the_rest_is_built(dr1, tmp_path):

@@ -106,10 +106,11 @@ def build_desi_shards(
     workers: int | None = None,
     scheduler: str | None = None,
     progress: bool = False,
-    **_ignored: object,
+    verify: bool = False,
 ) -> BuildResult:
     """Build ``DATA/<release>/shards/`` from ``catalog.fits`` and ``coadds/``.
 
+    ``verify``: check the sha256 of every shard that would be kept; rewrite those that differ.
     Each shard is read, preprocessed and written by one task on Dask (``workers`` local
     processes, default the usable cores, or the cluster at ``scheduler``), in this process when
     ``workers`` is 1 and there is no scheduler; the shards are the same bytes either way.
@@ -135,7 +136,7 @@ def build_desi_shards(
             except ShardError:
                 old = {}
             if old.get("inputs_sha256") == fingerprint and all(
-                usable(shards_dir, e) for e in old.get("shards", [])
+                usable(shards_dir, e, verify) for e in old.get("shards", [])
             ):
                 result = BuildResult.from_index(shards_dir)
                 result.seconds = time.perf_counter() - t0
@@ -178,7 +179,7 @@ def build_desi_shards(
 
         def kept_as_is(plan: ShardPlan) -> tuple | None:
             hit = kept.get(plan.inputs_sha256)
-            same = hit and hit[0]["path"] == plan.path and usable(shards_dir, hit[0])
+            same = hit and hit[0]["path"] == plan.path and usable(shards_dir, hit[0], verify)
             return hit if same else None
 
         # decided once: the loop below pairs each plan not kept with the next shard written
