@@ -339,26 +339,24 @@ def plan_shards(jobs: list[CoaddJob], split: np.ndarray, shard_size: int) -> lis
     """
     plans: list[ShardPlan] = []
     for name in SPLITS:
-        current: list[CoaddJob] = []
+        pieces: list[list[CoaddJob]] = [[]]
         room = shard_size
         for job in jobs:
             mine = np.flatnonzero(split[job.rows] == name)
             while len(mine):
                 take, mine = mine[:room], mine[room:]
-                current.append(
+                pieces[-1].append(
                     CoaddJob(job.path, job.label, job.rows[take], job.targetids[take], job.z[take])
                 )
                 room -= len(take)
                 if room == 0:
-                    plans.append(ShardPlan(name, _shard_path(name, plans), current))
-                    current, room = [], shard_size
-        if current:
-            plans.append(ShardPlan(name, _shard_path(name, plans), current))
+                    pieces.append([])
+                    room = shard_size
+        plans += [
+            ShardPlan(name, f"{name}/shard-{k:05d}.h5", piece)
+            for k, piece in enumerate(p for p in pieces if p)
+        ]
     return plans
-
-
-def _shard_path(split: str, plans: list[ShardPlan]) -> str:
-    return f"{split}/shard-{sum(p.split == split for p in plans):05d}.h5"
 
 
 def write_planned_shard(
