@@ -79,7 +79,8 @@ def preprocess_only(release, data: Path) -> float:
     for key, rows in coadd_groups(catalog).items():
         path = str(root / "coadds" / release.coadd_relpath(*key))
         z = np.asarray(catalog["Z"][rows], dtype=np.float64)
-        preprocess_coadd(pre, release.coadd, CoaddJob(path, "", rows, catalog["TARGETID"][rows], z))
+        job = CoaddJob(path, "", rows, catalog["TARGETID"][rows], z, key)
+        preprocess_coadd(pre, release.coadd, job)
     return time.perf_counter() - t0
 
 

@@ -183,51 +183,122 @@ def test_desi_build_memory_stays_flat_as_the_catalogue_grows(dr1, tmp_path):
     assert [e["sha256"] for e in again.shards] == [e["sha256"] for e in index["shards"]]
 
 
+def _jobs(sizes, start=0, healpix=None):
+    """Coadd jobs main/dark/<healpix> of ``sizes`` rows (catalogue rows numbered from ``start``,
+    TARGETID = 1000 + row)."""
+    from etl.desi.build import CoaddJob
+
+    jobs = []
+    for k, n in enumerate(sizes):
+        rows = np.arange(start, start + n)
+        h = healpix[k] if healpix else 100 * k
+        job = CoaddJob(
+            f"c{h}.fits", f"c{h}", rows, 1000 + rows, np.full(n, 0.1), ("main", "dark", h)
+        )
+        jobs.append(job)
+        start += n
+    return jobs
+
+
 def test_shards_are_planned_from_the_catalogue_alone():
-    """Each split's rows, coadd after coadd, are cut into shards of at most shard_size rows
+    """Each split's rows, coadd after coadd, are cut into equal shards of at most shard_size rows
     before anything is read, so every shard can be written by its own task; a coadd whose rows
     straddle a boundary is read by both shards, each for its own rows only."""
-    from etl.desi.build import CoaddJob, plan_shards
+    from etl.desi.build import plan_shards
 
     rng = np.random.default_rng(0)
     split = rng.choice(np.array(["train", "valid", "test"]), size=40, p=[0.7, 0.15, 0.15])
-    jobs, start = [], 0
-    for k, n in enumerate((9, 1, 14, 0, 16)):  # an empty coadd group among them
-        rows = np.arange(start, start + n)
-        jobs.append(CoaddJob(f"c{k}.fits", f"c{k}", rows, 1000 + rows, np.full(n, 0.1)))
-        start += n
+    jobs = _jobs((9, 1, 14, 0, 16))  # an empty coadd group among them
     plans = plan_shards(jobs, split, shard_size=5)
     assert sorted(np.concatenate([p.rows for p in plans]).tolist()) == list(range(40))
     for name in ("train", "valid", "test"):
         mine = [p for p in plans if p.split == name]
-        assert [p.path for p in mine] == [f"{name}/shard-{k:05d}.h5" for k in range(len(mine))]
-        assert all(1 <= len(p.rows) <= 5 and (split[p.rows] == name).all() for p in mine)
-        assert all(len(p.rows) == 5 for p in mine[:-1])  # only a split's last shard is short
         in_order = [r for job in jobs for r in job.rows if split[r] == name]
+        assert len(mine) == -(-len(in_order) // 5)
+        sizes = [len(p.rows) for p in mine]
+        assert max(sizes) <= 5 and max(sizes) - min(sizes) <= 1  # equal pieces
+        assert all((split[p.rows] == name).all() for p in mine)
         assert np.concatenate([p.rows for p in mine]).tolist() == in_order
-        for p in mine:  # each coadd's piece keeps its targets and redshifts with its rows
+        for p in mine:  # each coadd's piece keeps its targets, redshifts and key with its rows
             for job in p.jobs:
                 assert (job.targetids == 1000 + job.rows).all() and len(job.z) == len(job.rows)
+                assert job.coadd == ("main", "dark", int(job.label[1:]))
+            assert p.first["targetid"] == str(1000 + p.rows[0]) and p.path == ""
     straddling = {job.label for p in plans for job in p.jobs}
-    assert sum(job.label == "c4" for p in plans for job in p.jobs) > 1 and "c3" not in straddling
+    assert sum(job.label == "c400" for p in plans for job in p.jobs) > 1
+    assert "c300" not in straddling
     again = plan_shards(jobs, split, 5)  # the catalogue alone decides
-    assert [(p.path, p.rows.tolist()) for p in again] == [(p.path, p.rows.tolist()) for p in plans]
+    assert [p.rows.tolist() for p in again] == [p.rows.tolist() for p in plans]
+
+
+def test_a_grown_catalogue_changes_only_the_shards_its_new_targets_fall_in():
+    """The previous index's shard starts are the next plan's boundaries: targets in a new coadd
+    and new targets of an old coadd change only the ranges they fall into (cut again into equal
+    pieces when they outgrow shard_size); every other shard is planned with the same rows."""
+    from etl.desi.build import plan_shards
+
+    rng = np.random.default_rng(1)
+    split = rng.choice(np.array(["train", "valid", "test"]), size=200, p=[0.7, 0.15, 0.15])
+    old_jobs = _jobs((30, 25, 40, 35), healpix=[100, 200, 400, 500])
+    plans = plan_shards(old_jobs, split, shard_size=8)
+    previous = [{"split": p.split, "first": p.first, "path": f"x{k}"} for k, p in enumerate(plans)]
+    # growth: a new coadd (healpix 300, between 200 and 400) and 5 targets appended to coadd 500
+    grown = _jobs((30, 25), healpix=[100, 200]) + _jobs((12,), start=130, healpix=[300])
+    grown += _jobs((40,), start=55, healpix=[400])
+    last = _jobs((35,), start=95, healpix=[500])[0]
+    extra = np.arange(142, 147)  # new catalogue rows; TARGETIDs above the coadd's old ones
+    grown.append(type(last)(last.path, last.label, np.r_[last.rows, extra],
+                            np.r_[last.targetids, 5000 + extra], np.full(40, 0.1), last.coadd))  # fmt: skip
+    new_rows = set(range(130, 147))
+    replans = plan_shards(grown, split, 8, previous)
+
+    def key(job, i):
+        return (*job.coadd, int(job.targetids[i]))
+
+    joined: dict[int, int] = {}  # old plan (index) -> new rows in its range [first, next first)
+    for name in ("train", "valid", "test"):
+        mine = [k for k, p in enumerate(plans) if p.split == name]
+        starts = [(plans[k].first["survey"], plans[k].first["program"], plans[k].first["healpix"],
+                   int(plans[k].first["targetid"])) for k in mine]  # fmt: skip
+        for job in grown:
+            for i, r in enumerate(job.rows):
+                if r in new_rows and split[r] == name:
+                    at = max([j for j, s in enumerate(starts) if s <= key(job, i)], default=0)
+                    joined[mine[at]] = joined.get(mine[at], 0) + 1
+    before = {(p.split, tuple(p.rows.tolist())) for k, p in enumerate(plans) if k not in joined}
+    after = {(p.split, tuple(p.rows.tolist())) for p in replans}
+    assert before <= after  # every untouched shard is planned again with the same rows
+    assert 0 < len(joined) < len(plans)
+    # each range that took new rows is cut again into equal pieces, and nothing else changes
+    recut = sum(-(-(len(plans[k].rows) + a) // 8) for k, a in joined.items())
+    assert len(after - before) == recut == len(replans) - len(before)
+    changed = {r for _, rows in after - before for r in rows}
+    assert changed == new_rows | {r for k in joined for r in plans[k].rows.tolist()}
+    assert all(len(p.rows) <= 8 for p in replans)
+    assert sorted(np.concatenate([p.rows for p in replans]).tolist()) == list(range(147))
+    assert plan_shards(grown, split, 8, previous) and [p.rows.tolist() for p in replans] == [
+        p.rows.tolist() for p in plan_shards(grown, split, 8, previous)
+    ]
 
 
 def test_a_killed_build_keeps_its_finished_shards_and_a_touched_coadd_rewrites_its_own(
     dr1, tmp_path, monkeypatch
 ):
-    """SYNTHETIC coadds of real spectra. A build stopped after three shards leaves no index but a
+    """SYNTHETIC coadds of real spectra. A rebuild stopped after three shards leaves the old
+    index over intact files. A first build stopped after three shards leaves no index but a
     journal; the rerun writes only the rest, and the shards are the bytes of an uninterrupted
     build. A coadd that changes on disk rewrites only the shards that hold its targets."""
     import os
+    import shutil
 
     import etl.desi.build as desi_build
+    from etl.build import verify_shards
 
     data, zall = _synthetic_release_fetched(dr1, tmp_path, 4)
     shards = data / "desi-dr1" / "shards"
     clean = build_shards(dr1, data, shard_size=4, workers=1)
     want = {e["path"]: e["sha256"] for e in clean.shards}
+    in_order = [e["sha256"] for e in clean.shards]
     real_write, calls = desi_build.write_planned_shard, []
 
     def write(*args):
@@ -236,10 +307,25 @@ def test_a_killed_build_keeps_its_finished_shards_and_a_touched_coadd_rewrites_i
             raise RuntimeError("killed")  # the fourth shard never finishes
         return real_write(*args)
 
+    def on_disk() -> set[str]:
+        return {f"{p.parent.name}/{p.name}" for p in shards.glob("*/*")}
+
     monkeypatch.setattr(desi_build, "write_planned_shard", write)
     stop = True
     with pytest.raises(RuntimeError, match="killed"):
         build_shards(dr1, data, shard_size=4, rebuild=True, workers=1)
+    index = json.loads((shards / "index.json").read_text())
+    assert {e["path"]: e["sha256"] for e in index["shards"]} == want  # the old index, intact
+    assert verify_shards(shards) == [] and not set(calls) & set(want)  # new files, new names
+    stop, calls[:] = False, []
+    kept = build_shards(dr1, data, shard_size=4, workers=1)  # the old shards are still good
+    assert (kept.kept, kept.written, calls) == (len(want), 0, [])
+    assert on_disk() == set(want)  # the killed rebuild's files are swept
+
+    shutil.rmtree(shards)
+    stop = True
+    with pytest.raises(RuntimeError, match="killed"):
+        build_shards(dr1, data, shard_size=4, workers=1)
     assert not (shards / "index.json").exists()
     assert len((shards / ".journal.jsonl").read_text().splitlines()) == 3
     stop, calls[:] = False, []
@@ -247,7 +333,7 @@ def test_a_killed_build_keeps_its_finished_shards_and_a_touched_coadd_rewrites_i
     assert (again.kept, again.written) == (3, len(want) - 3) and len(calls) == len(want) - 3
     assert {e["path"]: e["sha256"] for e in again.shards} == want
     assert again.accepted == len(zall) and not (shards / ".journal.jsonl").exists()
-    # one coadd touched: only the shards holding its targets are written again
+    # one coadd touched: only the shards holding its targets are written again (new names)
     coadd = sorted((data / "desi-dr1" / "coadds").rglob("coadd-*.fits"))[1]
     st = coadd.stat()
     os.utime(coadd, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
@@ -255,17 +341,46 @@ def test_a_killed_build_keeps_its_finished_shards_and_a_touched_coadd_rewrites_i
     touched = build_shards(dr1, data, shard_size=4, workers=1)
     assert 0 < len(calls) < len(want) and touched.written == len(calls)
     assert touched.kept == len(want) - len(calls)
-    assert {e["path"]: e["sha256"] for e in touched.shards} == want  # same content, same bytes
+    assert [e["sha256"] for e in touched.shards] == in_order  # same content, same bytes
+    assert on_disk() == {e["path"] for e in touched.shards} and set(calls) <= on_disk()
     # a flipped byte keeps the size: only --verify (sha256 of every kept shard) finds it
-    victim = shards / touched.shards[0]["path"]
-    raw = bytearray(victim.read_bytes())
+    victim = touched.shards[0]["path"]
+    raw = bytearray((shards / victim).read_bytes())
     raw[-100] ^= 0xFF
-    victim.write_bytes(bytes(raw))
+    (shards / victim).write_bytes(bytes(raw))
     assert build_shards(dr1, data, shard_size=4, workers=1).written == 0
     calls[:] = []
     checked = build_shards(dr1, data, shard_size=4, workers=1, verify=True)
-    assert checked.written == 1 and calls == [touched.shards[0]["path"]]
-    assert {e["path"]: e["sha256"] for e in checked.shards} == want
+    assert checked.written == 1 and len(calls) == 1 and victim not in on_disk()
+    assert [e["sha256"] for e in checked.shards] == in_order
+
+
+def test_targets_added_to_the_catalogue_rewrite_only_the_shards_they_join(dr1, tmp_path):
+    """SYNTHETIC coadds of real spectra. Built without one coadd's targets, then with them: the
+    rerun writes only the shards of the key range they fall into; every other shard keeps its
+    file and bytes, and every target is built."""
+    data, zall = _synthetic_release_fetched(dr1, tmp_path, 5)
+    root = data / "desi-dr1"
+    full = Table.read(root / "catalog.fits")
+    split = split_of(full["RA"], full["DEC"], np.zeros(len(full), int), dr1.splits)
+    pixels = sorted(set(full["HEALPIX"][split == "train"].tolist()))
+    assert len(pixels) >= 3
+    later = full["HEALPIX"] == pixels[1]  # a train coadd's six targets arrive later
+    full[~later].write(root / "catalog.fits", overwrite=True)
+    first = build_shards(dr1, data, shard_size=4, workers=1)
+    assert first.accepted == len(zall) - 6
+    full.write(root / "catalog.fits", overwrite=True)
+    grown = build_shards(dr1, data, shard_size=4, workers=1)
+    assert grown.accepted == len(zall) and not grown.rejected
+    before = {e["path"]: e["sha256"] for e in first.shards}
+    after = {e["path"]: e["sha256"] for e in grown.shards}
+    same = {p for p in before if after.get(p) == before[p]}
+    assert len(same) == len(before) - 1 == grown.kept  # one old range took the six
+    assert grown.written == len(after) - len(same) >= 2  # 6 + its rows: cut again
+    assert all(e["rows"] <= 4 for e in grown.shards)
+    new_ids = {int(t) for t in full["TARGETID"][later]}
+    for p in set(after) - same:
+        assert new_ids & set(_ids(root / "shards" / p)) or p not in before
 
 
 def test_bad_coadds_and_a_stray_target_are_counted_and_the_rest_is_built(dr1, tmp_path):

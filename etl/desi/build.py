@@ -1,10 +1,10 @@
 """``specetl build-shards`` for a DESI release: fetched coadds -> shards of the same format.
 
-The shards are planned from the catalogue alone: each split's targets, coadds in (survey,
-program, healpix) order and TARGETID order within a coadd, are cut into shards of
-``shard_size`` rows (:func:`plan_shards`). Each shard is then one task: it reads the coadds its
-rows are in, runs them through :class:`etl.desi.preprocess.DesiPreprocessor` together (arm join
-and resample are vectorised over rows) and writes the shard itself, on Dask workers or in this
+The shards are planned from the catalogue alone (:func:`plan_shards`): each split's targets are
+ordered by their coadd ((survey, program, healpix)) and TARGETID within it, and cut into shards
+of at most ``shard_size`` rows. Each shard is then one task: it reads the coadds its rows are
+in, runs them through :class:`etl.desi.preprocess.DesiPreprocessor` together (arm join and
+resample are vectorised over rows) and writes the shard itself, on Dask workers or in this
 process. Memory is one shard plus one coadd per worker whatever the catalogue's size, this
 process only collects index entries, and the bytes do not depend on the number of workers.
 Splits come from the same sky-cell key as SDSS (:func:`etl.splits.split_of`, the
@@ -14,21 +14,26 @@ in one split. Shards are format v2 (docs/shard-format.md) with the object key
 attribute) and ``specobjid`` = TARGETID as decimal text, so training and ``embed`` read them
 unchanged.
 
-A rerun whose inputs (catalogue, stored coadds, settings) are unchanged keeps every shard
-without planning. Otherwise each planned shard's fingerprint (its targets' catalogue columns, its
-coadds' size and mtime, the settings) is matched against the old index and the journal of a
-build that was cut short, and only missing or changed shards are written: a killed build
-resumes, and a coadd that changed rewrites the shards holding its targets. A catalogue that
-gains or loses targets moves the later boundaries of that split, so those shards are rewritten.
-Writes are atomic and the index is written last, as for SDSS.
+Reruns write only what changed, as for SDSS. A rerun whose inputs (catalogue, stored coadds,
+settings) are unchanged keeps every shard without planning. Otherwise the previous index's
+shards are the plan's boundaries (each shard's ``first`` key), so targets a grown catalogue
+gains change only the shards whose key range they fall into (a range grown past ``shard_size``
+is cut again into equal pieces); each planned shard's fingerprint (its split, its targets'
+catalogue columns, its coadds' size and mtime, the settings) is matched against the old index
+and the journal of a build that was cut short, and only missing or changed shards are written,
+under new file numbers. A killed build therefore resumes, a coadd that changed rewrites the
+shards holding its targets, and the old index keeps describing intact files until the new one
+replaces it (written last, atomically).
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 from collections import deque
@@ -46,7 +51,7 @@ from etl.desi.coadd import CoaddArms, CoaddError, read_coadd
 from etl.desi.fetch import coadd_groups
 from etl.desi.manifest import CoaddLayout, DesiRelease
 from etl.desi.preprocess import DesiPreprocessor
-from etl.diskspace import DiskFull, is_disk_full
+from etl.diskspace import is_disk_full
 from etl.reports import BuildResult
 from etl.shard_index import (
     INDEX_NAME,
@@ -55,10 +60,12 @@ from etl.shard_index import (
     BuildError,
     index_document,
     locked,
+    next_numbers,
     read_index,
     read_journal,
     reusable_shards,
     settings_fingerprint,
+    stop_build_on_full_disk,
     sweep,
     usable,
 )
@@ -130,6 +137,7 @@ def build_desi_shards(
     )
     with locked(shards_dir):
         old: dict = {}
+        old_report: dict = {}
         if not rebuild:
             try:
                 old = read_index(shards_dir)
@@ -138,13 +146,18 @@ def build_desi_shards(
             if old.get("inputs_sha256") == fingerprint and all(
                 usable(shards_dir, e, verify) for e in old.get("shards", [])
             ):
+                # what a build cut short left beside the index (files, journal) goes
+                sweep(shards_dir, {e["path"] for e in old["shards"]})
+                (shards_dir / JOURNAL_NAME).unlink(missing_ok=True)
                 result = BuildResult.from_index(shards_dir)
                 result.seconds = time.perf_counter() - t0
                 return result
-        # the shards are rewritten under the names the old index lists: drop it first, so that
-        # a build cut short (killed, a full disk) leaves no index over files it did not write;
-        # the journal and the old index's entries let the rerun keep every finished shard
-        (shards_dir / INDEX_NAME).unlink(missing_ok=True)
+            with contextlib.suppress(OSError, ValueError):
+                old_report = json.loads((shards_dir / REPORT_NAME).read_text())
+        # the old index stays until the new one replaces it: new shards get file numbers it
+        # does not list, so a build cut short (killed, a full disk) leaves it describing intact
+        # files, and the rerun plans the same boundaries from it
+        previous = old.get("shards", []) + old.get("empty", [])
         n = len(catalog["TARGETID"])
         split = split_of(catalog["RA"], catalog["DEC"], np.zeros(n, dtype=np.int64), release.splits)
         jobs = []
@@ -157,65 +170,64 @@ def build_desi_shards(
                     rows,
                     catalog["TARGETID"][rows],
                     np.asarray(catalog["Z"][rows], dtype=np.float64),
+                    key,
                 )
             )
-        plans = plan_shards(jobs, split, shard_size)
+        plans = plan_shards(jobs, split, shard_size, previous)
         stamps = {str(p): _stamp(p) for p in paths.values()}
         # SDSS's settings (manifest, specetl and format versions, compression) and the size
         settings = f"{settings_fingerprint(release, comp)}:{shard_size}"  # type: ignore[arg-type]
         for plan in plans:
             plan.inputs_sha256 = _plan_fingerprint(plan, catalog, stamps, settings)
         journal_path = shards_dir / JOURNAL_NAME
-        kept = {}
-        if not rebuild:
-            old_report: dict = {}
-            with contextlib.suppress(OSError, ValueError):
-                old_report = json.loads((shards_dir / REPORT_NAME).read_text())
-            previous = old.get("shards", []) + old.get("empty", [])
-            kept = reusable_shards(previous, old_report, read_journal(journal_path))
+        journal = [] if rebuild else read_journal(journal_path)
+        kept = reusable_shards(previous, old_report, journal)
         result = BuildResult(shards_dir)
-        entries: list[dict] = []
-        empty: list[dict] = []  # shards whose every target was rejected: no file
 
-        def kept_as_is(plan: ShardPlan) -> tuple | None:
+        # decided once: a kept plan takes its old file; the loop below pairs each other plan
+        # with the next shard written, numbered above every file and entry known
+        keep: dict[int, tuple] = {}
+        for k, plan in enumerate(plans):
             hit = kept.get(plan.inputs_sha256)
-            same = hit and hit[0]["path"] == plan.path and usable(shards_dir, hit[0], verify)
-            return hit if same else None
-
-        # decided once: the loop below pairs each plan not kept with the next shard written
-        keep = {plan.path: kept_as_is(plan) for plan in plans}
-        todo = [p for p in plans if not keep[p.path]]
-        result.kept = len(plans) - len(todo)
+            if hit and usable(shards_dir, hit[0], verify):
+                plan.path, keep[k] = hit[0]["path"], hit
+        todo = [p for k, p in enumerate(plans) if k not in keep]
+        nxt = next_numbers(shards_dir, previous + [j["entry"] for j in journal])
+        for plan in todo:
+            plan.path = f"{plan.split}/shard-{nxt[plan.split]:05d}.h5"
+            nxt[plan.split] += 1
+            (shards_dir / plan.split).mkdir(parents=True, exist_ok=True)
+        result.kept = len(keep)
         log.info(
             "%d shard(s) planned: %d unchanged, %d to write", len(plans), result.kept, len(todo)
         )
+        entries: list[dict] = []
+        empty: list[dict] = []  # shards whose every target was rejected: no file
         done = _written(release, catalog, todo, shards_dir, comp, workers, scheduler)
+        finished = 0
         try:
             # closing(): a stop in this loop closes the Dask cluster the generator started
-            with contextlib.closing(done), open(journal_path, "a") as journal:
-                for plan in tqdm(plans, unit="shard", desc="build-shards",
-                                 disable=None if progress else True):  # fmt: skip
-                    hit = keep[plan.path]
-                    if hit:
-                        entry, rejects = hit
+            with contextlib.closing(done), open(journal_path, "a") as journal_file:
+                for k, plan in enumerate(tqdm(plans, unit="shard", desc="build-shards",
+                                              disable=None if progress else True)):  # fmt: skip
+                    if k in keep:
+                        entry, rejects = keep[k]
                     else:
                         out = next(done)
                         entry = out.entry or _empty_entry(plan)
                         rejects = [_reject(catalog, i, r, d, plan.path) for i, r, d in out.rejected]
-                        journal.write(json.dumps({"entry": entry, "rejected": rejects}) + "\n")
-                        journal.flush()
-                        os.fsync(journal.fileno())
+                        line = json.dumps({"entry": entry, "rejected": rejects})
+                        journal_file.write(line + "\n")
+                        journal_file.flush()
+                        os.fsync(journal_file.fileno())
+                        finished += 1
                     result.rejected += rejects
                     (entries if entry["rows"] else empty).append(entry)
                     result.accepted += entry["rows"]
         except OSError as err:
             if not is_disk_full(err):
                 raise
-            raise DiskFull(
-                shards_dir,
-                f"build-shards stopped after {len(entries)} shard(s); they are kept for the "
-                "rerun, and no index.json and no partial file remain: free space and rerun",
-            ) from None
+            stop_build_on_full_disk(shards_dir, old_report, err, finished, len(todo))
         result.shards, result.written = entries, len(todo)
         result.seconds = time.perf_counter() - t0
         report = {
@@ -238,6 +250,7 @@ def build_desi_shards(
             empty,
             inputs_sha256=fingerprint,
         )
+        # the report first, then the index (the commit point), then what it no longer lists
         write_json_atomic(shards_dir / REPORT_NAME, report)
         write_json_atomic(shards_dir / INDEX_NAME, index)
         sweep(shards_dir, {e["path"] for e in entries})
@@ -248,13 +261,21 @@ def build_desi_shards(
 
 @dataclass
 class CoaddJob:
-    """One coadd to preprocess: its file, its label, and the catalogue rows it should hold."""
+    """One coadd to preprocess: its file, its label, the catalogue rows it should hold, and its
+    (survey, program, healpix)."""
 
     path: str
     label: str
     rows: np.ndarray  # catalogue row numbers, TARGETID order
     targetids: np.ndarray
     z: np.ndarray
+    coadd: tuple[str, str, int] = ("", "", -1)  # unknown where no plan is made (embed)
+
+    def take(self, at: np.ndarray) -> CoaddJob:
+        """The same coadd with only the rows at positions ``at``."""
+        return CoaddJob(
+            self.path, self.label, self.rows[at], self.targetids[at], self.z[at], self.coadd
+        )
 
 
 @dataclass
@@ -307,18 +328,31 @@ def preprocess_coadd_rows(pre: DesiPreprocessor, coadd: CoaddArms, job: CoaddJob
 
 @dataclass
 class ShardPlan:
-    """One shard to write: its split, its path under the shards folder, and the coadds it reads,
-    each with only the catalogue rows this shard takes from it (at most ``shard_size`` rows in
-    all, coadds in (survey, program, healpix) order, TARGETID order within a coadd)."""
+    """One shard to write: its split, the coadds it reads, each with only the catalogue rows
+    this shard takes from it (at most ``shard_size`` rows in all, coadds in (survey, program,
+    healpix) order, TARGETID order within a coadd), and its path under the shards folder
+    (given by the build: a kept shard's old file, or the next free number)."""
 
     split: str
-    path: str
     jobs: list[CoaddJob]
+    path: str = ""
     inputs_sha256: str = ""  #: set by the build (:func:`_plan_fingerprint`)
 
     @property
     def rows(self) -> np.ndarray:
         return np.concatenate([job.rows for job in self.jobs])
+
+    @property
+    def first(self) -> dict:
+        """The key of the shard's first row: where its range starts, for the next build."""
+        job = self.jobs[0]
+        survey, program, healpix = job.coadd
+        return {
+            "survey": str(survey),
+            "program": str(program),
+            "healpix": int(healpix),
+            "targetid": str(int(job.targetids[0])),  # text, as JSON readers lose big integers
+        }
 
 
 @dataclass
@@ -330,33 +364,69 @@ class ShardOutcome:
     rejected: list[tuple[int, str, str]]
 
 
-def plan_shards(jobs: list[CoaddJob], split: np.ndarray, shard_size: int) -> list[ShardPlan]:
-    """Cut each split's catalogue rows, in the jobs' order, into shards of ``shard_size`` rows.
+RowKey = tuple[str, str, int, int]  #: (survey, program, healpix, TARGETID): the plan's order
 
-    The plan depends on the catalogue alone, not on which rows the preprocessing rejects or on
-    which worker is fastest, so every shard can be written by its own task and the bytes are the
-    same on one process or many. A shard holding rejected rows is short by as many.
+
+def _start(entry: dict) -> RowKey | None:
+    """Where a previous shard's range starts (None for an entry without one)."""
+    first = entry.get("first")
+    if not first:
+        return None
+    return (str(first["survey"]), str(first["program"]), int(first["healpix"]),
+            int(first["targetid"]))  # fmt: skip
+
+
+def plan_shards(
+    jobs: list[CoaddJob], split: np.ndarray, shard_size: int, previous: list[dict] | None = None
+) -> list[ShardPlan]:
+    """Cut each split's catalogue rows into shards of at most ``shard_size`` rows.
+
+    ``jobs``: every coadd's rows, coadds in (survey, program, healpix) order and TARGETID order
+    within each. ``previous``: the index entries of an earlier build; where each of its shards
+    started becomes a boundary, so rows it already had stay together and new rows change only
+    the shards whose key range they fall into. Rows between two boundaries (all of a split's
+    rows when there is no earlier build) are cut into ceil(n / shard_size) equal pieces, so
+    none is tiny after a range grows. The plan depends on the catalogue and the previous index
+    alone, not on which rows the preprocessing rejects or on which worker is fastest, so every
+    shard can be written by its own task and the bytes are the same on one process or many.
     """
     plans: list[ShardPlan] = []
     for name in SPLITS:
-        pieces: list[list[CoaddJob]] = [[]]
-        room = shard_size
+        starts = sorted({k for e in previous or () if e.get("split") == name if (k := _start(e))})
+        bounds = starts[1:]  # the first range also takes every row before it
+        ranges: dict[int, list[CoaddJob]] = {}
         for job in jobs:
             mine = np.flatnonzero(split[job.rows] == name)
-            while len(mine):
-                take, mine = mine[:room], mine[room:]
-                pieces[-1].append(
-                    CoaddJob(job.path, job.label, job.rows[take], job.targetids[take], job.z[take])
-                )
-                room -= len(take)
-                if room == 0:
-                    pieces.append([])
-                    room = shard_size
-        plans += [
-            ShardPlan(name, f"{name}/shard-{k:05d}.h5", piece)
-            for k, piece in enumerate(p for p in pieces if p)
-        ]
+            if not len(mine):
+                continue
+            lo = bisect.bisect_left(bounds, (*job.coadd, -math.inf))
+            hi = bisect.bisect_left(bounds, (*job.coadd, math.inf))
+            inside = np.array([b[3] for b in bounds[lo:hi]], dtype=np.int64)
+            where = lo + np.searchsorted(inside, job.targetids[mine], side="right")
+            for run in np.split(np.arange(len(mine)), np.flatnonzero(np.diff(where)) + 1):
+                ranges.setdefault(int(where[run[0]]), []).append(job.take(mine[run]))
+        for pieces in ranges.values():  # ascending: the jobs are in key order
+            plans += [ShardPlan(name, part) for part in _cut_evenly(pieces, shard_size)]
     return plans
+
+
+def _cut_evenly(pieces: list[CoaddJob], shard_size: int) -> list[list[CoaddJob]]:
+    """Consecutive coadd pieces -> ceil(n / shard_size) shards of equal size (±1 row); a coadd
+    that straddles a cut is read by both shards, each for its own rows."""
+    n = sum(len(p.rows) for p in pieces)
+    sizes = [len(a) for a in np.array_split(np.arange(n), -(-n // shard_size))]
+    shards: list[list[CoaddJob]] = [[]]
+    room = sizes.pop(0)
+    for piece in pieces:
+        at = np.arange(len(piece.rows))
+        while len(at):
+            if room == 0:
+                shards.append([])
+                room = sizes.pop(0)
+            take, at = at[:room], at[room:]
+            shards[-1].append(piece.take(take))
+            room -= len(take)
+    return shards
 
 
 def write_planned_shard(
@@ -414,8 +484,8 @@ def write_planned_shard(
         "bytes": target.stat().st_size,
         "specobjid_min": str(ids.min()),
         "specobjid_max": str(ids.max()),
-        "candidate_min": str(ids.min()),
-        "candidates": len(at),
+        "first": plan.first,
+        "candidates": len(plan.rows),
         "inputs_sha256": plan.inputs_sha256,
     }
     return ShardOutcome(entry, rejected)
@@ -509,9 +579,9 @@ def _stamp(path: Path) -> str:
 
 
 def _plan_fingerprint(plan: ShardPlan, catalog: dict, stamps: dict[str, str], settings: str) -> str:
-    """sha256 of what a shard is made of: its path, its targets' catalogue columns, its coadds'
+    """sha256 of what a shard is made of: its split, its targets' catalogue columns, its coadds'
     size and mtime, and the release's settings. A shard with the same fingerprint is kept."""
-    h = hashlib.sha256(f"{settings}\n{plan.path}\n".encode())
+    h = hashlib.sha256(f"{settings}\n{plan.split}\n".encode())
     rows = plan.rows
     for column in _SHARD_COLUMNS:
         h.update(np.ascontiguousarray(catalog[column][rows]).tobytes())
@@ -522,4 +592,11 @@ def _plan_fingerprint(plan: ShardPlan, catalog: dict, stamps: dict[str, str], se
 
 def _empty_entry(plan: ShardPlan) -> dict:
     """The record of a shard whose every target was rejected (no file)."""
-    return {"path": plan.path, "split": plan.split, "rows": 0, "inputs_sha256": plan.inputs_sha256}
+    return {
+        "path": plan.path,
+        "split": plan.split,
+        "rows": 0,
+        "first": plan.first,
+        "candidates": len(plan.rows),
+        "inputs_sha256": plan.inputs_sha256,
+    }
