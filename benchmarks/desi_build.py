@@ -11,7 +11,15 @@ Every shard is one task that reads its coadds' rows, preprocesses and writes (et
 the workers do the whole build; the script also prints the time to read and preprocess every
 coadd once in this process, without writing, against the one-process build.
 
+``--sky pixel`` puts each coadd's targets inside its own healpix pixel, as DESI's are (the
+default, ``spread``, puts them all over the sky so that every coadd feeds every split).
+``--grow G``: the catalogue first lacks the targets of G coadds spread through the healpix
+order, is built, then gains them: the rerun writes only the shards whose key range they join
+(the previous index's boundaries are kept). It prints the shards and seconds of that rerun
+against a full rebuild of the grown catalogue on the same workers, measured in this run.
+
 Usage:  python benchmarks/desi_build.py [--coadds 24] [--rows 200] [--workers 2]
+            [--shard-size N] [--grow G] [--sky spread|pixel]
 """
 
 from __future__ import annotations
@@ -38,18 +46,29 @@ COADD = REPO / "sample" / "desi" / "coadd-special-dark-27247.fits"
 REDROCK = REPO / "sample" / "desi" / "redrock-special-dark-27247.fits"
 
 
-def make_release_data(data: Path, n_coadds: int, rows: int) -> int:
-    """Write DATA/desi-dr1/{catalog.fits, coadds/} as `specetl fetch` would; returns targets."""
+def make_release_data(data: Path, n_coadds: int, rows: int, sky: str = "spread") -> int:
+    """Write DATA/desi-dr1/{catalog.fits, coadds/} as `specetl fetch` would; returns targets.
+
+    ``sky``: "spread" puts every coadd's targets all over the sky (each coadd feeds every
+    split); "pixel" puts them inside the coadd's own nside-64 healpix pixel, as DESI's are."""
+    from astropy_healpix import HEALPix
+
     release = load_release("desi-dr1")
     root = data / release.name
     (real,) = list(iter_desi_table(REDROCK, release))
     chunk: dict[str, list] = {k: [] for k in real}
     rng = np.random.default_rng(0)
+    hp = HEALPix(nside=64, order="nested")
     for k in range(n_coadds):
         pixel = 1000 + 37 * k
         ids = 10**15 + k * rows + np.arange(rows)
-        ra = rng.uniform(0, 360, rows)
-        dec = np.degrees(np.arcsin(rng.uniform(-0.3, 0.9, rows)))
+        if sky == "pixel":  # within ~0.1 deg of the pixel's centre (pixels are ~0.9 deg wide)
+            lon, lat = hp.healpix_to_lonlat([pixel])
+            ra = float(lon.deg[0]) + rng.uniform(-0.1, 0.1, rows)
+            dec = float(lat.deg[0]) + rng.uniform(-0.1, 0.1, rows)
+        else:
+            ra = rng.uniform(0, 360, rows)
+            dec = np.degrees(np.arcsin(rng.uniform(-0.3, 0.9, rows)))
         key = ("main", "dark", pixel)
         assemble_coadd(COADD, [0] * rows, root / "coadds" / release.coadd_relpath(*key),
                        targetids=ids, ra=ra, dec=dec,
@@ -84,23 +103,54 @@ def preprocess_only(release, data: Path) -> float:
     return time.perf_counter() - t0
 
 
+def grow(release, data: Path, n_grow: int, shard_size: int | None, workers: int) -> None:
+    """Build without ``n_grow`` coadds' targets, then with them; print what the rerun wrote."""
+    from astropy.table import Table
+
+    path = data / release.name / "catalog.fits"
+    full = Table.read(path)
+    pixels = sorted(set(full["HEALPIX"].tolist()))
+    late = [pixels[(2 * k + 1) * len(pixels) // (2 * n_grow)] for k in range(n_grow)]
+    later = np.isin(full["HEALPIX"], late)
+    full[~later].write(path, overwrite=True)
+    before = build_shards(release, data, shard_size, rebuild=True, workers=workers)
+    full.write(path, overwrite=True)
+    t0 = time.perf_counter()
+    grown = build_shards(release, data, shard_size, workers=workers)
+    t_grow = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    rebuilt = build_shards(release, data, shard_size, rebuild=True, workers=workers)
+    t_full = time.perf_counter() - t0
+    print(f"  grow: {before.accepted} targets in {len(before.shards)} shards, then "
+          f"+{int(later.sum())} targets of {n_grow} coadds spread through the healpix order")  # fmt: skip
+    print(f"    rerun after growth: {grown.written} shards written, {grown.kept} kept, "
+          f"{t_grow:.2f} s; full rebuild: {len(rebuilt.shards)} shards, {t_full:.2f} s")  # fmt: skip
+    print(f"    ratio (full rebuild / rerun after growth): {t_full / t_grow:.2f}x")
+    assert grown.accepted == rebuilt.accepted == len(full)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--coadds", type=int, default=24)
     ap.add_argument("--rows", type=int, default=200, help="targets per coadd")
     ap.add_argument("--workers", type=int, default=2, help="Dask worker processes")
+    ap.add_argument("--shard-size", type=int, default=None, help="rows per shard (manifest's)")
+    ap.add_argument("--grow", type=int, default=0, help="coadds the catalogue gains (0: skip)")
+    ap.add_argument("--sky", choices=("spread", "pixel"), default="spread",
+                    help="targets all over the sky, or inside their coadd's healpix pixel")  # fmt: skip
     args = ap.parse_args()
     release = load_release("desi-dr1")
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
-        n = make_release_data(data, args.coadds, args.rows)
-        print(
-            f"SYNTHETIC: {args.coadds} coadds x {args.rows} copies of a real galaxy = {n} targets"
-        )
+        n = make_release_data(data, args.coadds, args.rows, args.sky)
+        print(f"SYNTHETIC: {args.coadds} coadds x {args.rows} copies of a real galaxy = {n} "
+              f"targets (sky: {args.sky})")  # fmt: skip
         times, digests = {}, {}
         for workers in (1, args.workers):
             t0 = time.perf_counter()
-            result = build_shards(release, data, rebuild=True, workers=workers, progress=False)
+            result = build_shards(
+                release, data, args.shard_size, rebuild=True, workers=workers, progress=False
+            )
             times[workers] = time.perf_counter() - t0
             digests[workers] = [e["sha256"] for e in result.shards]
             label = "one process" if workers == 1 else f"Dask, {workers} worker processes"
@@ -114,6 +164,8 @@ def main() -> None:
         same = digests[1] == digests[args.workers]
         print(f"  same shard bytes: {same}")
         print(f"  ratio (Dask / one process): {times[1] / times[args.workers]:.2f}x")
+        if args.grow:
+            grow(release, data, args.grow, args.shard_size, args.workers)
 
 
 if __name__ == "__main__":
