@@ -24,6 +24,7 @@ import logging
 import os
 import random
 import shutil
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,9 @@ log = logging.getLogger(__name__)
 NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 #: Files whose size is measured per reduction (HEAD requests) by a dry run.
 SAMPLE_PER_RUN2D = 20
+#: tries per sampled URL of a dry run's estimate: one retry, so a dead archive costs a dry run
+#: seconds (the estimate is then unknown), not the minutes a download's patience allows
+ESTIMATE_ATTEMPTS = 2
 
 
 class DiskFull(OSError):
@@ -128,33 +132,48 @@ def probe_size(session: object, url: str, timeout: float) -> int | None:
 
 
 def estimate_download(
-    sample: SizeSample, session: object, connections: int = 8, timeout: float = 10.0
+    sample: SizeSample,
+    session: object,
+    connections: int = 8,
+    timeout: float = 10.0,
+    probe: Callable[[str], int | None] | None = None,
+    method: str | None = None,
+    group: str = "run2d",
 ) -> dict:
-    """Bytes still to download: per run2d, the mean measured size times the files missing.
+    """Bytes still to download: per group (SDSS: run2d), the mean measured size times the files
+    missing.
 
-    A run2d none of whose sampled files answered takes the mean over all measured files; with
-    nothing measured at all, ``bytes`` is None. Returns a JSON-ready dict.
+    ``probe``: bytes a URL will cost, or None when unknown (default: HEAD's Content-Length);
+    ``method`` says how, for the report. A group none of whose sampled files answered takes the
+    mean over all measured files; with nothing measured at all, ``bytes`` is None. Returns a
+    JSON-ready dict.
     """
-    jobs = [(run2d, url) for run2d, urls in sample.urls.items() for url in urls]
+    if probe is None:
+
+        def probe(url: str) -> int | None:
+            return probe_size(session, url, timeout)
+
+        method = method or f"HEAD Content-Length of up to {sample.k} random files per {group}"
+    jobs = [(key, url) for key, urls in sample.urls.items() for url in urls]
     with ThreadPoolExecutor(max(1, min(connections, len(jobs) or 1))) as pool:
-        sizes = list(pool.map(lambda j: probe_size(session, j[1], timeout), jobs))
+        sizes = list(pool.map(lambda j: probe(j[1]), jobs))
     measured: dict[str, list[int]] = {}
-    for (run2d, _), size in zip(jobs, sizes, strict=True):
+    for (key, _), size in zip(jobs, sizes, strict=True):
         if size is not None:
-            measured.setdefault(run2d, []).append(size)
+            measured.setdefault(key, []).append(size)
     every = [s for v in measured.values() for s in v]
     overall = sum(every) / len(every) if every else None
     per: dict[str, dict] = {}
     total: float | None = 0.0
-    for run2d, n in sorted(sample.counts.items()):
-        got = measured.get(run2d, [])
+    for key, n in sorted(sample.counts.items()):
+        got = measured.get(key, [])
         mean = sum(got) / len(got) if got else overall
-        per[run2d] = {"files": n, "sampled": len(got), "mean_file_bytes": mean}
+        per[key] = {"files": n, "sampled": len(got), "mean_file_bytes": mean}
         total = None if mean is None or total is None else total + mean * n
     return {
-        "method": f"HEAD Content-Length of up to {sample.k} random files per run2d",
+        "method": method,
         "bytes": None if total is None else int(round(total)),
-        "by_run2d": per,
+        f"by_{group}": per,
     }
 
 
@@ -165,6 +184,9 @@ def space_report(
     connections: int = 8,
     timeout: float = 10.0,
     shards_bytes: int = 0,
+    probe: Callable[[str], int | None] | None = None,
+    method: str | None = None,
+    group: str = "run2d",
 ) -> dict:
     """What a dry run says about disk space: the estimate, the free space of ``data_dir``, whether
     the downloads fit (None: could not measure) and a one-line ``warning`` (None when all is well).
@@ -172,7 +194,7 @@ def space_report(
     ``shards_bytes``: an upper bound of the shards that will be built from these files, so the
     warning can also say when the downloads fit but the shards after them will not.
     """
-    est = estimate_download(sample, session, connections, timeout)
+    est = estimate_download(sample, session, connections, timeout, probe, method, group)
     free = free_bytes(data_dir)
     need = est["bytes"]
     files = sum(sample.counts.values())

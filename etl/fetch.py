@@ -31,6 +31,7 @@ import logging
 import math
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import NoReturn
 
@@ -43,7 +44,7 @@ from etl.catalog import (
     Selector,
     commit_selection,
 )
-from etl.diskspace import DiskFull, SizeSample, is_disk_full, space_report
+from etl.diskspace import ESTIMATE_ATTEMPTS, DiskFull, SizeSample, is_disk_full, space_report
 from etl.download import (
     BatchResult,
     DownloadConfig,
@@ -332,7 +333,7 @@ def _dry_run_space(
     """Estimate the bytes still to download (HEAD on a sample) against the free space."""
     # shards hold flux and ivar as float32 per pixel per object: an upper bound (rejects shrink it)
     shards_bytes = (report.selected - report.n_failed) * release.grid.npix * 8
-    session = make_session(cfg.connections, cfg)
+    session = make_session(cfg.connections, replace(cfg, attempts=ESTIMATE_ATTEMPTS))
     try:
         report.space = space_report(
             sizes, rel_dir, session, cfg.connections, cfg.connect_timeout, shards_bytes

@@ -57,3 +57,31 @@ def test_dry_run_counts_the_coadds_and_fetches_nothing(tmp_path):
     r = CliRunner().invoke(main, [*args, "--catalog", catalog])
     assert r.exit_code == 0 and "dry run: 1 file(s) to download, ~?;" in r.output
     assert not (tmp_path / "desi-dr1" / "coadds").exists()
+
+
+def test_dry_run_estimates_the_bytes_a_fetch_then_stores(tmp_path):
+    """The real coadd on a loopback archive: the dry run's estimate (the wanted HDUs' sizes, read
+    from the headers alone) is exactly what the range fetch then stores; with --whole-files it
+    is the file's size."""
+    dr1 = load_release("desi-dr1")
+    coadd = DESI / "coadd-special-dark-27247.fits"
+    with ArchiveMirror(None, dr1, prefix="/public") as m:
+        serve(m, dr1, ("special", "dark", 27247), coadd, tmp_path)
+        common = ["fetch", "--release", "desi-dr1", "--data-dir", str(tmp_path / "d"),
+                  "--catalog", str(DESI / "redrock-special-dark-27247.fits"),
+                  "--base-url", m.base_url]  # fmt: skip
+        estimates = {}
+        for extra in ([], ["--whole-files"]):
+            r = CliRunner().invoke(main, [*common, "--dry-run", *extra])
+            assert r.exit_code == 0 and "dry run: 1 file(s) to download, ~" in r.output, r.output
+            report = json.loads((tmp_path / "d/desi-dr1/fetch-report.json").read_text())
+            estimates[bool(extra)] = report["disk_space"]["to_download_bytes_estimate"]
+            by = report["disk_space"]["estimate"]["by_survey_program"]
+            assert by == {"special/dark": {"files": 1, "sampled": 1,
+                                           "mean_file_bytes": estimates[bool(extra)]}}  # fmt: skip
+        assert not (tmp_path / "d/desi-dr1/coadds").exists()
+        assert estimates[True] == coadd.stat().st_size
+        r = CliRunner().invoke(main, common)
+        assert r.exit_code == 0, r.output
+    (stored,) = (tmp_path / "d/desi-dr1/coadds").rglob("coadd-*.fits")
+    assert estimates[False] == stored.stat().st_size < coadd.stat().st_size

@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -120,10 +120,9 @@ def fetch_desi(
     report.already_present = sum(len(v) for k, v in groups.items() if k not in todo)
     report.to_download = len(todo)
     report.dry_run = dry_run
-    if dry_run:  # the coadds to fetch and the free space; their size needs the archive
-        from etl.diskspace import free_bytes
-
-        report.space = {"free_bytes": free_bytes(rel_dir), "to_download_bytes_estimate": None}
+    if dry_run:
+        report.space = _dry_run_space(release, todo, rel_dir, base_url, config, connections,
+                                      whole_files, shards_rows=summary["selected"])  # fmt: skip
         _write(report, rel_dir)
         return report
     session = make_session(connections, config)
@@ -164,6 +163,49 @@ def fetch_desi(
     report.seconds = time.perf_counter() - t0
     _write(report, rel_dir)
     return report
+
+
+def _dry_run_space(
+    release: DesiRelease,
+    todo: dict[tuple[str, str, int], np.ndarray],
+    rel_dir: Path,
+    base_url: str | None,
+    config: DownloadConfig,
+    connections: int,
+    whole_files: bool,
+    shards_rows: int,
+) -> dict:
+    """The bytes the coadds still to fetch will take, from a seeded sample of up to 20 per
+    (survey, program), against the free space. A sampled coadd costs what :func:`fetch_coadd`
+    would store: its wanted HDUs, measured from its headers alone (a few small range reads), or
+    with ``whole_files`` its size (HEAD)."""
+    from etl.desi.rangefetch import planned_bytes
+    from etl.diskspace import ESTIMATE_ATTEMPTS, SizeSample, space_report
+
+    sizes = SizeSample()
+    for key in todo:
+        sizes.add(f"{key[0]}/{key[1]}", release.coadd_url(*key, base_url=base_url))
+    config = replace(config, attempts=ESTIMATE_ATTEMPTS)
+    session = make_session(connections, config)
+    if whole_files:
+        probe, method = None, f"HEAD Content-Length of up to {sizes.k} coadds per survey/program"
+    else:
+
+        def probe(url: str) -> int | None:
+            return planned_bytes(session, url, release.coadd.hdus, config)
+
+        method = (
+            f"the wanted HDUs' sizes, from the headers of up to {sizes.k} coadds per "
+            "survey/program (range reads, no data)"
+        )
+    try:
+        return space_report(
+            sizes, rel_dir, session, connections, config.connect_timeout,
+            shards_bytes=shards_rows * release.grid.npix * 8,  # flux + ivar, float32
+            probe=probe, method=method, group="survey_program",
+        )  # fmt: skip
+    finally:
+        session.close()  # type: ignore[attr-defined]
 
 
 def _write(report: DesiFetchReport, rel_dir: Path) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,14 +126,12 @@ def _read_header(src: RangeSource, offset: int) -> tuple[dict[str, str], bytes]:
             raise DownloadFailed("truncated", f"no END card in the header at byte {offset}")
 
 
-def _walk(src: RangeSource, wanted: tuple[str, ...], kept: dict[int, bytes]) -> list[int]:
-    """Read headers from the start, keep (verified) the primary and the wanted HDUs.
-
-    ``kept``: header offset -> verified HDU bytes, filled as pieces verify (a retry reuses them).
-    Returns the offsets of the HDUs to store, in file order. ValueError when a wanted HDU has no
-    checksum (the caller falls back to the whole file).
-    """
-    offset, order, found = 0, [], set()
+def _hdus_to_keep(
+    src: RangeSource, wanted: tuple[str, ...]
+) -> Iterator[tuple[int, dict, bytes, int]]:
+    """Read headers from the start; yield (offset, header, raw header, padded data size) of the
+    primary and of each wanted HDU, in file order, until every wanted HDU was seen."""
+    offset, found = 0, set()
     while found != set(wanted):
         try:
             header, raw = _read_header(src, offset)
@@ -146,18 +145,50 @@ def _walk(src: RangeSource, wanted: tuple[str, ...], kept: dict[int, bytes]) -> 
             ) from None
         name = _str(header, "EXTNAME").strip().upper() if offset else "PRIMARY"
         if offset == 0 or name in wanted:
-            if offset not in kept:
-                data = src.read(offset + len(raw), size) if size else b""
-                verify_hdu(raw, data, header)
-                kept[offset] = raw + data
-            order.append(offset)
+            yield offset, header, raw, size
             if name in wanted:
                 found.add(name)
         offset += len(raw) + size
         if src.result.file_size and offset >= src.result.file_size and found != set(wanted):
             missing = ", ".join(sorted(set(wanted) - found))
             raise DownloadFailed("missing HDU", missing, retryable=False)
+
+
+def _walk(src: RangeSource, wanted: tuple[str, ...], kept: dict[int, bytes]) -> list[int]:
+    """Keep (verified) the primary and the wanted HDUs.
+
+    ``kept``: header offset -> verified HDU bytes, filled as pieces verify (a retry reuses them).
+    Returns the offsets of the HDUs to store, in file order. ValueError when a wanted HDU has no
+    checksum (the caller falls back to the whole file).
+    """
+    order = []
+    for offset, header, raw, size in _hdus_to_keep(src, wanted):
+        if offset not in kept:
+            data = src.read(offset + len(raw), size) if size else b""
+            verify_hdu(raw, data, header)
+            kept[offset] = raw + data
+        order.append(offset)
     return order
+
+
+def planned_bytes(
+    session: object, url: str, wanted: tuple[str, ...], cfg: DownloadConfig
+) -> int | None:
+    """Bytes :func:`fetch_coadd` would store for this coadd, from its headers alone (a few small
+    range reads, no data): the primary plus the wanted HDUs, or the whole file where a wanted HDU
+    has no checksum (then the whole file is fetched). None when the archive does not say."""
+    result = CoaddFetch(url.rpartition("/")[2])
+    src = RangeSource(session, url, cfg, result)
+    total = 0
+    try:
+        for _, header, raw, size in _hdus_to_keep(src, wanted):
+            datasum, has_checksum = checksums(header)
+            if datasum is None or not has_checksum:  # fetch_coadd takes the whole file
+                return result.file_size or None
+            total += len(raw) + size
+    except DownloadFailed:
+        return None
+    return total
 
 
 def _store(dest: Path, pieces: list[bytes]) -> int:
