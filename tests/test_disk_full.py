@@ -145,6 +145,26 @@ def test_dry_run_measures_bytes_to_download_against_free_space(
     assert doc["disk_space"]["fits"] is False
 
 
+def test_a_dry_run_against_a_failing_archive_asks_each_file_twice_and_says_unknown(tmp_path, dr16):
+    """Every request answered 503: the estimate asks each sampled file twice (one retry, not a
+    download's six tries with backoff), reports the size as unknown and still exits cleanly."""
+    from etl.diskspace import ESTIMATE_ATTEMPTS
+    from etl.mirror import ArchiveMirror, Fault
+
+    catalog = legacy_catalog(tmp_path)
+    data = tmp_path / "DATA"
+    down = Fault("status", 503)
+    with ArchiveMirror(SAMPLE_SDSS, dr16, faults=lambda path, attempt: down) as m:
+        res = CliRunner().invoke(main, _fetch_args(data, catalog, m.base_url, "--dry-run"))
+        hits = dict(m.hits)
+    assert res.exit_code == 0 and "Traceback" not in res.output, res.output
+    assert "file(s) to download, ~?;" in res.output
+    doc = json.loads((data / "dr16" / "fetch-report.json").read_text())
+    assert doc["disk_space"]["to_download_bytes_estimate"] is None
+    assert "could not measure" in doc["disk_space"]["warning"]
+    assert ESTIMATE_ATTEMPTS == 2 and len(hits) == 20 and set(hits.values()) == {2}
+
+
 def test_estimate_from_file_urls_and_unmeasured_reductions(tmp_path):
     """file:// archives are measured with stat; a reduction none of whose sampled files answers
     takes the mean of the others; nothing measured at all is "unknown", never 0."""
