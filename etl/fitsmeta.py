@@ -11,22 +11,17 @@ and STILTS parse them; a dimensionless column has no ``TUNITn``. A logarithm is 
 too: its description names the quantity and unit inside (``log10(M / solMass)``), since
 astropy rejects the standard's ``log(solMass)`` with a warning on every read. Descriptions fit
 one card (at most 68 characters). The embedding's columns are described the same way in
-``model/fitsmeta.py`` (``model`` does not import ``etl``, so each side holds its own table).
+``model/fitsmeta.py`` (``model`` does not import ``etl``, so each side holds its own table; the
+card writer both use is :mod:`shardio.columns`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import NamedTuple
 
+from shardio.columns import ColumnMeta, describe_columns
 
-class ColumnMeta(NamedTuple):
-    """FITS metadata of one column: unit ("" = dimensionless), description, UCD ("" = none)."""
-
-    unit: str
-    description: str
-    ucd: str = ""
-
+__all__ = ["ColumnMeta", "describe_columns"]
 
 _KEY = "meta.id;instr.param"
 
@@ -88,31 +83,3 @@ CATALOG_COLUMNS: Mapping[str, ColumnMeta] = {
         "Angstrom", "rest-frame H-alpha emission equivalent width", "spect.line.eqWidth"
     ),
 }
-
-
-def describe_columns(header, meta: Mapping[str, ColumnMeta]) -> list[str]:
-    """Add TUNITn, TCOMMn and TUCDn to a binary-table `header` (astropy) for the columns `meta`
-    knows; returns the names of the columns it does not know (the caller decides if that is an
-    error). An existing TUNITn is replaced: the table says what its columns are."""
-    unknown = []
-    for i in range(1, int(header["TFIELDS"]) + 1):
-        name = str(header[f"TTYPE{i}"]).strip()
-        m = meta.get(name.upper())
-        if m is None:
-            unknown.append(name)
-            continue
-        # TUNIT/TUCD/TCOMM right after the column's TFORM (then TDIM, TZERO), where readers look
-        after = f"TFORM{i}"
-        for k in (f"TZERO{i}", f"TSCAL{i}", f"TDIM{i}"):
-            after = k if k in header else after
-        for key, value, comment in (
-            (f"TUNIT{i}", m.unit, "physical unit of field"),
-            (f"TUCD{i}", m.ucd, "IVOA UCD of field"),
-            (f"TCOMM{i}", m.description, None),
-        ):
-            if key in header:
-                del header[key]
-            if value:
-                header.insert(after, (key, value, comment), after=True)
-                after = key
-    return unknown

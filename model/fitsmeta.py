@@ -3,8 +3,9 @@
 astropy keeps a column's ``description`` only in a YAML comment block that STILTS, TOPCAT, fitsio
 and CFITSIO ignore; the cards they do read are ``TUNITn`` (FITS standard), ``TCOMMn`` (a short
 description: the HEASARC convention TOPCAT shows as "Description") and ``TUCDn`` (an IVOA UCD,
-e.g. ``pos.eq.ra``, by which TOPCAT recognises sky positions). :func:`describe_columns` writes
-them for every column it knows; the embedding writer (`model.embed.write_embedding`) calls it.
+e.g. ``pos.eq.ra``, by which TOPCAT recognises sky positions). :func:`describe_columns`
+(:mod:`shardio.columns`, shared with ``etl``'s catalogue writer) writes them for every column
+it knows; the embedding writer (`model.embed.write_embedding`) calls it.
 
 Units follow the FITS standard's spelling (deg, Angstrom, km/s, d), so astropy, CFITSIO and
 STILTS parse them; a dimensionless column has no ``TUNITn``. Descriptions fit one card (at most
@@ -14,15 +15,10 @@ STILTS parse them; a dimensionless column has no ``TUNITn``. Descriptions fit on
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import NamedTuple
 
+from shardio.columns import ColumnMeta, describe_columns
 
-class ColumnMeta(NamedTuple):
-    """FITS metadata of one column: unit ("" = dimensionless), description, UCD ("" = none)."""
-
-    unit: str
-    description: str
-    ucd: str = ""
+__all__ = ["ColumnMeta", "describe_columns"]
 
 
 #: Every column an embedding can hold (upper case, as written), what it is and its unit.
@@ -74,31 +70,3 @@ EMBEDDING_COLUMNS: Mapping[str, ColumnMeta] = {
     "FILE": ColumnMeta("", "spec-lite file the spectrum was read from", "meta.file"),
     "SYNTHETIC": ColumnMeta("", "T: a SYNTHETIC population galaxy, not a real object", "meta.code"),
 }
-
-
-def describe_columns(header, meta: Mapping[str, ColumnMeta]) -> list[str]:
-    """Add TUNITn, TCOMMn and TUCDn to a binary-table `header` (astropy) for the columns `meta`
-    knows; returns the names of the columns it does not know (the caller decides if that is an
-    error). An existing TUNITn is replaced: the table says what its columns are."""
-    unknown = []
-    for i in range(1, int(header["TFIELDS"]) + 1):
-        name = str(header[f"TTYPE{i}"]).strip()
-        m = meta.get(name.upper())
-        if m is None:
-            unknown.append(name)
-            continue
-        # TUNIT/TUCD/TCOMM right after the column's TFORM (then TDIM, TZERO), where readers look
-        after = f"TFORM{i}"
-        for k in (f"TZERO{i}", f"TSCAL{i}", f"TDIM{i}"):
-            after = k if k in header else after
-        for key, value, comment in (
-            (f"TUNIT{i}", m.unit, "physical unit of field"),
-            (f"TUCD{i}", m.ucd, "IVOA UCD of field"),
-            (f"TCOMM{i}", m.description, None),
-        ):
-            if key in header:
-                del header[key]
-            if value:
-                header.insert(after, (key, value, comment), after=True)
-                after = key
-    return unknown

@@ -3,7 +3,9 @@
 one-way rule: ``model`` never imports ``etl``.
 
 - :mod:`shardio.format`: one shard file: its datasets, writer, reader, ``ShardError``, ``SPLITS``;
-- :mod:`shardio.readers`: a shards folder: the index listing, the grid, rows of any version.
+- :mod:`shardio.readers`: a shards folder: the index listing, the grid, rows of any version;
+- :mod:`shardio.columns`: the FITS column cards (unit, description, UCD) of the tables both
+  sides write (``catalog.fits``, embeddings).
 """
 
 from shardio.format import (
