@@ -78,7 +78,8 @@ def main(verbose: int) -> None:
     1,
     None,
     "Local Dask worker processes, one download task each (default: an "
-    "in-process cluster running 2 tasks in threads: downloads are I/O bound).",
+    "in-process cluster running 2 tasks in threads: downloads are I/O bound). DESI: "
+    "batches of 32 coadds per task (default: threads of this process).",
 )
 @count_option(
     "--connections", 1, 8, "Concurrent HTTP connections per download task (SDSS asks for few)."
@@ -88,8 +89,8 @@ def main(verbose: int) -> None:
     "--dry-run",
     is_flag=True,
     help="Select and write the catalogue, report what would be downloaded and its estimated "
-    "size (HEAD requests on a sample) against the free space of DATA; download nothing. "
-    "Exits 1 when it will not fit.",
+    "size (HEAD requests on a sample; DESI: the wanted HDUs' sizes from a sample's headers) "
+    "against the free space of DATA; download nothing. Exits 1 when it will not fit.",
 )
 @click.option(
     "--whole-files",

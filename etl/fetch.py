@@ -253,7 +253,7 @@ def fetch(
 
         return fetch_desi(
             release, data_dir, catalog_source, base_url, limit, connections, dry_run, config,
-            whole_files=whole_files,
+            whole_files=whole_files, workers=workers, scheduler=scheduler, progress=progress,
         )  # fmt: skip
     from etl.cluster import dask_client
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 
 import h5py
@@ -18,7 +19,7 @@ from fetch_support import FAST, SAMPLE_CATALOG
 from etl.build import build_shards
 from etl.catalog import as_catalog
 from etl.fetch import fetch
-from etl.mirror import ArchiveMirror
+from etl.mirror import ArchiveMirror, Fault, FaultPlan
 from etl.release import load_release
 from etl.splits import split_of
 
@@ -421,3 +422,35 @@ def test_bad_coadds_and_a_stray_target_are_counted_and_the_rest_is_built(dr1, tm
 def _ids(path: Path) -> list[int]:
     with h5py.File(path) as h5:
         return h5["targetid"][:].tolist()
+
+
+def test_fetch_on_dask_workers_stores_the_same_coadds_and_counts_the_same_failures(
+    dr1, tmp_path, monkeypatch, caplog
+):
+    """SYNTHETIC coadds of real spectra on a loopback archive, one of them missing upstream:
+    fetched by threads of this process and by two Dask worker processes in batches of two
+    coadds, the stored files are the same bytes and the reports count the same."""
+    import etl.desi.fetch as desi_fetch
+
+    monkeypatch.setattr(desi_fetch, "BATCH", 2)
+    caplog.set_level(logging.INFO, logger="etl.cluster")
+    with ArchiveMirror(None, dr1, prefix="/public") as m:
+        zall = synthetic_sky(dr1, n_coadds=5, per_coadd=3, tmp=tmp_path, mirror=m)
+        zall.write(tmp_path / "zall-SYNTHETIC.fits")
+        gone = f"coadd-main-dark-{int(zall['HEALPIX'][0])}.fits"
+        m.faults = FaultPlan({gone: [Fault("status", 404)]}, always=True)
+        reports, files = {}, {}
+        for label, kw in (("threads", {}), ("dask", {"workers": 2})):
+            data = tmp_path / label
+            reports[label] = fetch(dr1, data, catalog_source=str(tmp_path / "zall-SYNTHETIC.fits"),
+                                   base_url=m.base_url, config=FAST, **kw)  # fmt: skip
+            root = data / "desi-dr1" / "coadds"
+            files[label] = {p.relative_to(root): p.read_bytes() for p in root.rglob("*.fits")}
+    threads, dask = reports["threads"], reports["dask"]
+    assert files["dask"] == files["threads"] and len(files["dask"]) == 4
+    assert (dask.downloaded, dask.n_failed) == (threads.downloaded, threads.n_failed) == (12, 3)
+    assert dask.to_dict()["failed_by_reason"] == threads.to_dict()["failed_by_reason"]
+    assert {r["healpix"] for rows in dask.failed.values() for r in rows} == {
+        int(zall["HEALPIX"][0])
+    }
+    assert "local Dask cluster with 2 worker process(es)" in caplog.text  # workers were used

@@ -419,6 +419,55 @@ def test_desi_build_on_a_real_small_file_system(tmp_path, tmpfs):
     assert {f"{p.parent.name}/{p.name}" for p in shards.glob("*/*")} == listed
 
 
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=["threads", "dask"])
+def test_desi_fetch_on_a_real_small_file_system(tmp_path, tmpfs, caplog, monkeypatch, workers):
+    """SYNTHETIC coadds of real spectra (~435 kB each as stored) onto a tmpfs that holds two,
+    fetched in this process or by two Dask workers (one coadd per task): one "disk full" line,
+    not one error per coadd; the coadds stored are whole, valid FITS with their checksums, no
+    partial file remains; with space, the rerun fetches only the rest."""
+    from astropy.io import fits
+    from desi_support import synthetic_sky
+
+    from etl.mirror import ArchiveMirror
+    from etl.release import load_release
+
+    monkeypatch.setattr("etl.desi.fetch.BATCH", 1)
+    mount, resize = tmpfs
+    dr1 = load_release("desi-dr1")
+    data = tmp_path / "data"
+    with ArchiveMirror(None, dr1, prefix="/public") as m:
+        zall = synthetic_sky(dr1, n_coadds=5, per_coadd=3, tmp=tmp_path, mirror=m)
+        zall.write(tmp_path / "zall-SYNTHETIC.fits")
+        coadds = mount(data / "desi-dr1" / "coadds", "1000k")
+        args = ["fetch", "--release", "desi-dr1", "--data-dir", str(data), "--catalog",
+                str(tmp_path / "zall-SYNTHETIC.fits"), "--base-url", m.base_url,
+                "--connections", "1", *workers]  # fmt: skip
+        with caplog.at_level(logging.INFO):
+            res = CliRunner().invoke(main, args)
+        assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+        (line,) = [ln for ln in res.output.splitlines() if "disk full" in ln]
+        assert line.startswith("Error: disk full") and "free space and rerun" in line
+        assert not [r for r in caplog.records if "local I/O error" in r.getMessage()]
+        doc = json.loads((data / "desi-dr1" / "fetch-report.json").read_text())
+        stored = sorted(coadds.rglob("coadd-*.fits"))
+        assert doc["stopped"].startswith("disk full") and doc["failed"] == 0
+        assert 0 < len(stored) < 5 and doc["not_attempted"] == 5 - len(stored)
+        assert not [p for p in coadds.rglob(".*") if p.is_file()]  # no partial file
+        for p in stored:
+            with fits.open(p, checksum=True) as h:
+                assert [x.name for x in h][1:] == list(dr1.coadd.hdus)
+        first = {p: p.stat().st_mtime_ns for p in stored}
+        resize(coadds, "64m")
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code == 0, res.output
+    doc = json.loads((data / "desi-dr1" / "fetch-report.json").read_text())
+    assert doc["stopped"] is None and doc["already_present"] == 3 * len(stored)
+    assert len(list(coadds.rglob("coadd-*.fits"))) == 5 and doc["downloaded"] == len(
+        zall
+    ) - 3 * len(stored)
+    assert all(p.stat().st_mtime_ns == t for p, t in first.items())  # kept, not fetched again
+
+
 _WRITE_UNTIL_FULL = """
 import errno, sys
 import numpy as np

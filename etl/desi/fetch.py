@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
+from tqdm import tqdm
 
 from etl.atomic import write_json_atomic
 from etl.bulk_download import bulk_table_local
@@ -25,6 +29,7 @@ from etl.catalog import CatalogError, commit_selection
 from etl.desi.catalog import DesiSelector, iter_desi_table
 from etl.desi.manifest import DesiRelease
 from etl.desi.rangefetch import CoaddFetch, fetch_coadd
+from etl.diskspace import DiskFull, is_disk_full
 from etl.download import DownloadConfig, make_session
 from etl.reports import FetchReport
 
@@ -98,12 +103,18 @@ def fetch_desi(
     dry_run: bool = False,
     config: DownloadConfig | None = None,
     whole_files: bool = False,
-    **_ignored: object,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    progress: bool = False,
 ) -> DesiFetchReport:
     """Select, then fetch every coadd holding a selected object; write fetch-report.json.
 
     ``whole_files``: fetch each coadd whole, verified against its directory's sha256sum list,
-    instead of the HDUs training reads. Never raises for a per-coadd failure.
+    instead of the HDUs training reads. The coadds are fetched ``connections`` at a time by
+    threads of this process, or, with ``workers`` (local processes) or ``scheduler`` (a Dask
+    cluster, e.g. one worker per machine writing to a shared file system), in batches of
+    :data:`BATCH` coadds, one Dask task each, ``connections`` threads per task. Never raises
+    for a per-coadd failure.
     """
     config = config or DownloadConfig()
     rel_dir = Path(data_dir) / release.name
@@ -125,23 +136,23 @@ def fetch_desi(
                                       whole_files, shards_rows=summary["selected"])  # fmt: skip
         _write(report, rel_dir)
         return report
-    session = make_session(connections, config)
     t0 = time.perf_counter()
-
-    def one(key: tuple[str, str, int]) -> CoaddFetch:
-        return fetch_coadd(
-            session,
-            release.coadd_url(*key, base_url=base_url),
-            release.sha256sum_url(*key, base_url=base_url),
-            release.coadd.hdus,
-            coadd_dir / release.coadd_relpath(*key),
-            config,
-            whole_file=whole_files,
-        )
-
-    with ThreadPoolExecutor(max(1, connections)) as pool:
-        for key, out in zip(todo, pool.map(one, todo), strict=True):
+    keys = list(todo)
+    args = (release, str(coadd_dir), base_url, config, connections, whole_files)
+    if workers or scheduler:
+        outcomes = _on_dask(keys, args, workers, scheduler)
+    else:
+        outcomes = iter(fetch_coadds(keys, *args))
+    with tqdm(total=len(keys), unit="coadd", desc="fetch",
+              disable=None if progress else True) as bar:  # fmt: skip
+        for key, out in outcomes:
+            bar.update()
             rows = todo[key]
+            if out.status == "skipped" or out.reason == "disk full":  # left for the rerun
+                report.not_attempted += 1
+                if out.reason and not report.stopped:
+                    report.stopped = str(DiskFull(coadd_dir, out.detail))
+                continue
             report.requests += out.requests
             report.bytes += out.bytes
             report.whole_file_bytes += out.file_size
@@ -161,8 +172,106 @@ def fetch_desi(
             else:
                 report.downloaded += len(rows)
     report.seconds = time.perf_counter() - t0
+    if report.stopped:
+        _stop_on_full_disk(report, rel_dir, coadd_dir)
     _write(report, rel_dir)
     return report
+
+
+def _stop_on_full_disk(report: DesiFetchReport, rel_dir: Path, coadd_dir: Path) -> NoReturn:
+    """Record the stop in fetch-report.json (if it still fits) and raise one line."""
+    fetched = (
+        report.to_download
+        - report.not_attempted
+        - len(
+            {(r["survey"], r["program"], r["healpix"]) for v in report.failed.values() for r in v}
+        )
+    )
+    detail = (
+        f"fetch stopped after {fetched} coadd(s); {report.not_attempted} coadd(s) left. "
+        "Stored coadds are kept and no partial file remains: free space and rerun"
+    )
+    try:
+        _write(report, rel_dir)
+    except OSError as err:
+        if not is_disk_full(err):
+            raise
+        detail += "; fetch-report.json could not be written"
+    raise DiskFull(coadd_dir, detail)
+
+
+#: coadds per Dask task: a task lasts a minute or more at archive speeds, so the driver's round
+#: trips are nothing, and a lost worker costs at most one batch's fetches again
+BATCH = 32
+
+
+def fetch_coadds(
+    keys: list[tuple[str, str, int]],
+    release: DesiRelease,
+    coadd_dir: str,
+    base_url: str | None,
+    config: DownloadConfig,
+    connections: int,
+    whole_files: bool,
+) -> list[tuple[tuple[str, str, int], CoaddFetch]]:
+    """Fetch these coadds, ``connections`` at a time on one session; (key, outcome) in ``keys``'
+    order. Never raises for a per-coadd failure; after a full disk the coadds not yet started
+    are skipped. A Dask task, or the whole fetch in-process."""
+    session = make_session(connections, config)
+    full = threading.Event()  # once the disk is full, the coadds not started are skipped
+
+    def one(key: tuple[str, str, int]) -> CoaddFetch:
+        if full.is_set():
+            return CoaddFetch(release.coadd_relpath(*key), status="skipped")
+        out = fetch_coadd(
+            session,
+            release.coadd_url(*key, base_url=base_url),
+            release.sha256sum_url(*key, base_url=base_url),
+            release.coadd.hdus,
+            Path(coadd_dir) / release.coadd_relpath(*key),
+            config,
+            whole_file=whole_files,
+        )
+        if out.reason == "disk full":
+            full.set()
+        return out
+
+    try:
+        with ThreadPoolExecutor(max(1, connections)) as pool:
+            return list(zip(keys, pool.map(one, keys), strict=True))
+    finally:
+        session.close()  # type: ignore[attr-defined]
+
+
+def _on_dask(
+    keys: list[tuple[str, str, int]], args: tuple, workers: int | None, scheduler: str | None
+) -> Iterator[tuple[tuple[str, str, int], CoaddFetch]]:
+    """:func:`fetch_coadds` over batches of :data:`BATCH` coadds, one task each, at most one
+    batch per worker thread in flight; outcomes as batches finish."""
+    from distributed import as_completed
+
+    from etl.cluster import dask_client
+
+    batches = [keys[i : i + BATCH] for i in range(0, len(keys), BATCH)][::-1]
+    if not batches:
+        return
+    with dask_client(scheduler, workers) as client:
+        slots = max(1, sum(client.nthreads().values()))  # type: ignore[attr-defined]
+
+        def submit() -> object:
+            return client.submit(fetch_coadds, batches.pop(), *args, pure=False)  # type: ignore[attr-defined]
+
+        pending = as_completed([submit() for _ in range(min(slots, len(batches)))])
+        for future in pending:
+            outcomes = future.result()
+            future.release()
+            if any(out.reason == "disk full" for _, out in outcomes):
+                for batch in batches:  # nothing new starts; these are left for the rerun
+                    yield from ((k, CoaddFetch("", status="skipped")) for k in batch)
+                batches.clear()
+            if batches:
+                pending.add(submit())
+            yield from outcomes
 
 
 def _dry_run_space(

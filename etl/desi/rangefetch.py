@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from etl.diskspace import is_disk_full
 from etl.download import DownloadConfig, DownloadFailed, _backoff, _retries_exhausted, _short
 from etl.fitsread import BLOCK, FitsError, _data_size, _padded, _parse_cards, _str
 
@@ -37,7 +38,9 @@ HEADER_READ = BLOCK
 
 @dataclass
 class CoaddFetch:
-    """What fetching one coadd did: ``status`` ranges / whole / present / failed."""
+    """What fetching one coadd did: ``status`` ranges / whole / present / failed, or skipped (not
+    tried: the disk filled up first); ``reason`` "disk full" when its file could not be written
+    for want of space."""
 
     relpath: str
     status: str = "failed"
@@ -243,8 +246,9 @@ def fetch_coadd(
                 break
             result.retries += 1
             time.sleep(_backoff(attempt, err, cfg))
-        except OSError as err:
-            result.reason, result.detail = "local I/O error", _short(err)
+        except OSError as err:  # writing the file (a full disk stops the whole fetch)
+            reason = "disk full" if is_disk_full(err) else "local I/O error"
+            result.reason, result.detail = reason, _short(err)
             break
     result.status = "failed"
     return result
