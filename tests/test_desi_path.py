@@ -280,6 +280,13 @@ def test_a_grown_catalogue_changes_only_the_shards_its_new_targets_fall_in():
     assert plan_shards(grown, split, 8, previous) and [p.rows.tolist() for p in replans] == [
         p.rows.tolist() for p in plan_shards(grown, split, 8, previous)
     ]
+    # an entry whose start cannot be read (an older or hand-edited index) is one boundary fewer
+    broken = [dict(e, first={"survey": "main"}) if k == 1 else e for k, e in enumerate(previous)]
+    broken += [{"split": "train", "first": None}, {"split": "train", "first": {"healpix": "x"}}]
+    fewer = [e for k, e in enumerate(previous) if k != 1]
+    assert [p.rows.tolist() for p in plan_shards(grown, split, 8, broken)] == [
+        p.rows.tolist() for p in plan_shards(grown, split, 8, fewer)
+    ]
 
 
 def test_a_killed_build_keeps_its_finished_shards_and_a_touched_coadd_rewrites_its_own(

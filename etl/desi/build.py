@@ -368,12 +368,14 @@ RowKey = tuple[str, str, int, int]  #: (survey, program, healpix, TARGETID): the
 
 
 def _start(entry: dict) -> RowKey | None:
-    """Where a previous shard's range starts (None for an entry without one)."""
+    """Where a previous shard's range starts; None for an entry without a readable one (an
+    older index, a hand-edited one): the plan then simply has one boundary fewer."""
     first = entry.get("first")
-    if not first:
+    try:
+        return (str(first["survey"]), str(first["program"]), int(first["healpix"]),
+                int(first["targetid"]))  # fmt: skip
+    except (KeyError, TypeError, ValueError):
         return None
-    return (str(first["survey"]), str(first["program"]), int(first["healpix"]),
-            int(first["targetid"]))  # fmt: skip
 
 
 def plan_shards(
