@@ -12,7 +12,7 @@ import pytest
 from astropy.io import fits
 from fetch_support import FAST, leftovers
 
-from etl.desi.rangefetch import fetch_coadd
+from etl.desi.rangefetch import fetch_coadd, planned_bytes
 from etl.download import make_session
 from etl.fetch import fetch
 from etl.mirror import ArchiveMirror, Fault, FaultPlan
@@ -183,3 +183,17 @@ def test_a_whole_file_that_does_not_match_its_sha256_is_refused(edr, tmp_path):
         out = _fetch(edr, m, SV3, tmp_path / "c.fits", whole_file=True)
     assert out.status == "whole"
     assert (tmp_path / "c.fits").read_bytes() == (DESI / FILES[SV3]).read_bytes()
+
+
+def test_a_server_that_ignores_range_gets_the_verified_whole_file(edr, tmp_path):
+    """Every answer is the whole file with 200 (a server or proxy that ignores Range): the
+    coadd is fetched whole and verified by its sha256sum entry, and the dry run's estimate for
+    it is the whole file's size."""
+    whole = (DESI / FILES[SV3]).read_bytes()
+    ignores_range = FaultPlan({FILES[SV3]: [Fault("status", 200, body=whole)]}, always=True)
+    with _mirror(edr, tmp_path, faults=ignores_range) as m:
+        out = _fetch(edr, m, SV3, tmp_path / "c.fits")
+        size = planned_bytes(make_session(2), edr.coadd_url(*SV3, base_url=m.base_url),
+                             edr.coadd.hdus, FAST)  # fmt: skip
+    assert out.status == "whole" and (tmp_path / "c.fits").read_bytes() == whole
+    assert size == len(whole)

@@ -98,6 +98,7 @@ class RangeSource:
             # the session's urllib3 Retry already asked again (Retry-After honoured)
             raise DownloadFailed("server error", f"HTTP {r.status_code}", retryable=False)
         if r.status_code == 200:
+            self.result.file_size = len(r.content)
             raise DownloadFailed(
                 "no range support", "the server sent the whole file", retryable=False
             )
@@ -189,7 +190,9 @@ def planned_bytes(
             if datasum is None or not has_checksum:  # fetch_coadd takes the whole file
                 return result.file_size or None
             total += len(raw) + size
-    except DownloadFailed:
+    except DownloadFailed as err:
+        if err.reason == "no range support":  # fetch_coadd takes the whole file
+            return result.file_size or None
         return None
     return total
 
@@ -241,6 +244,9 @@ def fetch_coadd(
             whole_file = True
             continue
         except DownloadFailed as err:
+            if err.reason == "no range support" and not whole_file:
+                whole_file = True  # the server ignores Range: the whole file, by its sha256
+                continue
             result.reason, result.detail = err.reason, err.detail
             if not err.retryable or attempt == cfg.attempts:
                 break
