@@ -366,7 +366,8 @@ def test_a_killed_build_keeps_its_finished_shards_and_a_touched_coadd_rewrites_i
 def test_targets_added_to_the_catalogue_rewrite_only_the_shards_they_join(dr1, tmp_path):
     """SYNTHETIC coadds of real spectra. Built without one coadd's targets, then with them: the
     rerun writes only the shards of the key range they fall into; every other shard keeps its
-    file and bytes, and every target is built."""
+    file and bytes, and every target is built. When they leave again, only the shards that
+    held them are written."""
     data, zall = _synthetic_release_fetched(dr1, tmp_path, 5)
     root = data / "desi-dr1"
     full = Table.read(root / "catalog.fits")
@@ -389,6 +390,16 @@ def test_targets_added_to_the_catalogue_rewrite_only_the_shards_they_join(dr1, t
     new_ids = {int(t) for t in full["TARGETID"][later]}
     for p in set(after) - same:
         assert new_ids & set(_ids(root / "shards" / p)) or p not in before
+    # and when they leave again, only the shards that held them are written
+    holding = {p for p in after if new_ids & set(_ids(root / "shards" / p))}
+    full[~later].write(root / "catalog.fits", overwrite=True)
+    shrunk = build_shards(dr1, data, shard_size=4, workers=1)
+    assert shrunk.accepted == len(zall) - 6
+    assert shrunk.kept == len(after) - len(holding)  # a shard of new targets only is gone
+    assert 1 <= shrunk.written <= len(holding) and not holding & {e["path"] for e in shrunk.shards}
+    assert {p: h for p, h in after.items() if p not in holding} == {
+        e["path"]: e["sha256"] for e in shrunk.shards if e["path"] in after
+    }
 
 
 def test_bad_coadds_and_a_stray_target_are_counted_and_the_rest_is_built(dr1, tmp_path):
