@@ -113,8 +113,9 @@ def fetch_desi(
     instead of the HDUs training reads. The coadds are fetched ``connections`` at a time by
     threads of this process, or, with ``workers`` (local processes) or ``scheduler`` (a Dask
     cluster, e.g. one worker per machine writing to a shared file system), in batches of
-    :data:`BATCH` coadds, one Dask task each, ``connections`` threads per task. Never raises
-    for a per-coadd failure.
+    :data:`BATCH` coadds, one Dask task each (:func:`fetch_coadds`), ``connections`` threads per
+    task. Never raises for a per-coadd failure; a full disk stops the fetch (no new coadd
+    starts) with one :class:`~etl.diskspace.DiskFull` line, the report saying what is left.
     """
     config = config or DownloadConfig()
     rel_dir = Path(data_dir) / release.name
@@ -142,7 +143,7 @@ def fetch_desi(
     if workers or scheduler:
         outcomes = _on_dask(keys, args, workers, scheduler)
     else:
-        outcomes = iter(fetch_coadds(keys, *args))
+        outcomes = iter_fetch_coadds(keys, *args)  # as they finish: the progress bar moves
     with tqdm(total=len(keys), unit="coadd", desc="fetch",
               disable=None if progress else True) as bar:  # fmt: skip
         for key, out in outcomes:
@@ -205,7 +206,7 @@ def _stop_on_full_disk(report: DesiFetchReport, rel_dir: Path, coadd_dir: Path) 
 BATCH = 32
 
 
-def fetch_coadds(
+def iter_fetch_coadds(
     keys: list[tuple[str, str, int]],
     release: DesiRelease,
     coadd_dir: str,
@@ -213,10 +214,11 @@ def fetch_coadds(
     config: DownloadConfig,
     connections: int,
     whole_files: bool,
-) -> list[tuple[tuple[str, str, int], CoaddFetch]]:
-    """Fetch these coadds, ``connections`` at a time on one session; (key, outcome) in ``keys``'
-    order. Never raises for a per-coadd failure; after a full disk the coadds not yet started
-    are skipped. A Dask task, or the whole fetch in-process."""
+) -> Iterator[tuple[tuple[str, str, int], CoaddFetch]]:
+    """Fetch these coadds, ``connections`` at a time on one session; yield (key, outcome) in
+    ``keys``' order as they finish. Never raises for a per-coadd failure; after a full disk the
+    coadds not yet started are skipped. The whole fetch in-process, or a Dask task's batch
+    (:func:`fetch_coadds`)."""
     session = make_session(connections, config)
     full = threading.Event()  # once the disk is full, the coadds not started are skipped
 
@@ -238,9 +240,14 @@ def fetch_coadds(
 
     try:
         with ThreadPoolExecutor(max(1, connections)) as pool:
-            return list(zip(keys, pool.map(one, keys), strict=True))
+            yield from zip(keys, pool.map(one, keys), strict=True)
     finally:
         session.close()  # type: ignore[attr-defined]
+
+
+def fetch_coadds(*args: object) -> list[tuple[tuple[str, str, int], CoaddFetch]]:
+    """:func:`iter_fetch_coadds` as a list: a Dask task's result."""
+    return list(iter_fetch_coadds(*args))  # type: ignore[arg-type]
 
 
 def _on_dask(
