@@ -293,7 +293,7 @@ def _dry_run_space(
 ) -> dict:
     """The bytes the coadds still to fetch will take, from a seeded sample of up to 20 per
     (survey, program), against the free space. A sampled coadd costs what :func:`fetch_coadd`
-    would store: its wanted HDUs, measured from its headers alone (a few small range reads), or
+    would store: its wanted HDUs, measured from its headers alone (one-block range reads), or
     with ``whole_files`` its size (HEAD)."""
     from etl.desi.rangefetch import planned_bytes
     from etl.diskspace import ESTIMATE_ATTEMPTS, SizeSample, space_report
