@@ -11,7 +11,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
@@ -122,3 +123,43 @@ def usable_cores() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
+
+
+def as_slots_free(
+    client: Any,
+    submit: Callable[[Any], Any],
+    items: list,
+    stop: Callable[[Any], bool],
+) -> Iterator[tuple[Any, Any]]:
+    """One task per item (``submit(item)`` -> a future), started as the cluster's worker
+    threads free up; yield (item, result) as tasks finish.
+
+    Submitting as slots free (a task lasts minutes at scale, so the round trip is nothing) lets
+    a result stop the run at once: after one for which ``stop(result)`` is true nothing new is
+    submitted, the tasks in flight are waited for (nothing is still writing on return), and the
+    items never submitted are yielded last, with None for their result.
+    """
+    from distributed import as_completed
+
+    slots = max(1, sum(client.nthreads().values()))
+    queue = list(reversed(items))
+    started: dict[str, Any] = {}
+
+    def start() -> Any:
+        item = queue.pop()
+        future = submit(item)
+        started[future.key] = item
+        return future
+
+    never: list = []
+    pending = as_completed([start() for _ in range(min(slots, len(queue)))])
+    for future in pending:
+        result = future.result()
+        item = started.pop(future.key)
+        future.release()
+        if stop(result):
+            never, queue[:] = never + queue[::-1], []
+        elif queue:
+            pending.add(start())
+        yield item, result
+    yield from ((item, None) for item in never)

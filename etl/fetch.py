@@ -378,25 +378,21 @@ def _run_partitions(
     config: DownloadConfig,
     progress: bool,
 ) -> Iterable[BatchResult]:
-    """One task per partition; yield results as tasks finish, with a progress bar.
-
-    Tasks are submitted as worker threads free up (one task each; a task lasts minutes at scale,
-    so the round trip to submit the next one is nothing), so that a full disk stops the run at
-    once: after a result reports it nothing new is submitted, and the few tasks in flight (which
-    meet the same full disk within a file) are waited for, so that nothing is still writing
-    when the fetch returns. Partitions never run yield nothing.
+    """One task per partition (:func:`etl.cluster.as_slots_free`); yield results as tasks
+    finish, with a progress bar. A result that reports a full disk stops the run at once: nothing
+    new is submitted, and the few tasks in flight (which meet the same full disk within a file)
+    are waited for, so that nothing is still writing when the fetch returns. Partitions never
+    run yield nothing.
     """
-    from distributed import as_completed
     from tqdm import tqdm
 
-    slots = max(1, sum(client.nthreads().values()))  # type: ignore[attr-defined]
-    queue = list(reversed(parts))
+    from etl.cluster import as_slots_free
 
-    def submit() -> object:
+    def submit(part: Catalog) -> object:
         return client.submit(  # type: ignore[attr-defined]
             fetch_partition,
             release,
-            queue.pop(),
+            part,
             spectra_dir=str(spectra_dir),
             ledger_dir=str(ledger_dir),
             base_url=base_url,
@@ -405,16 +401,10 @@ def _run_partitions(
         )
 
     total = sum(len(p["SPECOBJID"]) for p in parts)
-    pending = as_completed([submit() for _ in range(min(slots, len(queue)))])
     with tqdm(
         total=total, unit="file", desc="fetch", disable=None if progress else True, smoothing=0.1
     ) as bar:
-        for future in pending:
-            result = future.result()
-            future.release()
-            bar.update(result.total)
-            if result.disk_full:
-                queue.clear()
-            elif queue:
-                pending.add(submit())
-            yield result
+        for _, result in as_slots_free(client, submit, parts, lambda r: bool(r.disk_full)):
+            if result is not None:
+                bar.update(result.total)
+                yield result

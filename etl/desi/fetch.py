@@ -253,32 +253,27 @@ def fetch_coadds(*args: object) -> list[tuple[tuple[str, str, int], CoaddFetch]]
 def _on_dask(
     keys: list[tuple[str, str, int]], args: tuple, workers: int | None, scheduler: str | None
 ) -> Iterator[tuple[tuple[str, str, int], CoaddFetch]]:
-    """:func:`fetch_coadds` over batches of :data:`BATCH` coadds, one task each, at most one
-    batch per worker thread in flight; outcomes as batches finish."""
-    from distributed import as_completed
+    """:func:`fetch_coadds` over batches of :data:`BATCH` coadds, one task each, started as
+    worker threads free up (:func:`etl.cluster.as_slots_free`); outcomes as batches finish. After
+    a full disk no new batch starts, and the coadds of those never started come back skipped."""
+    from etl.cluster import as_slots_free, dask_client
 
-    from etl.cluster import dask_client
-
-    batches = [keys[i : i + BATCH] for i in range(0, len(keys), BATCH)][::-1]
+    batches = [keys[i : i + BATCH] for i in range(0, len(keys), BATCH)]
     if not batches:
         return
     with dask_client(scheduler, workers) as client:
-        slots = max(1, sum(client.nthreads().values()))  # type: ignore[attr-defined]
 
-        def submit() -> object:
-            return client.submit(fetch_coadds, batches.pop(), *args, pure=False)  # type: ignore[attr-defined]
+        def submit(batch: list) -> object:
+            return client.submit(fetch_coadds, batch, *args, pure=False)  # type: ignore[attr-defined]
 
-        pending = as_completed([submit() for _ in range(min(slots, len(batches)))])
-        for future in pending:
-            outcomes = future.result()
-            future.release()
-            if any(out.reason == "disk full" for _, out in outcomes):
-                for batch in batches:  # nothing new starts; these are left for the rerun
-                    yield from ((k, CoaddFetch("", status="skipped")) for k in batch)
-                batches.clear()
-            if batches:
-                pending.add(submit())
-            yield from outcomes
+        def disk_full(outcomes: list) -> bool:
+            return any(out.reason == "disk full" for _, out in outcomes)
+
+        for batch, outcomes in as_slots_free(client, submit, batches, disk_full):
+            if outcomes is None:  # never started: left for the rerun
+                yield from ((k, CoaddFetch("", status="skipped")) for k in batch)
+            else:
+                yield from outcomes
 
 
 def _dry_run_space(
